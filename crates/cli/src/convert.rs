@@ -1,0 +1,36 @@
+//! `compress convert`: a round trip through pare's IR.
+
+use crate::model;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// Import a model into pare's IR and write it back: shape subgraphs folded, unused nodes removed,
+/// external data inlined. What the model computes is unchanged.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ONNX model to read.
+    model: PathBuf,
+    /// Where to write the result (written to a temporary file, then renamed). Never the input.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if same_file(&args.model, &args.output) {
+        bail!(
+            "{}: the output would overwrite the input; choose another -o path",
+            args.output.display()
+        );
+    }
+    let graph = model::load(&args.model)?;
+    pare_onnx::write_model(&args.output, &pare_ir::export(&graph))?;
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}

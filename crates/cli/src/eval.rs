@@ -1,0 +1,101 @@
+//! `compress eval`: accuracy and latency of a model file, measured by tract.
+
+use crate::model;
+use anyhow::{bail, Context, Result};
+use ndarray::s;
+use pare_verify::{accuracy, latency, TractModel};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Measure a model with tract: top-1 accuracy on a dataset's test split and latency at batch 1.
+///
+/// tract loads the file as written, with the input shape fixed and optimised.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ONNX model to evaluate.
+    model: PathBuf,
+    /// Dataset folder (MNIST IDX files, gzipped or raw). Accuracy uses its test split.
+    #[arg(long)]
+    data: PathBuf,
+    /// Images per tract run when measuring accuracy.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Timed runs at batch 1 for latency (after the warm-up).
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Print JSON instead of text, for pipelines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: PathBuf,
+    accuracy_percent: f64,
+    correct: usize,
+    total: usize,
+    latency: pare_verify::Latency,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.batch == 0 || args.runs == 0 {
+        bail!("--batch and --runs must be at least 1");
+    }
+    let graph = model::load(&args.model)?;
+    let splits = pare_data::load_dir(&args.data)?;
+    let test = &splits.test;
+    let image = test.image_shape();
+    let shape = model::input_shape(&graph, &args.model, args.batch, Some(image))?;
+    if shape[1..] != image {
+        bail!(
+            "{}: images are {:?} ([C, H, W]) but the model {} takes {:?}; give a dataset of the model's input size",
+            args.data.display(),
+            image,
+            args.model.display(),
+            &shape[1..]
+        );
+    }
+    let tract = TractModel::load(&args.model, &shape)?;
+    let classes = tract.class_count()?;
+    if let Some((index, label)) = test.labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+        bail!(
+            "{}: test sample {index} has label {label}, but the model {} scores only {classes} classes (0..{})",
+            args.data.display(),
+            args.model.display(),
+            classes - 1
+        );
+    }
+    let acc = accuracy(&tract, test)?;
+    let single = TractModel::load(&args.model, &[&[1], &shape[1..]].concat())?;
+    let lat = latency(
+        &single,
+        test.images.slice(s![..1, .., .., ..]),
+        args.warmup,
+        args.runs,
+    )
+    .with_context(|| format!("{}: timing failed", args.model.display()))?;
+    let report = Report {
+        model: args.model,
+        accuracy_percent: acc.percent(),
+        correct: acc.correct,
+        total: acc.total,
+        latency: lat,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("model     {}", report.model.display());
+        println!(
+            "accuracy  {:.1}% ({}/{} test images, top-1)",
+            report.accuracy_percent, report.correct, report.total
+        );
+        println!(
+            "latency   median {:.3} ms, p90 {:.3} ms (batch 1, {} runs after {} warm-up)",
+            lat.median_ms, lat.p90_ms, lat.runs, args.warmup
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `compress inspect`: what a model is made of, layer by layer.
+
+use crate::{model, table};
+use anyhow::Result;
+use pare_ir::{node_costs, Graph};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Print a per-layer table of a model: name, op, output shape, parameters and MACs.
+///
+/// MACs count the multiply-accumulates of Conv, Gemm and MatMul for one sample (batch 1).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ONNX model to inspect.
+    model: PathBuf,
+    /// Print JSON instead of a table, for pipelines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Layer {
+    name: String,
+    op: String,
+    output_shape: Option<String>,
+    params: usize,
+    macs: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: PathBuf,
+    opset: i64,
+    producer: Option<String>,
+    layers: Vec<Layer>,
+    total_params: usize,
+    total_macs: u64,
+}
+
+fn report(path: PathBuf, graph: &Graph) -> Report {
+    let layers: Vec<Layer> = graph
+        .nodes
+        .iter()
+        .zip(node_costs(graph))
+        .map(|(node, cost)| Layer {
+            name: node.name.clone(),
+            op: node.op.op_type().to_string(),
+            output_shape: node
+                .outputs
+                .first()
+                .and_then(|&o| graph.value(o).shape.as_ref())
+                .map(|s| s.to_string()),
+            params: cost.params,
+            macs: cost.macs,
+        })
+        .collect();
+    Report {
+        model: path,
+        opset: graph.meta.opset(),
+        producer: graph.meta.producer_name.clone(),
+        total_params: layers.iter().map(|l| l.params).sum(),
+        total_macs: layers.iter().map(|l| l.macs).sum(),
+        layers,
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let graph = model::load(&args.model)?;
+    let report = report(args.model, &graph);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut rows: Vec<Vec<String>> = report
+        .layers
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.op.clone(),
+                l.output_shape.clone().unwrap_or_else(|| "?".into()),
+                table::thousands(l.params as u64),
+                table::thousands(l.macs),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        table::thousands(report.total_params as u64),
+        table::thousands(report.total_macs),
+    ]);
+    println!(
+        "{} (opset {}, {} nodes)\n",
+        report.model.display(),
+        report.opset,
+        report.layers.len()
+    );
+    print!(
+        "{}",
+        table::render(&["name", "op", "output shape", "params", "MACs"], &rows)
+    );
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Loading a model file into the IR, with errors that name the file.
+
+use anyhow::{bail, Context, Result};
+use pare_ir::{Dim, Graph};
+use std::path::Path;
+
+/// Reads, decodes and imports an ONNX file.
+pub fn load(path: &Path) -> Result<Graph> {
+    let proto = pare_onnx::read_model(path)?;
+    pare_ir::import(&proto).with_context(|| format!("{}: cannot import the model", path.display()))
+}
+
+/// The `[batch, C, H, W]` shape to run the model with: the declared input shape, with the batch
+/// and any open image dimension taken from `batch` and `image` (the dataset's `[C, H, W]`).
+pub fn input_shape(
+    graph: &Graph,
+    path: &Path,
+    batch: usize,
+    image: Option<[usize; 3]>,
+) -> Result<Vec<usize>> {
+    let Some(&input) = graph.inputs.first() else {
+        bail!("{}: the model has no input", path.display());
+    };
+    let value = graph.value(input);
+    let Some(shape) = &value.shape else {
+        bail!(
+            "{}: input '{}' has no declared shape",
+            path.display(),
+            value.name
+        );
+    };
+    if shape.rank() != 4 {
+        bail!(
+            "{}: input '{}' has shape {shape}; pare handles image models with [batch, C, H, W] input",
+            path.display(),
+            value.name
+        );
+    }
+    let mut dims = vec![batch];
+    for (i, d) in shape.0[1..].iter().enumerate() {
+        dims.push(match (d, image) {
+            (Dim::Known(n), _) => *n,
+            (Dim::Sym(_), Some(img)) => img[i],
+            (Dim::Sym(s), None) => bail!(
+                "{}: input '{}' leaves dimension {} open ({s}); give data so its size is known",
+                path.display(),
+                value.name,
+                i + 1
+            ),
+        });
+    }
+    Ok(dims)
+}

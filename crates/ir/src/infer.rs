@@ -1,0 +1,375 @@
+//! Shape inference for the modelled ops. Opaque ops keep the shapes the model declares.
+
+use crate::graph::{Graph, NodeId, ValueSource};
+use crate::shape::{normalize_axis, Dim, Shape};
+use crate::{IrError, Op};
+
+/// Infers the shape and element type of every node output, in order. A node whose inputs have
+/// unknown shapes gets unknown (or declared) output shapes; a node whose inputs contradict its op
+/// is an error naming it.
+pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
+    for v in &mut graph.values {
+        if let ValueSource::Initializer(t) = &v.source {
+            v.shape = Some(Shape::known(&t.shape()));
+            v.elem_type = t.data_type();
+        }
+    }
+    for id in graph.node_ids() {
+        let inferred = infer_node(graph, id).map_err(|problem| {
+            let node = graph.node(id);
+            IrError::Node {
+                node: node.name.clone(),
+                op: node.op.op_type().to_string(),
+                problem,
+            }
+        })?;
+        let first_elem = graph
+            .node(id)
+            .inputs
+            .first()
+            .copied()
+            .flatten()
+            .map_or(0, |v| graph.value(v).elem_type);
+        let outputs = graph.node(id).outputs.clone();
+        let opaque = matches!(graph.node(id).op, Op::Opaque(_));
+        for (i, o) in outputs.into_iter().enumerate() {
+            let value = graph.value_mut(o);
+            if let Some(shape) = inferred.get(i).cloned().flatten() {
+                value.shape = Some(shape);
+            }
+            // Opaque outputs keep the type the model declares for them (0 if none).
+            if !opaque {
+                value.elem_type = first_elem;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Multidirectional (numpy) broadcasting of two shapes.
+pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
+    let rank = a.rank().max(b.rank());
+    let at = |s: &Shape, i: usize| -> Dim {
+        let offset = rank - s.rank();
+        if i < offset {
+            Dim::Known(1)
+        } else {
+            s.0[i - offset].clone()
+        }
+    };
+    (0..rank)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (Dim::Known(1), y) => Ok(y),
+            (x, Dim::Known(1)) => Ok(x),
+            (Dim::Known(x), Dim::Known(y)) => {
+                Err(format!("cannot broadcast {a} with {b} ({x} vs {y})"))
+            }
+            (Dim::Known(x), Dim::Sym(_)) | (Dim::Sym(_), Dim::Known(x)) => Ok(Dim::Known(x)),
+            (x @ Dim::Sym(_), Dim::Sym(_)) => Ok(x),
+        })
+        .collect::<Result<_, _>>()
+        .map(Shape)
+}
+
+fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
+    let node = graph.node(id);
+    let input = |i: usize| graph.input_shape(id, i);
+    let Some(x) = input(0).cloned() else {
+        return Ok(vec![]);
+    };
+    let expect_rank = |s: &Shape, min: usize, what: &str| {
+        if s.rank() >= min {
+            Ok(())
+        } else {
+            Err(format!("{what} has shape {s}, needs rank {min} or more"))
+        }
+    };
+    let shape = match &node.op {
+        Op::Conv(c) => {
+            let w = input(1).ok_or("the weight shape is unknown")?;
+            let k = c.window.kernel_shape.len();
+            expect_rank(&x, k + 2, "the input")?;
+            if w.rank() != k + 2 {
+                return Err(format!("weight shape {w} does not match a {k}-d kernel"));
+            }
+            let (Some(cin), Some(wcin), Some(m)) = (x.0[1].known(), w.0[1].known(), w.0[0].known())
+            else {
+                return Ok(vec![None]);
+            };
+            if cin != wcin * c.group || m % c.group != 0 {
+                return Err(format!(
+                    "input has {cin} channels and weight {w} with group {} needs {}",
+                    c.group,
+                    wcin * c.group
+                ));
+            }
+            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
+                return Ok(vec![None]);
+            };
+            let out = c.window.output_size(&spatial, false).ok_or_else(|| {
+                format!("kernel {:?} does not fit input {x}", c.window.kernel_shape)
+            })?;
+            let mut dims = vec![x.0[0].clone(), Dim::Known(m)];
+            dims.extend(out.into_iter().map(Dim::Known));
+            Shape(dims)
+        }
+        Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
+            let k = p.window.kernel_shape.len();
+            expect_rank(&x, k + 2, "the input")?;
+            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
+                return Ok(vec![None]);
+            };
+            let out = p.window.output_size(&spatial, p.ceil_mode).ok_or_else(|| {
+                format!("window {:?} does not fit input {x}", p.window.kernel_shape)
+            })?;
+            let mut dims = x.0[..2].to_vec();
+            dims.extend(out.into_iter().map(Dim::Known));
+            Shape(dims)
+        }
+        Op::GlobalAveragePool => {
+            expect_rank(&x, 3, "the input")?;
+            let mut dims = x.0[..2].to_vec();
+            dims.extend(std::iter::repeat_n(Dim::Known(1), x.rank() - 2));
+            Shape(dims)
+        }
+        Op::Gemm(g) => {
+            let b = input(1).ok_or("the shape of B is unknown")?;
+            if x.rank() != 2 || b.rank() != 2 {
+                return Err(format!("Gemm needs 2-d inputs, found {x} and {b}"));
+            }
+            let (m, ka) = if g.trans_a {
+                (&x.0[1], &x.0[0])
+            } else {
+                (&x.0[0], &x.0[1])
+            };
+            let (kb, n) = if g.trans_b {
+                (&b.0[1], &b.0[0])
+            } else {
+                (&b.0[0], &b.0[1])
+            };
+            if let (Some(ka), Some(kb)) = (ka.known(), kb.known()) {
+                if ka != kb {
+                    return Err(format!("A {x} and B {b} disagree on K ({ka} vs {kb})"));
+                }
+            }
+            Shape(vec![m.clone(), n.clone()])
+        }
+        Op::MatMul => {
+            let b = input(1).ok_or("the shape of B is unknown")?;
+            matmul_shape(&x, b)?
+        }
+        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            let b = input(1).ok_or("the second input's shape is unknown")?;
+            broadcast(&x, b)?
+        }
+        Op::BatchNorm { .. }
+        | Op::Relu
+        | Op::Clip
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish
+        | Op::Dropout { .. }
+        | Op::Identity
+        | Op::Softmax { .. } => x,
+        Op::Flatten { axis } => {
+            let r = x.rank() as i64;
+            let a = if *axis < 0 { axis + r } else { *axis };
+            if !(0..=r).contains(&a) {
+                return Err(format!("axis {axis} is out of range for input {x}"));
+            }
+            let a = a as usize;
+            let product = |dims: &[Dim]| -> Dim {
+                match dims {
+                    [d] => d.clone(),
+                    _ => dims
+                        .iter()
+                        .map(Dim::known)
+                        .product::<Option<usize>>()
+                        .map_or(Dim::Sym("?".into()), Dim::Known),
+                }
+            };
+            Shape(vec![product(&x.0[..a]), product(&x.0[a..])])
+        }
+        Op::Reshape { allowzero } => {
+            let Some(target) = graph.const_input(id, 1).and_then(|t| t.as_i64()) else {
+                return Ok(vec![None]);
+            };
+            reshape_shape(&x, target.iter().copied().collect(), *allowzero)?
+        }
+        Op::Concat { axis } => {
+            let a = normalize_axis(*axis, x.rank())
+                .ok_or(format!("axis {axis} is out of range for {x}"))?;
+            let mut dims = x.0.clone();
+            let mut total = Some(0usize);
+            for i in 0..node.inputs.len() {
+                let s = input(i).ok_or("an input shape is unknown")?;
+                if s.rank() != x.rank() {
+                    return Err(format!(
+                        "inputs of rank {} and {} cannot be concatenated",
+                        x.rank(),
+                        s.rank()
+                    ));
+                }
+                total = total.zip(s.0[a].known()).map(|(t, d)| t + d);
+            }
+            dims[a] = total.map_or(Dim::Sym("?".into()), Dim::Known);
+            Shape(dims)
+        }
+        Op::Opaque(_) => return Ok(vec![]),
+    };
+    Ok(vec![Some(shape)])
+}
+
+fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
+    if a.rank() == 0 || b.rank() == 0 {
+        return Err("MatMul inputs must have rank 1 or more".into());
+    }
+    let a2 = if a.rank() == 1 {
+        Shape(vec![Dim::Known(1), a.0[0].clone()])
+    } else {
+        a.clone()
+    };
+    let b2 = if b.rank() == 1 {
+        Shape(vec![b.0[0].clone(), Dim::Known(1)])
+    } else {
+        b.clone()
+    };
+    let (ra, rb) = (a2.rank(), b2.rank());
+    if let (Some(ka), Some(kb)) = (a2.0[ra - 1].known(), b2.0[rb - 2].known()) {
+        if ka != kb {
+            return Err(format!("{a} and {b} disagree on K ({ka} vs {kb})"));
+        }
+    }
+    let batch = broadcast(
+        &Shape(a2.0[..ra - 2].to_vec()),
+        &Shape(b2.0[..rb - 2].to_vec()),
+    )?;
+    let mut dims = batch.0;
+    if a.rank() > 1 {
+        dims.push(a2.0[ra - 2].clone());
+    }
+    if b.rank() > 1 {
+        dims.push(b2.0[rb - 1].clone());
+    }
+    Ok(Shape(dims))
+}
+
+/// The output of Reshape: 0 copies the input dimension (unless allowzero), -1 takes the rest.
+pub fn reshape_shape(x: &Shape, target: Vec<i64>, allowzero: bool) -> Result<Shape, String> {
+    let mut dims: Vec<Option<Dim>> = Vec::with_capacity(target.len());
+    for (i, &t) in target.iter().enumerate() {
+        dims.push(match t {
+            0 if !allowzero => Some(
+                x.0.get(i)
+                    .cloned()
+                    .ok_or(format!("0 at position {i} copies a dimension {x} lacks"))?,
+            ),
+            -1 => None,
+            t if t >= 0 => Some(Dim::Known(t as usize)),
+            t => return Err(format!("invalid target dimension {t}")),
+        });
+    }
+    let unknown = dims.iter().filter(|d| d.is_none()).count();
+    if unknown > 1 {
+        return Err("more than one -1 in the target shape".into());
+    }
+    // Symbols copied by 0 cancel out; any other symbol makes -1 unknowable.
+    let copied: Vec<&Dim> = dims
+        .iter()
+        .flatten()
+        .filter(|d| matches!(d, Dim::Sym(_)))
+        .collect();
+    let mut input_syms: Vec<&Dim> = x.0.iter().filter(|d| matches!(d, Dim::Sym(_))).collect();
+    for c in &copied {
+        if let Some(p) = input_syms.iter().position(|s| s == c) {
+            input_syms.remove(p);
+        } else {
+            return Ok(Shape(
+                dims.into_iter()
+                    .map(|d| d.unwrap_or(Dim::Sym("?".into())))
+                    .collect(),
+            ));
+        }
+    }
+    let known_in: usize = x.0.iter().filter_map(Dim::known).product();
+    let known_out: usize = dims.iter().flatten().filter_map(Dim::known).product();
+    let rest = if let ([sym], true) = (input_syms.as_slice(), known_in == known_out && unknown == 1)
+    {
+        // The only open input dimension is what -1 stands for (a flattened batch).
+        Some((*sym).clone())
+    } else if input_syms.is_empty() {
+        if unknown == 0 {
+            if known_in != known_out {
+                return Err(format!(
+                    "cannot reshape {x} ({known_in} elements) to {target:?}"
+                ));
+            }
+            None
+        } else {
+            if known_out == 0 || !known_in.is_multiple_of(known_out) {
+                return Err(format!("cannot reshape {x} to {target:?}"));
+            }
+            Some(Dim::Known(known_in / known_out))
+        }
+    } else {
+        Some(Dim::Sym("?".into()))
+    };
+    Ok(Shape(
+        dims.into_iter()
+            .map(|d| d.or_else(|| rest.clone()).unwrap_or(Dim::Sym("?".into())))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(dims: &[&str]) -> Shape {
+        Shape(
+            dims.iter()
+                .map(|d| d.parse().map(Dim::Known).unwrap_or(Dim::Sym(d.to_string())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(
+            broadcast(&s(&["N", "8", "4", "4"]), &s(&["8", "1", "1"])).unwrap(),
+            s(&["N", "8", "4", "4"])
+        );
+        assert!(broadcast(&s(&["3"]), &s(&["4"])).is_err());
+    }
+
+    #[test]
+    fn reshape_copies_and_infers() {
+        assert_eq!(
+            reshape_shape(&s(&["N", "16", "5", "5"]), vec![0, -1], false).unwrap(),
+            s(&["N", "400"])
+        );
+        assert_eq!(
+            reshape_shape(&s(&["2", "16", "5", "5"]), vec![2, -1], false).unwrap(),
+            s(&["2", "400"])
+        );
+        assert!(reshape_shape(&s(&["2", "3"]), vec![4, -1], false).is_err());
+        assert_eq!(
+            reshape_shape(&s(&["N", "16", "5", "5"]), vec![-1, 400], false).unwrap(),
+            s(&["N", "400"])
+        );
+    }
+
+    #[test]
+    fn matmul_handles_vectors_and_batches() {
+        assert_eq!(
+            matmul_shape(&s(&["N", "4"]), &s(&["4", "3"])).unwrap(),
+            s(&["N", "3"])
+        );
+        assert_eq!(
+            matmul_shape(&s(&["4"]), &s(&["2", "4", "3"])).unwrap(),
+            s(&["2", "3"])
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! pare's graph IR: a topologically ordered list of typed nodes over named values, imported from
+//! and exported to ONNX, with shapes inferred and shape subgraphs folded.
+//!
+//! Invariants (see docs/ARCHITECTURE.md): nodes are in topological order; every value has one
+//! source; an op the IR does not model is `Op::Opaque` and exported untouched; exporting an
+//! unmodified graph gives a model with the same outputs. This crate does not run models (tract and
+//! the train crate do) and does not read files (pare-onnx does).
+
+mod cost;
+mod error;
+mod export;
+mod fold;
+mod graph;
+mod import;
+mod infer;
+mod op;
+mod shape;
+mod tensor;
+
+pub use cost::{node_costs, NodeCost};
+pub use error::IrError;
+pub use export::export;
+pub use graph::{Graph, ModelMeta, Node, NodeId, Value, ValueId, ValueSource};
+pub use import::import;
+pub use op::{Conv, Gemm, Op, Padding, Pool, Window};
+pub use shape::{Dim, Shape};
+pub use tensor::Tensor;

@@ -1,0 +1,30 @@
+//! The error type of the ONNX crate.
+
+use std::path::PathBuf;
+
+/// What can go wrong reading or writing an ONNX file. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the file is empty; expected an ONNX model")]
+    Empty { path: PathBuf },
+    #[error("{path}: not a valid ONNX model (protobuf decoding failed: {reason}); is the file truncated or of another format?")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path}: the model has no graph")]
+    NoGraph { path: PathBuf },
+    #[error("{path}: tensor '{tensor}': {problem}")]
+    ExternalData {
+        path: PathBuf,
+        tensor: String,
+        problem: String,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}

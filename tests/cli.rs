@@ -1,0 +1,1 @@
+//! The `compress` binary, end to end.
