@@ -1,1 +1,252 @@
-//! The `compress` binary, end to end.
+//! The `compress` binary, end to end: reports on the shipped models, and bad input that must
+//! give a one-line error naming the file, a non-zero exit and no panic.
+
+use pare_onnx::proto::{tensor_proto::DataLocation, StringStringEntryProto, TensorProto};
+use pare_onnx::{attr, GraphBuilder};
+mod common;
+use common::{compress, mnist, root};
+use std::path::Path;
+use std::process::Output;
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a clean failure: exit status 1, one line on stderr naming `names`, no panic.
+fn assert_clean_error(o: &Output, names: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for name in names {
+        assert!(err.contains(name), "'{name}' missing from: {err}");
+    }
+    err
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn inspect_prints_a_per_layer_table_with_totals() {
+    let o = compress(&["inspect", "models/lenet5_opset17.onnx"]);
+    assert!(o.status.success());
+    insta::assert_snapshot!("inspect_lenet5", stdout(&o));
+}
+
+#[test]
+fn inspect_json_has_the_same_figures() {
+    let o = compress(&["inspect", "models/vggbn_keepbn_opset17.onnx", "--json"]);
+    assert!(o.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The fixtures' README gives PyTorch's count: 252,138 parameters.
+    assert_eq!(report["total_params"], 252_138);
+    let layers = report["layers"].as_array().unwrap();
+    let macs: u64 = layers.iter().map(|l| l["macs"].as_u64().unwrap()).sum();
+    assert_eq!(report["total_macs"].as_u64().unwrap(), macs);
+    assert!(layers.iter().any(|l| l["op"] == "BatchNormalization"));
+}
+
+#[test]
+fn eval_reports_accuracy_and_latency_from_tract() {
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/mnist5k",
+        "--runs",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The fixtures' README: 96.2% measured with onnxruntime on the 1000 test images.
+    assert_eq!(report["correct"], 962);
+    assert_eq!(report["total"], 1000);
+    assert!(report["latency"]["median_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["latency"]["runs"], 5);
+}
+
+#[test]
+fn convert_writes_a_model_eval_accepts_and_refuses_to_overwrite_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lenet.onnx");
+    let model = root().join("models/lenet5_dynamo_extdata_opset18.onnx");
+    let o = compress(&["convert", path_str(&model), "-o", path_str(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = mnist();
+    let o = compress(&[
+        "eval",
+        path_str(&out),
+        "--data",
+        path_str(&data),
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["correct"], 962);
+
+    let before = std::fs::read(&out).unwrap();
+    let o = compress(&["convert", path_str(&out), "-o", path_str(&out)]);
+    assert_clean_error(&o, &["lenet.onnx", "overwrite"]);
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+#[test]
+fn empty_random_and_truncated_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_error(
+        &compress(&["inspect", path_str(&empty)]),
+        &["empty.onnx", "empty"],
+    );
+
+    let random = dir.path().join("random.onnx");
+    let noise: Vec<u8> = (0..10_000u64)
+        .map(|i| (i.wrapping_mul(6364136223846793005) >> 56) as u8)
+        .collect();
+    std::fs::write(&random, noise).unwrap();
+    assert_clean_error(&compress(&["inspect", path_str(&random)]), &["random.onnx"]);
+
+    let truncated = dir.path().join("truncated.onnx");
+    let full = std::fs::read(root().join("models/lenet5_opset17.onnx")).unwrap();
+    for cut in [full.len() / 2, full.len() - 1, 100] {
+        std::fs::write(&truncated, &full[..cut]).unwrap();
+        assert_clean_error(
+            &compress(&["inspect", path_str(&truncated)]),
+            &["truncated.onnx"],
+        );
+    }
+}
+
+#[test]
+fn missing_or_short_external_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "lenet5_dynamo_extdata_opset18.onnx";
+    let model = dir.path().join(name);
+    std::fs::copy(root().join("models").join(name), &model).unwrap();
+    let err = assert_clean_error(
+        &compress(&["inspect", path_str(&model)]),
+        &[name, "cannot read external data"],
+    );
+    assert!(err.contains(".onnx.data"), "{err}");
+
+    let data = std::fs::read(root().join("models").join(format!("{name}.data"))).unwrap();
+    std::fs::write(
+        dir.path().join(format!("{name}.data")),
+        &data[..data.len() - 100],
+    )
+    .unwrap();
+    assert_clean_error(
+        &compress(&["inspect", path_str(&model)]),
+        &[name, "truncated"],
+    );
+}
+
+#[test]
+fn external_data_outside_the_model_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(dir.path().join("w.data"), [0u8; 16]).unwrap();
+    for location in ["../w.data", path_str(&dir.path().join("w.data"))] {
+        let mut b = GraphBuilder::new("g", 17);
+        b.input("x", [1i64, 4]);
+        b.initializer(TensorProto {
+            name: Some("w".into()),
+            dims: vec![4],
+            data_type: Some(1),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![StringStringEntryProto {
+                key: Some("location".into()),
+                value: Some(location.into()),
+            }],
+            ..Default::default()
+        });
+        b.node("Add", &["x", "w"], &["y"], vec![]);
+        b.output("y", [1i64, 4]);
+        let model = inner.join("escape.onnx");
+        pare_onnx::write_model(&model, &b.build()).unwrap();
+        assert_clean_error(
+            &compress(&["inspect", path_str(&model)]),
+            &["escape.onnx", "leaves the model's folder"],
+        );
+    }
+}
+
+#[test]
+fn a_dataset_of_another_image_size_is_refused() {
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/digits8x8",
+    ]);
+    assert_clean_error(&o, &["digits8x8", "[1, 8, 8]", "[1, 28, 28]"]);
+}
+
+/// Writes an MNIST-style folder of `n` blank 28×28 images with the given labels.
+fn write_idx_dataset(dir: &Path, labels: &[u8]) {
+    let n = labels.len() as u32;
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n, 28, 28] {
+        images.extend(d.to_be_bytes());
+    }
+    images.extend(vec![0u8; (n * 28 * 28) as usize]);
+    let mut label_file = vec![0, 0, 8, 1];
+    label_file.extend(n.to_be_bytes());
+    label_file.extend(labels);
+    for split in ["train", "t10k"] {
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), &images).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), &label_file).unwrap();
+    }
+}
+
+#[test]
+fn labels_beyond_the_models_classes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), &[3, 1, 12]);
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(dir.path()),
+    ]);
+    assert_clean_error(&o, &["sample 2", "label 12", "10 classes"]);
+}
+
+#[test]
+fn a_missing_dataset_folder_or_model_is_named() {
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "no/such/dir",
+    ]);
+    assert_clean_error(&o, &["no/such/dir"]);
+    let o = compress(&["inspect", "no/such/model.onnx"]);
+    assert_clean_error(&o, &["no/such/model.onnx"]);
+}
+
+#[test]
+fn a_model_with_a_cycle_or_undefined_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = GraphBuilder::new("g", 17);
+    b.input("x", [1i64, 4]);
+    b.node(
+        "Relu",
+        &["x", "nowhere"],
+        &["y"],
+        vec![attr::int("unused", 0)],
+    );
+    b.output("y", [1i64, 4]);
+    let model = dir.path().join("undefined.onnx");
+    pare_onnx::write_model(&model, &b.build()).unwrap();
+    assert_clean_error(
+        &compress(&["inspect", path_str(&model)]),
+        &["undefined.onnx", "nowhere"],
+    );
+}

@@ -1,15 +1,18 @@
-//! Helpers shared by the end-to-end tests: where the shipped models and data are, and how to run
+//! Helpers shared by the end-to-end tests (included with `mod common;`): where the shipped models and data are, and how to run
 //! the `compress` binary.
+
+#![allow(dead_code)] // each test target uses a different part
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
+    // These tests are targets of crates/cli.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf()
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// Every ONNX model shipped in models/.
@@ -28,25 +31,9 @@ pub fn mnist() -> PathBuf {
     root().join("models/mnist5k")
 }
 
-/// The `compress` binary cargo built beside this test (target/<profile>/compress).
-pub fn compress_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = dir.join(format!("compress{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p pare-cli` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
 /// Runs `compress` with the given arguments from the workspace root.
 pub fn compress(args: &[&str]) -> Output {
-    Command::new(compress_bin())
+    Command::new(env!("CARGO_BIN_EXE_compress"))
         .args(args)
         .current_dir(root())
         .output()

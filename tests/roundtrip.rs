@@ -4,7 +4,8 @@ use ndarray::{s, Array4};
 use pare_ir::{Op, ValueSource};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{attr, GraphBuilder};
-use pare_tests::{mnist, shipped_models};
+mod common;
+use common::{mnist, shipped_models};
 use pare_verify::{max_abs_diff, TractModel};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -112,7 +113,7 @@ fn every_shipped_model_survives_import_and_export_in_tract() {
 #[test]
 fn export_is_written_atomically_and_never_over_its_input() {
     let dir = tempfile::tempdir().unwrap();
-    let src = pare_tests::root().join("models/lenet5_opset17.onnx");
+    let src = common::root().join("models/lenet5_opset17.onnx");
     let copy = dir.path().join("m.onnx");
     std::fs::copy(&src, &copy).unwrap();
     let graph = pare_ir::import(&pare_onnx::read_model(&copy).unwrap()).unwrap();

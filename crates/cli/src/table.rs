@@ -1,6 +1,7 @@
 //! Plain-text tables for terminal reports.
 
-/// Renders rows as left-aligned text columns (numbers right-aligned) with a rule under the header.
+/// Renders rows as text columns with a rule under the header. A column whose every cell is a
+/// number (or blank) is right-aligned, header included; others are left-aligned.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -9,37 +10,30 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let numeric =
-        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || ",.%-".contains(c));
+    let numeric = |s: &str| s.chars().all(|c| c.is_ascii_digit() || ",.%-".contains(c));
+    let right: Vec<bool> = (0..cols)
+        .map(|i| !rows.is_empty() && rows.iter().all(|r| r.get(i).is_none_or(|c| numeric(c))))
+        .collect();
     let line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate().take(cols) {
-            let pad = widths[i].saturating_sub(cell.chars().count());
+            let pad = " ".repeat(widths[i].saturating_sub(cell.chars().count()));
             if i > 0 {
                 out.push_str("  ");
             }
-            if numeric(cell) {
-                out.push_str(&" ".repeat(pad));
+            if right[i] {
+                out.push_str(&pad);
                 out.push_str(cell);
             } else {
                 out.push_str(cell);
-                if i + 1 < cols {
-                    out.push_str(&" ".repeat(pad));
-                }
+                out.push_str(&pad);
             }
         }
         out.trim_end().to_string() + "\n"
     };
+    let rules: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
     let mut out = line(header.to_vec());
-    out.push_str(&line(
-        widths
-            .iter()
-            .map(|&w| "-".repeat(w))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    ));
+    out.push_str(&line(rules.iter().map(String::as_str).collect()));
     for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }

@@ -10,10 +10,10 @@ pub enum DataError {
     NotAFolder { path: PathBuf },
     #[error("{dir}: no dataset found; expected MNIST IDX files ({expected})")]
     UnknownLayout { dir: PathBuf, expected: String },
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {problem}")]
     Malformed { path: PathBuf, problem: String },

@@ -17,9 +17,9 @@ pub struct IdxArray {
 /// Reads an IDX file of unsigned bytes (type code 0x08), gzipped (detected from its magic bytes)
 /// or raw.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Read {
+    let raw = std::fs::read(path).map_err(|cause| DataError::Read {
         path: path.into(),
-        source,
+        cause,
     })?;
     let bad = |problem: String| DataError::Malformed {
         path: path.into(),

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 /// What can go wrong reading or writing an ONNX file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: the file is empty; expected an ONNX model")]
     Empty { path: PathBuf },
@@ -22,9 +22,9 @@ pub enum OnnxError {
         tensor: String,
         problem: String,
     },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }

@@ -29,9 +29,9 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 /// Reads a model file and loads the tensors it keeps in external data files into memory, so the
 /// returned message is self-contained.
 pub fn read_model(path: &Path) -> Result<ModelProto, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| OnnxError::Read {
         path: path.into(),
-        source,
+        cause,
     })?;
     let mut model = decode(&bytes, path)?;
     external::inline_external_data(&mut model, path)?;
@@ -46,9 +46,9 @@ pub fn write_model(path: &Path, model: &ModelProto) -> Result<(), OnnxError> {
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a reader never
 /// sees a half-written file and a failed write leaves any existing file as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let err = |source| OnnxError::Write {
+    let err = |cause| OnnxError::Write {
         path: path.into(),
-        source,
+        cause,
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
