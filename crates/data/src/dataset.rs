@@ -1,6 +1,11 @@
-//! In-memory datasets.
+//! In-memory datasets and what is done to them once loaded: normalising, shuffling, splitting,
+//! batching.
+//!
+//! Nothing here reads files or knows a format; the loaders build a `Dataset` and hand it over.
 
+use crate::{permutation, DataError};
 use ndarray::{Array4, ArrayView4, Axis};
+use std::collections::HashMap;
 
 /// Images `[N, C, H, W]` (float32) with one class label each.
 #[derive(Debug, Clone)]
@@ -55,5 +60,293 @@ impl Dataset {
                 &self.labels[start..end],
             )
         })
+    }
+
+    /// Mean and (population) standard deviation of each channel over all images and pixels,
+    /// accumulated in f64. Both are 0 for an empty dataset.
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        self.images
+            .axis_iter(Axis(1))
+            .map(|channel| {
+                let n = channel.len();
+                if n == 0 {
+                    return (0.0, 0.0);
+                }
+                // Two passes: subtracting the mean first keeps the variance accurate when the
+                // values sit far from zero.
+                let mean = channel.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+                let var = channel
+                    .iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / n as f64;
+                (mean as f32, var.sqrt() as f32)
+            })
+            .unzip()
+    }
+
+    /// Maps every pixel of channel `c` to `(x - mean[c]) / std[c]`. Both slices must have one
+    /// finite value per channel, and every `std` must be above zero.
+    pub fn normalize(&mut self, mean: &[f32], std: &[f32]) -> Result<(), DataError> {
+        let [channels, _, _] = self.image_shape();
+        for (name, values) in [("mean", mean), ("std", std)] {
+            if values.len() != channels {
+                return Err(DataError::BadArgument(format!(
+                    "normalize: {name} has {} values but the images have {channels} channels",
+                    values.len()
+                )));
+            }
+            if let Some(c) = values.iter().position(|v| !v.is_finite()) {
+                return Err(DataError::BadArgument(format!(
+                    "normalize: {name}[{c}] is {}; it must be a finite number",
+                    values[c]
+                )));
+            }
+        }
+        if let Some(c) = std.iter().position(|&s| s <= 0.0) {
+            return Err(DataError::BadArgument(format!(
+                "normalize: std[{c}] is {}; it must be above zero",
+                std[c]
+            )));
+        }
+        for ((mut channel, &m), &s) in self.images.axis_iter_mut(Axis(1)).zip(mean).zip(std) {
+            channel.mapv_inplace(|x| (x - m) / s);
+        }
+        Ok(())
+    }
+
+    /// Copies the samples at `indices` (in that order, repeats allowed) into one batch.
+    ///
+    /// # Panics
+    /// If an index is not below `len()`: indices come from the caller, not from a file.
+    pub fn gather(&self, indices: &[usize]) -> (Array4<f32>, Vec<usize>) {
+        (
+            self.images.select(Axis(0), indices),
+            indices.iter().map(|&i| self.labels[i]).collect(),
+        )
+    }
+
+    /// All samples in an order fixed by `seed` (see [`permutation`]).
+    pub fn shuffled(&self, seed: u64) -> Dataset {
+        let (images, labels) = self.gather(&permutation(self.len(), seed));
+        Dataset { images, labels }
+    }
+
+    /// Batches of at most `size` samples (at least 1) in an order fixed by `seed`: one epoch of
+    /// training data. Each batch is copied out, so only one batch is held at a time.
+    pub fn batches_shuffled(
+        &self,
+        size: usize,
+        seed: u64,
+    ) -> impl Iterator<Item = (Array4<f32>, Vec<usize>)> + '_ {
+        let order = permutation(self.len(), seed);
+        let size = size.max(1);
+        (0..self.len()).step_by(size).map(move |start| {
+            let end = (start + size).min(order.len());
+            self.gather(&order[start..end])
+        })
+    }
+
+    /// Splits into `(train, validation)`, stratified by class: each class gives
+    /// `round(fraction * count)` of its samples, chosen by `seed`, to validation. A class of
+    /// two or more samples gives at least one and keeps at least one (unless `fraction` is 0 or
+    /// 1); a class of one sample stays in train (unless `fraction` is 1). Both parts keep the
+    /// original order of the samples.
+    ///
+    /// # Panics
+    /// If `fraction` is not within `0..=1`: it comes from the caller, who must check it.
+    pub fn split_off_validation(&self, fraction: f32, seed: u64) -> (Dataset, Dataset) {
+        assert!(
+            (0.0..=1.0).contains(&fraction),
+            "split_off_validation: fraction {fraction} is not within 0..=1"
+        );
+        let mut counts: HashMap<usize, usize> = HashMap::new();
+        for &l in &self.labels {
+            *counts.entry(l).or_default() += 1;
+        }
+        let mut wanted: HashMap<usize, usize> = counts
+            .into_iter()
+            .map(|(label, count)| {
+                let take = if fraction == 0.0 {
+                    0
+                } else if fraction == 1.0 {
+                    count
+                } else if count < 2 {
+                    0
+                } else {
+                    ((fraction * count as f32).round() as usize).clamp(1, count - 1)
+                };
+                (label, take)
+            })
+            .collect();
+        // Walking a seeded permutation picks a random subset of each class.
+        let mut to_validation = vec![false; self.len()];
+        for i in permutation(self.len(), seed) {
+            if let Some(left) = wanted.get_mut(&self.labels[i]).filter(|left| **left > 0) {
+                *left -= 1;
+                to_validation[i] = true;
+            }
+        }
+        let (val, train): (Vec<usize>, Vec<usize>) =
+            (0..self.len()).partition(|&i| to_validation[i]);
+        let part = |indices: &[usize]| {
+            let (images, labels) = self.gather(indices);
+            Dataset { images, labels }
+        };
+        (part(&train), part(&val))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    /// `n` 1×1×2 images whose pixels are the sample's index (and index + 0.5), with the labels
+    /// given.
+    fn numbered(labels: &[usize]) -> Dataset {
+        let n = labels.len();
+        let images = Array::from_shape_fn((n, 1, 1, 2), |(i, _, _, x)| i as f32 + x as f32 / 2.0);
+        Dataset {
+            images,
+            labels: labels.to_vec(),
+        }
+    }
+
+    #[test]
+    fn channel_stats_and_normalize_make_each_channel_zero_mean_unit_std() {
+        let images = Array::from_shape_fn((4, 2, 3, 3), |(n, c, y, x)| {
+            (n * 9 + y * 3 + x) as f32 * if c == 0 { 1.0 } else { 0.01 } + c as f32 * 100.0
+        });
+        let mut d = Dataset {
+            images,
+            labels: vec![0; 4],
+        };
+        let (mean, std) = d.channel_stats();
+        assert!((mean[0] - 17.5).abs() < 1e-4 && (mean[1] - 100.175).abs() < 1e-4);
+        d.normalize(&mean, &std).unwrap();
+        let (mean, std) = d.channel_stats();
+        // Channel 1 sits near 100 with a spread of 0.1, so f32 rounding of the pixels shows.
+        for c in 0..2 {
+            assert!(
+                mean[c].abs() < 2e-4 && (std[c] - 1.0).abs() < 2e-4,
+                "{mean:?} {std:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_stats_of_an_empty_dataset_are_zero() {
+        let d = Dataset {
+            images: Array4::zeros((0, 3, 2, 2)),
+            labels: vec![],
+        };
+        assert_eq!(d.channel_stats(), (vec![0.0; 3], vec![0.0; 3]));
+    }
+
+    #[test]
+    fn normalize_refuses_wrong_lengths_and_zero_std() {
+        let mut d = numbered(&[0, 1]);
+        let e = d
+            .normalize(&[0.0, 0.0, 0.0], &[1.0])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mean has 3 values") && e.contains("1 channels"),
+            "{e}"
+        );
+        let e = d.normalize(&[0.0], &[0.0]).unwrap_err().to_string();
+        assert!(e.contains("std[0] is 0"), "{e}");
+        let e = d.normalize(&[f32::NAN], &[1.0]).unwrap_err().to_string();
+        assert!(e.contains("mean[0] is NaN"), "{e}");
+        assert_eq!(
+            d.images,
+            numbered(&[0, 1]).images,
+            "a refused call changes nothing"
+        );
+    }
+
+    #[test]
+    fn gather_copies_the_chosen_samples_in_order() {
+        let d = numbered(&[5, 6, 7]);
+        let (images, labels) = d.gather(&[2, 0, 2]);
+        assert_eq!(labels, vec![7, 5, 7]);
+        assert_eq!(images.dim(), (3, 1, 1, 2));
+        assert_eq!(images[[0, 0, 0, 1]], 2.5);
+        assert_eq!(images[[1, 0, 0, 0]], 0.0);
+    }
+
+    #[test]
+    fn shuffled_keeps_image_and_label_together_and_is_seeded() {
+        let d = numbered(&(0..50).collect::<Vec<_>>());
+        let s = d.shuffled(9);
+        assert_ne!(s.labels, d.labels);
+        for (i, &l) in s.labels.iter().enumerate() {
+            assert_eq!(s.images[[i, 0, 0, 0]], l as f32);
+        }
+        assert_eq!(s.labels, d.shuffled(9).labels);
+        assert_eq!(s.labels, permutation(50, 9));
+    }
+
+    #[test]
+    fn shuffled_batches_cover_every_sample_once() {
+        let d = numbered(&(0..10).collect::<Vec<_>>());
+        let batches: Vec<_> = d.batches_shuffled(4, 1).collect();
+        assert_eq!(
+            batches.iter().map(|(_, l)| l.len()).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        let seen: Vec<usize> = batches.into_iter().flat_map(|(_, l)| l).collect();
+        assert_eq!(seen, permutation(10, 1));
+    }
+
+    #[test]
+    fn validation_split_is_stratified_and_seeded() {
+        // Class 0: 10 samples, class 1: 5, class 2: 2, class 3: 1.
+        let mut labels = vec![0; 10];
+        labels.extend([1; 5]);
+        labels.extend([2, 2, 3]);
+        let d = numbered(&labels);
+        let (train, val) = d.split_off_validation(0.2, 4);
+        let count = |d: &Dataset, c| d.labels.iter().filter(|&&l| l == c).count();
+        // round(2.0) = 2, round(1.0) = 1, round(0.4) = 0 raised to 1, a lone sample stays.
+        assert_eq!([0, 1, 2, 3].map(|c| count(&val, c)), [2, 1, 1, 0]);
+        assert_eq!([0, 1, 2, 3].map(|c| count(&train, c)), [8, 4, 1, 1]);
+        // Nothing lost or repeated, images still with their labels, original order kept.
+        let mut ids: Vec<f32> = train
+            .images
+            .iter()
+            .chain(val.images.iter())
+            .step_by(2)
+            .copied()
+            .collect();
+        assert!(ids.windows(2).take(train.len() - 1).all(|w| w[0] < w[1]));
+        ids.sort_by(f32::total_cmp);
+        assert_eq!(ids, (0..18).map(|i| i as f32).collect::<Vec<_>>());
+        for (i, &l) in val.labels.iter().enumerate() {
+            assert_eq!(labels[val.images[[i, 0, 0, 0]] as usize], l);
+        }
+        let (_, again) = d.split_off_validation(0.2, 4);
+        assert_eq!(again.images, val.images);
+        let picks = |seed| d.split_off_validation(0.2, seed).1.images;
+        assert!((5..25).any(|seed| picks(seed) != val.images));
+    }
+
+    #[test]
+    fn validation_fraction_edges() {
+        let d = numbered(&[0, 0, 0, 1]);
+        let (train, val) = d.split_off_validation(0.0, 1);
+        assert_eq!((train.len(), val.len()), (4, 0));
+        let (train, val) = d.split_off_validation(1.0, 1);
+        assert_eq!((train.len(), val.len()), (0, 4));
+        // 0.9 × 3 rounds to 3, but a class keeps one sample for training.
+        let (train, val) = d.split_off_validation(0.9, 1);
+        assert_eq!((train.labels, val.labels.len()), (vec![0, 1], 2));
+    }
+
+    #[test]
+    #[should_panic(expected = "not within 0..=1")]
+    fn validation_fraction_outside_0_1_panics() {
+        numbered(&[0]).split_off_validation(1.5, 0);
     }
 }

@@ -1,15 +1,24 @@
 //! The error type of the data crate.
+//!
+//! Only the type lives here: the messages are written where the problem is found, so this file
+//! must not grow format-specific logic.
 
 use std::path::PathBuf;
 
-/// What can go wrong reading a dataset. Every variant names the file and, where one is at fault,
-/// the record.
+/// What can go wrong reading or preparing a dataset. Every variant about a file names it and,
+/// where one is at fault, the record or sample.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: not a folder; give the folder that holds the dataset files")]
-    NotAFolder { path: PathBuf },
-    #[error("{dir}: no dataset found; expected MNIST IDX files ({expected})")]
+    #[error("{path}: neither a dataset folder nor a .npz file")]
+    NotADataset { path: PathBuf },
+    #[error("{dir}: no dataset found; looked for {expected}")]
     UnknownLayout { dir: PathBuf, expected: String },
+    #[error("{dir}: looks like {format} but {missing} is missing")]
+    Incomplete {
+        dir: PathBuf,
+        format: &'static str,
+        missing: String,
+    },
     #[error("{path}: cannot read: {cause}")]
     Read {
         path: PathBuf,
@@ -24,4 +33,7 @@ pub enum DataError {
         labels: PathBuf,
         n_labels: usize,
     },
+    /// A caller's argument does not fit the data (no file is involved).
+    #[error("{0}")]
+    BadArgument(String),
 }

@@ -1,5 +1,7 @@
 //! The IDX format of MNIST (and Fashion-MNIST, EMNIST, KMNIST): big-endian header, raw values;
 //! gzipped or not.
+//!
+//! Only files of unsigned bytes are read; it must not guess at IDX files of other element types.
 
 use crate::{DataError, Dataset, Splits};
 use flate2::read::GzDecoder;
@@ -73,6 +75,10 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     })
 }
 
+/// What `load` looks for, for the message when no format is found.
+pub(crate) const EXPECTED: &str = "MNIST IDX (train-images-idx3-ubyte, train-labels-idx1-ubyte, \
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz)";
+
 /// Finds `<stem>` or `<stem>.gz` in `dir`.
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
     [stem.to_string(), format!("{stem}.gz")]
@@ -86,26 +92,29 @@ const FILES: [(&str, &str); 2] = [
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 ];
 
-/// Loads an MNIST-style folder: the four standard IDX files, gzipped or raw.
-pub(crate) fn load_mnist_dir(dir: &Path) -> Result<Splits, DataError> {
-    let mut splits = Vec::new();
-    for (images, labels) in FILES {
-        let (Some(images), Some(labels)) = (find(dir, images), find(dir, labels)) else {
-            return Err(DataError::UnknownLayout {
-                dir: dir.into(),
-                expected: FILES
-                    .iter()
-                    .flat_map(|(a, b)| [*a, *b])
-                    .collect::<Vec<_>>()
-                    .join(", ")
-                    + ", each optionally .gz",
-            });
-        };
-        splits.push(load_pair(&images, &labels)?);
-    }
-    let test = splits.pop().expect("two splits");
-    let train = splits.pop().expect("two splits");
-    Ok(Splits { train, test })
+/// Loads an MNIST-style folder: the four standard IDX files, gzipped or raw; `None` if `dir`
+/// holds none of them.
+pub(crate) fn load(dir: &Path) -> Option<Result<Splits, DataError>> {
+    let any = FILES
+        .iter()
+        .flat_map(|(a, b)| [a, b])
+        .any(|name| find(dir, name).is_some());
+    any.then(|| load_all(dir))
+}
+
+fn load_all(dir: &Path) -> Result<Splits, DataError> {
+    let path = |name: &str| {
+        find(dir, name).ok_or_else(|| DataError::Incomplete {
+            dir: dir.into(),
+            format: "an MNIST IDX dataset",
+            missing: format!("{name} (or {name}.gz)"),
+        })
+    };
+    let [(train_x, train_y), (test_x, test_y)] = FILES;
+    Ok(Splits {
+        train: load_pair(&path(train_x)?, &path(train_y)?)?,
+        test: load_pair(&path(test_x)?, &path(test_y)?)?,
+    })
 }
 
 fn load_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataError> {
@@ -198,7 +207,7 @@ mod tests {
             )
             .unwrap();
         }
-        let s = load_mnist_dir(dir.path()).unwrap();
+        let s = load(dir.path()).unwrap().unwrap();
         assert_eq!(s.train.image_shape(), [1, 1, 2]);
         assert_eq!(s.test.labels, vec![7, 3]);
         assert_eq!(s.train.images[[0, 0, 0, 1]], 1.0);
@@ -213,7 +222,19 @@ mod tests {
             std::fs::write(dir.path().join(images), idx_bytes(&[2, 1, 1], &[0, 1])).unwrap();
             std::fs::write(dir.path().join(labels), idx_bytes(&[3], &[0, 1, 2])).unwrap();
         }
-        let e = load_mnist_dir(dir.path()).unwrap_err().to_string();
+        let e = load(dir.path()).unwrap().unwrap_err().to_string();
         assert!(e.contains("2 images") && e.contains("3 labels"), "{e}");
+    }
+
+    #[test]
+    fn a_folder_missing_one_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILES[0].0), idx_bytes(&[1, 1, 1], &[0])).unwrap();
+        let e = load(dir.path()).unwrap().unwrap_err().to_string();
+        assert!(
+            e.contains("train-labels-idx1-ubyte (or train-labels-idx1-ubyte.gz) is missing"),
+            "{e}"
+        );
+        assert!(load(tempfile::tempdir().unwrap().path()).is_none());
     }
 }

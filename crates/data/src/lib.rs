@@ -3,21 +3,99 @@
 //! This crate knows nothing of models or ONNX. It hands out `[N, C, H, W]` float32 images and class
 //! labels; checking that they fit a model is the caller's job.
 
+mod cifar;
 mod dataset;
 mod error;
+mod folder;
 mod idx;
+mod npy;
+mod npz;
+mod rng;
 
 pub use dataset::{Dataset, Splits};
 pub use error::DataError;
 pub use idx::{read_idx, IdxArray};
+pub use rng::permutation;
 
 use std::path::Path;
 
-/// Loads the train and test splits from a dataset folder, recognising its format from the files
-/// in it. Pixel values are scaled to 0..1 (divided by 255).
-pub fn load_dir(dir: &Path) -> Result<Splits, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::NotAFolder { path: dir.into() });
+/// Loads the train and test splits of a dataset, recognising its format from what is there.
+///
+/// `path` is a `.npz` file or a folder holding, in the order tried (the first found is used):
+/// MNIST IDX files, CIFAR-10 or CIFAR-100 binary batches, `.npz` archives, or `train/` and
+/// `test/` image folders. Byte pixels (IDX, CIFAR, PNG/JPEG, integer NumPy arrays) are scaled to
+/// 0..1 (divided by 255); float NumPy arrays are taken as they are.
+pub fn load_dir(path: &Path) -> Result<Splits, DataError> {
+    let meta = std::fs::metadata(path).map_err(|cause| DataError::Read {
+        path: path.into(),
+        cause,
+    })?;
+    if meta.is_file() && npz::is_npz(path) {
+        return npz::load_file(path);
     }
-    idx::load_mnist_dir(dir)
+    if !meta.is_dir() {
+        return Err(DataError::NotADataset { path: path.into() });
+    }
+    idx::load(path)
+        .or_else(|| cifar::load(path))
+        .or_else(|| npz::load(path))
+        .or_else(|| folder::load(path))
+        .unwrap_or_else(|| {
+            Err(DataError::UnknownLayout {
+                dir: path.into(),
+                expected: [
+                    idx::EXPECTED,
+                    cifar::EXPECTED,
+                    npz::EXPECTED,
+                    folder::EXPECTED,
+                ]
+                .join("; "),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_digits_folder_loads_from_its_idx_files_and_its_npz() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/digits8x8");
+        let from_idx = load_dir(&dir).unwrap();
+        let from_npz = load_dir(&dir.join("digits8x8.npz")).unwrap();
+        assert_eq!(from_idx.train.labels, from_npz.train.labels);
+        assert_eq!(from_idx.test.images, from_npz.test.images);
+    }
+
+    #[test]
+    fn an_unknown_folder_lists_every_format_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"hi").unwrap();
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        for format in [
+            "MNIST IDX",
+            "CIFAR-10",
+            "CIFAR-100",
+            ".npz",
+            "image folders",
+        ] {
+            assert!(e.contains(format), "{format} not in {e}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_no_dataset_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, b"hi").unwrap();
+        let e = load_dir(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("notes.txt: neither a dataset folder nor a .npz file"),
+            "{e}"
+        );
+        let e = load_dir(&dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absent: cannot read"), "{e}");
+    }
 }

@@ -1,0 +1,314 @@
+//! Image-folder datasets: `train/<class>/*.png|jpg|jpeg` and `test/<class>/...`, one folder per
+//! class, classes numbered in alphabetical order of train's folder names.
+//!
+//! Every image must match the first one's size and channel count; this module must not resize,
+//! crop or otherwise alter images to make them fit.
+
+use crate::{DataError, Dataset, Splits};
+use image::ImageReader;
+use ndarray::Array4;
+use std::path::{Path, PathBuf};
+
+/// What `load` looks for, for the message when no format is found.
+pub(crate) const EXPECTED: &str =
+    "image folders (train/<class>/*.png|jpg|jpeg and test/<class>/...)";
+
+const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Loads `dir/train` and `dir/test`; `None` if `dir` has neither folder.
+pub(crate) fn load(dir: &Path) -> Option<Result<Splits, DataError>> {
+    let (train, test) = (dir.join("train"), dir.join("test"));
+    match (train.is_dir(), test.is_dir()) {
+        (false, false) => None,
+        (true, true) => Some(load_splits(&train, &test)),
+        (has_train, _) => Some(Err(DataError::Incomplete {
+            dir: dir.into(),
+            format: "an image-folder dataset (train/ and test/)",
+            missing: if has_train { "test/" } else { "train/" }.into(),
+        })),
+    }
+}
+
+fn load_splits(train_dir: &Path, test_dir: &Path) -> Result<Splits, DataError> {
+    let classes = subfolders(train_dir)?;
+    if classes.is_empty() {
+        return Err(DataError::Malformed {
+            path: train_dir.into(),
+            problem: "holds no class folders; put each class's images in train/<class>/".into(),
+        });
+    }
+    let mut train_files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let folder = train_dir.join(class);
+        let files = images_in(&folder)?;
+        if files.is_empty() {
+            return Err(DataError::Malformed {
+                path: folder,
+                problem: format!("class '{class}' holds no {} images", EXTENSIONS.join("/")),
+            });
+        }
+        train_files.extend(files.into_iter().map(|f| (f, label)));
+    }
+    let mut test_files = Vec::new();
+    for class in subfolders(test_dir)? {
+        // The label is the class's place in train's list, so the model's outputs mean the same.
+        let folder = test_dir.join(&class);
+        let Some(label) = classes.iter().position(|c| *c == class) else {
+            return Err(DataError::Malformed {
+                path: folder,
+                problem: format!(
+                    "class '{class}' has no folder in train/ (train's classes: {})",
+                    classes.join(", ")
+                ),
+            });
+        };
+        test_files.extend(images_in(&folder)?.into_iter().map(|f| (f, label)));
+    }
+    let mut first = None;
+    Ok(Splits {
+        train: read_images(&train_files, &mut first)?,
+        test: read_images(&test_files, &mut first)?,
+    })
+}
+
+/// The names of the folders in `dir`, sorted.
+fn subfolders(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names: Vec<String> = entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The PNG and JPEG files in `dir`, sorted; other files are ignored.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files: Vec<PathBuf> = entries(dir)?
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let read_err = |cause| DataError::Read {
+        path: dir.into(),
+        cause,
+    };
+    std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .map(|e| e.map(|e| e.path()).map_err(read_err))
+        .collect()
+}
+
+/// `[C, H, W]` of an image and the file it came from.
+type FirstImage = ([usize; 3], PathBuf);
+
+/// Decodes `files` into one dataset. `first` is the first image read (in any split): all others
+/// must have its shape.
+fn read_images(
+    files: &[(PathBuf, usize)],
+    first: &mut Option<FirstImage>,
+) -> Result<Dataset, DataError> {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::with_capacity(files.len());
+    for (path, label) in files {
+        let (shape, values) = decode(path)?;
+        match first {
+            None => *first = Some((shape, path.clone())),
+            Some((expected, first_path)) if *expected != shape => {
+                let [c, h, w] = shape;
+                let [ec, eh, ew] = *expected;
+                return Err(DataError::Malformed {
+                    path: path.clone(),
+                    problem: format!(
+                        "image is {c}×{h}×{w} (channels×height×width) but the first image, {}, is \
+                         {ec}×{eh}×{ew}; all images must have the same size and channels",
+                        first_path.display()
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        pixels.extend(values);
+        labels.push(*label);
+    }
+    let [c, h, w] = first.as_ref().map_or([0; 3], |(s, _)| *s);
+    let images = Array4::from_shape_vec((labels.len(), c, h, w), pixels)
+        .expect("every image added has the first image's shape");
+    Ok(Dataset { images, labels })
+}
+
+/// One image as `[C, H, W]` and its pixels in that order, scaled to 0..1. Grayscale gives one
+/// channel, colour three; alpha is dropped and 16-bit samples are reduced to 8 bits.
+fn decode(path: &Path) -> Result<([usize; 3], Vec<f32>), DataError> {
+    let image = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|cause| DataError::Read {
+            path: path.into(),
+            cause,
+        })?
+        .decode()
+        .map_err(|e| DataError::Malformed {
+            path: path.into(),
+            problem: format!("cannot decode the image: {e}"),
+        })?;
+    let (h, w) = (image.height() as usize, image.width() as usize);
+    let scale = |v: &u8| f32::from(*v) / 255.0;
+    if image.color().has_color() {
+        let rgb = image.to_rgb8();
+        // Decoders give interleaved RGB rows; the dataset wants whole planes per channel.
+        let values = (0..3)
+            .flat_map(|c| rgb.as_raw().iter().skip(c).step_by(3))
+            .map(scale)
+            .collect();
+        Ok(([3, h, w], values))
+    } else {
+        Ok((
+            [1, h, w],
+            image.to_luma8().as_raw().iter().map(scale).collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+
+    fn mkdir(path: &Path) -> PathBuf {
+        std::fs::create_dir_all(path).unwrap();
+        path.into()
+    }
+
+    /// A 3×2 (width×height) RGB image; pixel (x, y) = (10x + y, 100 + x, 200 + y) + `shift`.
+    fn rgb(shift: u8) -> RgbImage {
+        RgbImage::from_fn(3, 2, |x, y| {
+            let (x, y) = (x as u8, y as u8);
+            Rgb([10 * x + y + shift, 100 + x + shift, 200 + y + shift])
+        })
+    }
+
+    fn err(dir: &Path) -> String {
+        load(dir).unwrap().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn classes_are_numbered_alphabetically_and_pixels_become_planes() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        rgb(0)
+            .save(mkdir(&r.join("train/dog")).join("a.png"))
+            .unwrap();
+        rgb(1)
+            .save(mkdir(&r.join("train/cat")).join("b.PNG"))
+            .unwrap();
+        // RGBA: alpha is dropped.
+        RgbaImage::from_fn(3, 2, |_, _| Rgba([51, 102, 153, 0]))
+            .save(r.join("train/cat/c.png"))
+            .unwrap();
+        std::fs::write(r.join("train/cat/notes.txt"), b"ignored").unwrap();
+        // A flat JPEG decodes to (nearly) its colour.
+        RgbImage::from_pixel(3, 2, Rgb([128, 128, 128]))
+            .save(mkdir(&r.join("test/dog")).join("d.jpg"))
+            .unwrap();
+        let s = load(r).unwrap().unwrap();
+        assert_eq!(s.train.labels, [0, 0, 1]);
+        assert_eq!(s.train.image_shape(), [3, 2, 3]);
+        // Sample 2 is dog/a.png: channel 0 at (x 2, y 1) = 21.
+        assert_eq!(s.train.images[[2, 0, 1, 2]], 21.0 / 255.0);
+        assert_eq!(s.train.images[[2, 1, 0, 2]], 102.0 / 255.0);
+        assert_eq!(s.train.images[[2, 2, 1, 0]], 201.0 / 255.0);
+        assert_eq!(s.train.images[[1, 2, 0, 0]], 153.0 / 255.0);
+        assert_eq!(s.test.labels, [1]);
+        assert!((s.test.images[[0, 1, 1, 1]] - 128.0 / 255.0).abs() < 3.0 / 255.0);
+    }
+
+    #[test]
+    fn grayscale_images_have_one_channel() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        GrayImage::from_fn(4, 4, |x, _| Luma([x as u8 * 85]))
+            .save(mkdir(&r.join("train/0")).join("a.png"))
+            .unwrap();
+        mkdir(&r.join("test"));
+        let s = load(r).unwrap().unwrap();
+        assert_eq!(s.train.image_shape(), [1, 4, 4]);
+        assert_eq!(s.train.images[[0, 0, 2, 3]], 1.0);
+        assert!(s.test.is_empty());
+        assert_eq!(s.test.image_shape(), [1, 4, 4]);
+    }
+
+    #[test]
+    fn an_image_of_another_size_or_channel_count_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        rgb(0)
+            .save(mkdir(&r.join("train/a")).join("1.png"))
+            .unwrap();
+        RgbImage::new(5, 5)
+            .save(mkdir(&r.join("test/a")).join("2.png"))
+            .unwrap();
+        let e = err(r);
+        assert!(
+            e.contains("2.png: image is 3×5×5") && e.contains("1.png, is 3×2×3"),
+            "{e}"
+        );
+        GrayImage::new(3, 2).save(r.join("test/a/2.png")).unwrap();
+        let e = err(r);
+        assert!(e.contains("2.png: image is 1×2×3"), "{e}");
+    }
+
+    #[test]
+    fn a_test_class_unknown_to_train_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        rgb(0)
+            .save(mkdir(&r.join("train/cat")).join("1.png"))
+            .unwrap();
+        rgb(0)
+            .save(mkdir(&r.join("train/dog")).join("1.png"))
+            .unwrap();
+        rgb(0)
+            .save(mkdir(&r.join("test/cow")).join("1.png"))
+            .unwrap();
+        let e = err(r);
+        assert!(
+            e.contains("cow") && e.contains("no folder in train/") && e.contains("cat, dog"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn undecodable_images_and_empty_classes_are_named() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        mkdir(&r.join("test"));
+        std::fs::write(
+            mkdir(&r.join("train/a")).join("bad.png"),
+            b"\x89PNG\r\n\x1a\nxx",
+        )
+        .unwrap();
+        let e = err(r);
+        assert!(e.contains("bad.png: cannot decode the image"), "{e}");
+        std::fs::remove_file(r.join("train/a/bad.png")).unwrap();
+        let e = err(r);
+        assert!(e.contains("class 'a' holds no png/jpg/jpeg images"), "{e}");
+        std::fs::remove_dir(r.join("train/a")).unwrap();
+        assert!(err(r).contains("holds no class folders"));
+    }
+
+    #[test]
+    fn a_missing_split_folder_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        mkdir(&root.path().join("train"));
+        assert!(err(root.path()).contains("test/ is missing"));
+        assert!(load(tempfile::tempdir().unwrap().path()).is_none());
+    }
+}

@@ -1,0 +1,27 @@
+//! The error type of the training crate.
+
+/// What can stop a forward or backward pass, or a training run. Variants name the node.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("node '{node}' ({op}): {problem}")]
+    Node {
+        node: String,
+        op: String,
+        problem: String,
+    },
+    #[error("the model input has shape {model:?} per sample but the data has {data:?}")]
+    InputShape {
+        model: Vec<String>,
+        data: Vec<usize>,
+    },
+    #[error("the model's output has shape {0:?}; training needs [batch, classes] logits")]
+    OutputShape(Vec<usize>),
+    #[error("sample labels reach {label} but the model scores {classes} classes")]
+    Label { label: usize, classes: usize },
+    #[error("training diverged: the loss became {loss} at epoch {epoch}, batch {batch}; lower the learning rate (for RLS, α·η)")]
+    Diverged {
+        loss: f32,
+        epoch: usize,
+        batch: usize,
+    },
+}

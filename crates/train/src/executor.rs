@@ -1,0 +1,668 @@
+//! Runs a Graph forward on a batch, keeping what the backward pass needs (the tape), and runs
+//! it backward from the gradient of one output.
+//!
+//! Reads parameters straight from the graph's initializers and never changes the graph; the
+//! optimisers do that. Opaque ops cannot be trained through and are refused by name.
+
+use crate::kernels::batchnorm::{self, BatchStats};
+use crate::kernels::conv::{self, ConvGeometry};
+use crate::kernels::elementwise::{self, Activation, Binary};
+use crate::kernels::linear::{self, GemmSpec};
+use crate::kernels::pool::{self, PoolGeometry};
+use crate::TrainError;
+use ndarray::{Array4, ArrayD, ArrayViewD, Axis, Ix4, IxDyn};
+use pare_ir::{Graph, NodeId, Op, Pool, Tensor, ValueId, ValueSource, Window};
+
+/// Whether BatchNorm uses batch statistics (training) or running statistics (inference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Per-node memory of the forward pass.
+#[derive(Debug, Clone)]
+enum Saved {
+    Nothing,
+    Conv(ConvGeometry),
+    MaxPool(PoolGeometry, Array4<u32>),
+    AvgPool(PoolGeometry, bool),
+    BatchNorm(Option<BatchStats>),
+}
+
+/// Activations and saved state of one forward pass.
+pub struct Tape {
+    values: Vec<Option<ArrayD<f32>>>,
+    saved: Vec<Saved>,
+    /// For each Conv/Gemm/MatMul node, the mean input vector over the batch (and positions), when
+    /// requested: what RLS updates P with.
+    pub mean_inputs: Vec<Option<Vec<f32>>>,
+}
+
+impl Tape {
+    /// The value computed for `v` (an input or node output).
+    pub fn value(&self, v: ValueId) -> Option<&ArrayD<f32>> {
+        self.values[v.0 as usize].as_ref()
+    }
+
+    /// The batch statistics a training-mode BatchNorm node used.
+    pub fn batch_stats(&self, node: NodeId) -> Option<&BatchStats> {
+        match &self.saved[node.0 as usize] {
+            Saved::BatchNorm(stats) => stats.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn node_err(graph: &Graph, id: NodeId, problem: impl Into<String>) -> TrainError {
+    let node = graph.node(id);
+    TrainError::Node {
+        node: node.name.clone(),
+        op: node.op.op_type().to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// The float tensor behind a value: an initializer or a computed activation.
+fn view<'a>(graph: &'a Graph, tape: &'a Tape, v: ValueId) -> Option<ArrayViewD<'a, f32>> {
+    match &graph.value(v).source {
+        ValueSource::Initializer(Tensor::F32(a)) => Some(a.view()),
+        ValueSource::Initializer(_) => None,
+        _ => tape.values[v.0 as usize].as_ref().map(|a| a.view()),
+    }
+}
+
+fn input<'a>(
+    graph: &'a Graph,
+    tape: &'a Tape,
+    id: NodeId,
+    i: usize,
+) -> Result<ArrayViewD<'a, f32>, TrainError> {
+    graph
+        .node(id)
+        .inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .and_then(|v| view(graph, tape, v))
+        .ok_or_else(|| node_err(graph, id, format!("input {i} is missing or not float32")))
+}
+
+fn optional<'a>(
+    graph: &'a Graph,
+    tape: &'a Tape,
+    id: NodeId,
+    i: usize,
+) -> Option<ArrayViewD<'a, f32>> {
+    graph
+        .node(id)
+        .inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .and_then(|v| view(graph, tape, v))
+}
+
+fn scalar_input(graph: &Graph, tape: &Tape, id: NodeId, i: usize, default: f32) -> f32 {
+    optional(graph, tape, id, i)
+        .and_then(|a| a.iter().next().copied())
+        .unwrap_or(default)
+}
+
+fn four_d<'a>(
+    graph: &Graph,
+    id: NodeId,
+    x: &'a ArrayViewD<'a, f32>,
+) -> Result<ndarray::ArrayView4<'a, f32>, TrainError> {
+    x.view().into_dimensionality::<Ix4>().map_err(|_| {
+        node_err(
+            graph,
+            id,
+            format!("needs a 4-d NCHW input, got {:?}", x.shape()),
+        )
+    })
+}
+
+fn pair(v: &[usize], what: &str) -> Result<(usize, usize), String> {
+    match v {
+        [a, b] => Ok((*a, *b)),
+        _ => Err(format!(
+            "{what} {v:?}: only 2-d windows are supported in training"
+        )),
+    }
+}
+
+fn pool_geometry(
+    window: &Window,
+    ceil_mode: bool,
+    h: usize,
+    w: usize,
+) -> Result<PoolGeometry, String> {
+    let pads = window.resolved_pads(&[h, w]);
+    let out = window
+        .output_size(&[h, w], ceil_mode)
+        .ok_or("the window does not fit the input")?;
+    Ok(PoolGeometry {
+        h,
+        w,
+        kh: window.kernel_shape[0],
+        kw: *window
+            .kernel_shape
+            .get(1)
+            .ok_or("only 2-d windows are supported")?,
+        stride: pair(&window.strides, "strides")?,
+        dilation: pair(&window.dilations, "dilations")?,
+        pad: (pads[0], pads[1]),
+        out: pair(&out, "output")?,
+    })
+}
+
+/// The activation an op applies, if it is one.
+fn activation(graph: &Graph, tape: &Tape, id: NodeId) -> Option<Activation> {
+    Some(match graph.node(id).op {
+        Op::Relu => Activation::Relu,
+        Op::Clip => Activation::Clip {
+            min: scalar_input(graph, tape, id, 1, f32::NEG_INFINITY),
+            max: scalar_input(graph, tape, id, 2, f32::INFINITY),
+        },
+        Op::LeakyRelu { alpha } => Activation::LeakyRelu { alpha },
+        Op::Sigmoid => Activation::Sigmoid,
+        Op::HardSigmoid { alpha, beta } => Activation::HardSigmoid { alpha, beta },
+        Op::HardSwish => Activation::HardSwish,
+        _ => return None,
+    })
+}
+
+fn binary(op: &Op) -> Option<Binary> {
+    Some(match op {
+        Op::Add => Binary::Add,
+        Op::Sub => Binary::Sub,
+        Op::Mul => Binary::Mul,
+        Op::Div => Binary::Div,
+        _ => return None,
+    })
+}
+
+fn softmax_axis(axis: i64, rank: usize) -> usize {
+    if axis < 0 {
+        (axis + rank as i64) as usize
+    } else {
+        axis as usize
+    }
+}
+
+/// The target of a Reshape for an input of `shape` (0 copies, -1 takes the rest).
+fn reshape_target(shape: &[usize], target: &[i64], allowzero: bool) -> Option<Vec<usize>> {
+    let total: usize = shape.iter().product();
+    let mut out: Vec<Option<usize>> = target
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| match t {
+            0 if !allowzero => shape.get(i).copied(),
+            -1 => None,
+            t => usize::try_from(t).ok(),
+        })
+        .collect();
+    let known: usize = out.iter().flatten().product();
+    if let Some(slot) = out.iter_mut().find(|d| d.is_none()) {
+        *slot = Some(total.checked_div(known)?);
+    }
+    let out: Vec<usize> = out.into_iter().collect::<Option<_>>()?;
+    (out.iter().product::<usize>() == total).then_some(out)
+}
+
+/// Runs the graph on `input` (the first graph input). `mean_inputs` records the RLS input means.
+pub fn forward(
+    graph: &Graph,
+    input: ArrayD<f32>,
+    mode: Mode,
+    mean_inputs: bool,
+) -> Result<Tape, TrainError> {
+    let mut tape = Tape {
+        values: vec![None; graph.values.len()],
+        saved: vec![Saved::Nothing; graph.nodes.len()],
+        mean_inputs: vec![None; graph.nodes.len()],
+    };
+    let first = *graph
+        .inputs
+        .first()
+        .ok_or(TrainError::OutputShape(vec![]))?;
+    tape.values[first.0 as usize] = Some(input);
+    for id in graph.node_ids() {
+        let (out, saved, mean) = forward_node(graph, &tape, id, mode, mean_inputs)?;
+        let node = graph.node(id);
+        tape.values[node.outputs[0].0 as usize] = Some(out);
+        tape.saved[id.0 as usize] = saved;
+        tape.mean_inputs[id.0 as usize] = mean;
+    }
+    Ok(tape)
+}
+
+type NodeResult = (ArrayD<f32>, Saved, Option<Vec<f32>>);
+
+fn forward_node(
+    graph: &Graph,
+    tape: &Tape,
+    id: NodeId,
+    mode: Mode,
+    want_mean: bool,
+) -> Result<NodeResult, TrainError> {
+    let node = graph.node(id);
+    let err = |p: String| node_err(graph, id, p);
+    let x = input(graph, tape, id, 0)?;
+    if let Some(act) = activation(graph, tape, id) {
+        return Ok((act.forward(&x), Saved::Nothing, None));
+    }
+    if let Some(op) = binary(&node.op) {
+        let b = input(graph, tape, id, 1)?;
+        let y = elementwise::binary_forward(op, &x, &b).ok_or_else(|| {
+            err(format!(
+                "shapes {:?} and {:?} do not broadcast",
+                x.shape(),
+                b.shape()
+            ))
+        })?;
+        return Ok((y, Saved::Nothing, None));
+    }
+    Ok(match &node.op {
+        Op::Conv(c) => {
+            let x4 = four_d(graph, id, &x)?;
+            let w = input(graph, tape, id, 1)?;
+            let (b, ci, h, wd) = x4.dim();
+            let ws = w.shape();
+            let window = &c.window;
+            let pads = window.resolved_pads(&[h, wd]);
+            let out = window
+                .output_size(&[h, wd], false)
+                .ok_or_else(|| err("the kernel does not fit the input".into()))?;
+            let geo = ConvGeometry {
+                batch: b,
+                c_in: ci,
+                h,
+                w: wd,
+                c_out: ws[0],
+                group: c.group,
+                kh: window.kernel_shape[0],
+                kw: *window
+                    .kernel_shape
+                    .get(1)
+                    .ok_or_else(|| err("only 2-d convolutions are supported".into()))?,
+                stride: pair(&window.strides, "strides").map_err(err)?,
+                dilation: pair(&window.dilations, "dilations").map_err(err)?,
+                pad: (pads[0], pads[1]),
+                out: pair(&out, "output").map_err(err)?,
+            };
+            if ci != ws[1] * c.group {
+                return Err(err(format!(
+                    "input has {ci} channels, weight {ws:?} with group {}",
+                    c.group
+                )));
+            }
+            let w = w.as_standard_layout();
+            let bias = optional(graph, tape, id, 2);
+            let bias1 = bias
+                .as_ref()
+                .map(|b| b.view().into_shape_with_order(b.len()).expect("1-d bias"));
+            let (y, mean) = conv::forward(&geo, x4, w.as_slice().expect("std"), bias1, want_mean);
+            (y.into_dyn(), Saved::Conv(geo), mean.map(|m| m.to_vec()))
+        }
+        Op::Gemm(g) => {
+            let spec = GemmSpec {
+                alpha: g.alpha,
+                beta: g.beta,
+                trans_a: g.trans_a,
+                trans_b: g.trans_b,
+            };
+            let b = input(graph, tape, id, 1)?;
+            if x.ndim() != 2 || b.ndim() != 2 {
+                return Err(err(format!(
+                    "Gemm needs 2-d inputs, got {:?} and {:?}",
+                    x.shape(),
+                    b.shape()
+                )));
+            }
+            let c = optional(graph, tape, id, 2);
+            let mean = want_mean
+                .then(|| {
+                    if g.trans_a {
+                        x.mean_axis(Axis(1))
+                    } else {
+                        x.mean_axis(Axis(0))
+                    }
+                })
+                .flatten()
+                .map(|m| m.iter().copied().collect());
+            (
+                linear::gemm_forward(spec, &x, &b, c.as_ref()),
+                Saved::Nothing,
+                mean,
+            )
+        }
+        Op::MatMul => {
+            let b = input(graph, tape, id, 1)?;
+            let y = linear::matmul_forward(&x, &b).ok_or_else(|| {
+                err(format!(
+                    "training supports A[..., K] × B[K, N]; got {:?} × {:?}",
+                    x.shape(),
+                    b.shape()
+                ))
+            })?;
+            let mean = want_mean.then(|| {
+                let k = *x.shape().last().expect("rank checked");
+                let rows = x.len() / k.max(1);
+                x.as_standard_layout()
+                    .into_shape_with_order((rows, k))
+                    .expect("rows")
+                    .mean_axis(Axis(0))
+                    .map(|m| m.to_vec())
+            });
+            (y, Saved::Nothing, mean.flatten())
+        }
+        Op::BatchNorm { epsilon, .. } => {
+            let get =
+                |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
+            let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let (y, stats) =
+                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, mode == Mode::Train);
+            (y, Saved::BatchNorm(stats), None)
+        }
+        Op::MaxPool(Pool { window, ceil_mode }) => {
+            let x4 = four_d(graph, id, &x)?;
+            let geo = pool_geometry(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+            let (y, arg) = pool::max_forward(&geo, x4);
+            (y.into_dyn(), Saved::MaxPool(geo, arg), None)
+        }
+        Op::AveragePool {
+            pool: Pool { window, ceil_mode },
+            count_include_pad,
+        } => {
+            let x4 = four_d(graph, id, &x)?;
+            let geo = pool_geometry(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+            (
+                pool::avg_forward(&geo, x4, *count_include_pad).into_dyn(),
+                Saved::AvgPool(geo, *count_include_pad),
+                None,
+            )
+        }
+        Op::GlobalAveragePool => {
+            let (n, c) = (x.shape()[0], x.shape()[1]);
+            let inner: usize = x.shape()[2..].iter().product();
+            let flat = x
+                .as_standard_layout()
+                .into_shape_with_order((n, c, inner))
+                .expect("same count")
+                .mean_axis(Axis(2))
+                .expect("non-empty");
+            let mut shape = vec![n, c];
+            shape.extend(std::iter::repeat_n(1, x.ndim() - 2));
+            (
+                flat.into_shape_with_order(IxDyn(&shape))
+                    .expect("same count"),
+                Saved::Nothing,
+                None,
+            )
+        }
+        Op::Flatten { axis } => {
+            let a = if *axis < 0 {
+                (*axis + x.ndim() as i64) as usize
+            } else {
+                *axis as usize
+            };
+            let outer: usize = x.shape()[..a].iter().product();
+            (
+                x.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(IxDyn(&[outer, x.len() / outer.max(1)]))
+                    .expect("same count"),
+                Saved::Nothing,
+                None,
+            )
+        }
+        Op::Reshape { allowzero } => {
+            let target = graph
+                .const_input(id, 1)
+                .and_then(Tensor::as_i64)
+                .ok_or_else(|| err("the target shape is not a constant".into()))?;
+            let t: Vec<i64> = target.iter().copied().collect();
+            let shape = reshape_target(x.shape(), &t, *allowzero)
+                .ok_or_else(|| err(format!("cannot reshape {:?} to {t:?}", x.shape())))?;
+            (
+                x.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(IxDyn(&shape))
+                    .expect("checked count"),
+                Saved::Nothing,
+                None,
+            )
+        }
+        Op::Concat { axis } => {
+            let a = softmax_axis(*axis, x.ndim());
+            let parts: Vec<ArrayViewD<f32>> = (0..node.inputs.len())
+                .map(|i| input(graph, tape, id, i))
+                .collect::<Result<_, _>>()?;
+            (
+                ndarray::concatenate(Axis(a), &parts).map_err(|e| err(e.to_string()))?,
+                Saved::Nothing,
+                None,
+            )
+        }
+        Op::Dropout { .. } | Op::Identity => (x.to_owned(), Saved::Nothing, None),
+        Op::Softmax { axis } => (
+            elementwise::softmax_forward(&x, softmax_axis(*axis, x.ndim())),
+            Saved::Nothing,
+            None,
+        ),
+        Op::Opaque(_) => {
+            return Err(err(
+                "pare cannot run this op; only the modelled CNN ops can be trained".into(),
+            ))
+        }
+        _ => unreachable!("activations and binary ops are handled above"),
+    })
+}
+
+/// Gradients of every float value that received one, indexed by ValueId. Initializers among
+/// them are the parameter gradients.
+pub struct Gradients(pub Vec<Option<ArrayD<f32>>>);
+
+impl Gradients {
+    pub fn of(&self, v: ValueId) -> Option<&ArrayD<f32>> {
+        self.0[v.0 as usize].as_ref()
+    }
+}
+
+/// Back-propagates `grad` of value `from` through every node before it.
+pub fn backward(
+    graph: &Graph,
+    tape: &Tape,
+    from: ValueId,
+    grad: ArrayD<f32>,
+) -> Result<Gradients, TrainError> {
+    let mut grads: Vec<Option<ArrayD<f32>>> = vec![None; graph.values.len()];
+    grads[from.0 as usize] = Some(grad);
+    let needs = |v: ValueId| match &graph.value(v).source {
+        ValueSource::Input => false,
+        ValueSource::Initializer(t) => t.as_f32().is_some(),
+        ValueSource::Node(_) => true,
+    };
+    for id in graph.node_ids().collect::<Vec<_>>().into_iter().rev() {
+        let node = graph.node(id);
+        let Some(dy) = grads[node.outputs[0].0 as usize].take() else {
+            continue;
+        };
+        let wants: Vec<bool> = node.inputs.iter().map(|v| v.is_some_and(needs)).collect();
+        let input_grads = backward_node(graph, tape, id, dy.view(), &wants)?;
+        for (i, g) in input_grads.into_iter().enumerate() {
+            let (Some(g), Some(v)) = (g, node.inputs[i]) else {
+                continue;
+            };
+            if !wants[i] {
+                continue;
+            }
+            match &mut grads[v.0 as usize] {
+                Some(acc) => *acc += &g,
+                slot => *slot = Some(g),
+            }
+        }
+        // Keep the gradient of node outputs only while needed; parameters keep theirs.
+    }
+    Ok(Gradients(grads))
+}
+
+fn backward_node(
+    graph: &Graph,
+    tape: &Tape,
+    id: NodeId,
+    dy: ArrayViewD<f32>,
+    wants: &[bool],
+) -> Result<Vec<Option<ArrayD<f32>>>, TrainError> {
+    let node = graph.node(id);
+    let x = input(graph, tape, id, 0)?;
+    let y = || {
+        tape.values[node.outputs[0].0 as usize]
+            .as_ref()
+            .expect("forward ran")
+            .view()
+    };
+    if let Some(act) = activation(graph, tape, id) {
+        return Ok(vec![Some(act.backward(&x, &y(), &dy))]);
+    }
+    if let Some(op) = binary(&node.op) {
+        let b = input(graph, tape, id, 1)?;
+        let (da, db) = elementwise::binary_backward(op, &x, &b, &dy);
+        return Ok(vec![Some(da), Some(db)]);
+    }
+    let want = |i: usize| wants.get(i).copied().unwrap_or(false);
+    Ok(match (&node.op, &tape.saved[id.0 as usize]) {
+        (Op::Conv(_), Saved::Conv(geo)) => {
+            let w = input(graph, tape, id, 1)?;
+            let w = w.as_standard_layout();
+            let dy4 = dy
+                .view()
+                .into_dimensionality::<Ix4>()
+                .expect("conv output is 4-d");
+            let (dx, dw, db) = conv::backward(
+                geo,
+                four_d(graph, id, &x)?,
+                w.as_slice().expect("std"),
+                dy4,
+                want(0),
+            );
+            let dw = ArrayD::from_shape_vec(w.raw_dim(), dw).expect("weight size");
+            let db = node.inputs.get(2).copied().flatten().map(|b| {
+                ArrayD::from_shape_vec(
+                    IxDyn(
+                        &graph
+                            .value(b)
+                            .shape
+                            .as_ref()
+                            .and_then(|s| s.to_known())
+                            .unwrap_or(vec![db.len()]),
+                    ),
+                    db.clone(),
+                )
+                .expect("bias size")
+            });
+            vec![dx.map(|d| d.into_dyn()), Some(dw), db]
+        }
+        (Op::Gemm(g), _) => {
+            let spec = GemmSpec {
+                alpha: g.alpha,
+                beta: g.beta,
+                trans_a: g.trans_a,
+                trans_b: g.trans_b,
+            };
+            let b = input(graph, tape, id, 1)?;
+            let c = optional(graph, tape, id, 2);
+            let (da, db, dc) =
+                linear::gemm_backward(spec, &x, &b, c.as_ref().map(|c| c.shape()), &dy);
+            vec![Some(da), Some(db), dc]
+        }
+        (Op::MatMul, _) => {
+            let b = input(graph, tape, id, 1)?;
+            let (da, db) = linear::matmul_backward(&x, &b, &dy);
+            vec![Some(da), Some(db)]
+        }
+        (Op::BatchNorm { epsilon, .. }, Saved::BatchNorm(stats)) => {
+            let get =
+                |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
+            let (scale, mean, var) = (get(1)?, get(3)?, get(4)?);
+            let (dx, ds, db) =
+                batchnorm::backward(x, dy, &scale, &mean, &var, *epsilon, stats.as_ref());
+            let shape = |i: usize| input(graph, tape, id, i).map(|a| a.raw_dim());
+            vec![
+                Some(dx),
+                Some(ArrayD::from_shape_vec(shape(1)?, ds).expect("scale size")),
+                Some(ArrayD::from_shape_vec(shape(2)?, db).expect("bias size")),
+            ]
+        }
+        (Op::MaxPool(_), Saved::MaxPool(geo, arg)) => vec![Some(
+            pool::max_backward(geo, arg, dy.into_dimensionality::<Ix4>().expect("4-d")).into_dyn(),
+        )],
+        (Op::AveragePool { .. }, Saved::AvgPool(geo, include)) => vec![Some(
+            pool::avg_backward(geo, dy.into_dimensionality::<Ix4>().expect("4-d"), *include)
+                .into_dyn(),
+        )],
+        (Op::GlobalAveragePool, _) => {
+            let inner: usize = x.shape()[2..].iter().product();
+            let (n, c) = (x.shape()[0], x.shape()[1]);
+            let per = dy
+                .as_standard_layout()
+                .into_shape_with_order((n, c, 1))
+                .expect("n,c,1...")
+                .mapv(|v| v / inner as f32);
+            let dx = per
+                .broadcast((n, c, inner))
+                .expect("broadcast")
+                .to_owned()
+                .into_shape_with_order(x.raw_dim())
+                .expect("same count");
+            vec![Some(dx)]
+        }
+        (Op::Flatten { .. } | Op::Reshape { .. }, _) => vec![Some(
+            dy.as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(x.raw_dim())
+                .expect("same count"),
+        )],
+        (Op::Concat { axis }, _) => {
+            let a = softmax_axis(*axis, x.ndim());
+            let mut start = 0;
+            (0..node.inputs.len())
+                .map(|i| {
+                    let len = input(graph, tape, id, i)?.shape()[a];
+                    let part = dy
+                        .slice_axis(Axis(a), (start..start + len).into())
+                        .to_owned();
+                    start += len;
+                    Ok(Some(part))
+                })
+                .collect::<Result<_, TrainError>>()?
+        }
+        (Op::Dropout { .. } | Op::Identity, _) => vec![Some(dy.to_owned())],
+        (Op::Softmax { axis }, _) => vec![Some(elementwise::softmax_backward(
+            &y(),
+            &dy,
+            softmax_axis(*axis, x.ndim()),
+        ))],
+        _ => return Err(node_err(graph, id, "no backward pass for this op")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_targets_copy_and_infer() {
+        assert_eq!(
+            reshape_target(&[4, 16, 5, 5], &[0, -1], false),
+            Some(vec![4, 400])
+        );
+        assert_eq!(
+            reshape_target(&[4, 16, 5, 5], &[-1, 400], false),
+            Some(vec![4, 400])
+        );
+        assert_eq!(reshape_target(&[4, 6], &[5, -1], false), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! Batch normalisation over the channel axis (axis 1) of any-rank input: training mode with batch
+//! statistics, inference mode with running statistics, and both backward passes.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+/// What the backward pass needs from a training-mode forward.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    /// Biased variance of the batch (used to normalise).
+    pub var: Vec<f32>,
+    /// Elements per channel that the statistics were taken over.
+    pub count: usize,
+}
+
+fn channel_iter(x: &ArrayViewD<f32>) -> (usize, usize, usize) {
+    let shape = x.shape();
+    let (n, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    (n, c, inner)
+}
+
+/// y = γ (x − μ) / √(σ² + ε) + β. In training mode μ, σ² are the batch's and are returned.
+pub fn forward(
+    x: ArrayViewD<f32>,
+    scale: &[f32],
+    bias: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    epsilon: f32,
+    training: bool,
+) -> (ArrayD<f32>, Option<BatchStats>) {
+    let x = x.as_standard_layout();
+    let (n, c, inner) = channel_iter(&x.view());
+    let xs = x.as_slice().expect("standard layout");
+    let stats = training.then(|| {
+        let count = n * inner;
+        let mut mean = vec![0.0f64; c];
+        let mut sq = vec![0.0f64; c];
+        for b in 0..n {
+            for ch in 0..c {
+                for &v in &xs[(b * c + ch) * inner..][..inner] {
+                    mean[ch] += v as f64;
+                    sq[ch] += (v as f64) * (v as f64);
+                }
+            }
+        }
+        let mean: Vec<f64> = mean.iter().map(|m| m / count as f64).collect();
+        let var = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| (s / count as f64 - m * m).max(0.0) as f32)
+            .collect();
+        BatchStats {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            var,
+            count,
+        }
+    });
+    let (mean, var) = match &stats {
+        Some(s) => (&s.mean[..], &s.var[..]),
+        None => (running_mean, running_var),
+    };
+    let mut y = x.to_owned();
+    let ys = y.as_slice_mut().expect("owned");
+    for b in 0..n {
+        for ch in 0..c {
+            let k = scale[ch] / (var[ch] + epsilon).sqrt();
+            let shift = bias[ch] - mean[ch] * k;
+            ys[(b * c + ch) * inner..][..inner]
+                .iter_mut()
+                .for_each(|v| *v = *v * k + shift);
+        }
+    }
+    (y, stats)
+}
+
+/// Gradients (dx, dscale, dbias). With `stats` (training mode) the batch statistics depend on x;
+/// without, the running statistics are constants.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: ArrayViewD<f32>,
+    dy: ArrayViewD<f32>,
+    scale: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    epsilon: f32,
+    stats: Option<&BatchStats>,
+) -> (ArrayD<f32>, Vec<f32>, Vec<f32>) {
+    let x = x.as_standard_layout();
+    let dy = dy.as_standard_layout();
+    let (n, c, inner) = channel_iter(&x.view());
+    let (xs, dys) = (
+        x.as_slice().expect("standard"),
+        dy.as_slice().expect("standard"),
+    );
+    let (mean, var) = match stats {
+        Some(s) => (&s.mean[..], &s.var[..]),
+        None => (running_mean, running_var),
+    };
+    let mut dscale = vec![0.0f64; c];
+    let mut dbias = vec![0.0f64; c];
+    for b in 0..n {
+        for ch in 0..c {
+            let inv = 1.0 / (var[ch] as f64 + epsilon as f64).sqrt();
+            let range = (b * c + ch) * inner..(b * c + ch + 1) * inner;
+            for (&xv, &g) in xs[range.clone()].iter().zip(&dys[range]) {
+                dbias[ch] += g as f64;
+                dscale[ch] += g as f64 * (xv as f64 - mean[ch] as f64) * inv;
+            }
+        }
+    }
+    let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
+    let dxs = dx.as_slice_mut().expect("fresh");
+    for b in 0..n {
+        for ch in 0..c {
+            let inv = 1.0 / (var[ch] as f64 + epsilon as f64).sqrt();
+            let k = scale[ch] as f64 * inv;
+            let range = (b * c + ch) * inner..(b * c + ch + 1) * inner;
+            for ((d, &xv), &g) in dxs[range.clone()]
+                .iter_mut()
+                .zip(&xs[range.clone()])
+                .zip(&dys[range])
+            {
+                *d = match stats {
+                    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))
+                    Some(s) => {
+                        let m = s.count as f64;
+                        let xhat = (xv as f64 - mean[ch] as f64) * inv;
+                        (k * (g as f64 - dbias[ch] / m - xhat * dscale[ch] / m)) as f32
+                    }
+                    None => (k * g as f64) as f32,
+                };
+            }
+        }
+    }
+    (
+        dx,
+        dscale.iter().map(|&v| v as f32).collect(),
+        dbias.iter().map(|&v| v as f32).collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, Axis, IxDyn};
+
+    fn x() -> ArrayD<f32> {
+        Array::from_shape_fn(IxDyn(&[4, 3, 2, 5]), |d| {
+            ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.71).sin() * 2.0 + d[1] as f32
+        })
+    }
+
+    #[test]
+    fn training_mode_normalises_each_channel() {
+        let (y, stats) = forward(
+            x().view(),
+            &[1.0; 3],
+            &[0.0; 3],
+            &[0.0; 3],
+            &[1.0; 3],
+            1e-5,
+            true,
+        );
+        let stats = stats.unwrap();
+        assert_eq!(stats.count, 40);
+        for ch in 0..3 {
+            let vals: Vec<f32> = y.index_axis(Axis(1), ch).iter().copied().collect();
+            let mean = vals.iter().sum::<f32>() / 40.0;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 40.0;
+            assert!(
+                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+                "{mean} {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_in_both_modes() {
+        let scale = [0.5, -1.5, 2.0];
+        let bias = [0.1, 0.2, -0.3];
+        let (rm, rv) = ([0.3, 1.0, -0.5], [1.5, 0.7, 2.0]);
+        let r = Array::from_shape_fn(IxDyn(&[4, 3, 2, 5]), |d| {
+            ((d[0] + 2 * d[1] + 3 * d[2] + 5 * d[3]) as f32 * 0.37).cos()
+        });
+        for training in [true, false] {
+            let x = x();
+            let loss = |x: &ArrayD<f32>, s: &[f32], b: &[f32]| {
+                let (y, _) = forward(x.view(), s, b, &rm, &rv, 1e-5, training);
+                (y * &r).iter().map(|&v| v as f64).sum::<f64>()
+            };
+            let (_, stats) = forward(x.view(), &scale, &bias, &rm, &rv, 1e-5, training);
+            let (dx, ds, db) = backward(x.view(), r.view(), &scale, &rm, &rv, 1e-5, stats.as_ref());
+            let eps = 1e-2f32;
+            for idx in [[0usize, 0, 0, 0], [3, 2, 1, 4], [1, 1, 0, 2]] {
+                let (mut p, mut m) = (x.clone(), x.clone());
+                p[IxDyn(&idx)] += eps;
+                m[IxDyn(&idx)] -= eps;
+                let fd = (loss(&p, &scale, &bias) - loss(&m, &scale, &bias)) / (2.0 * eps as f64);
+                let got = dx[IxDyn(&idx)] as f64;
+                assert!(
+                    (fd - got).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "training {training} dx{idx:?}: {fd} vs {got}"
+                );
+            }
+            for ch in 0..3 {
+                let (mut p, mut m) = (scale, scale);
+                p[ch] += eps;
+                m[ch] -= eps;
+                let fd = (loss(&x, &p, &bias) - loss(&x, &m, &bias)) / (2.0 * eps as f64);
+                assert!(
+                    (fd - ds[ch] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "dscale[{ch}]"
+                );
+                let (mut p, mut m) = (bias, bias);
+                p[ch] += eps;
+                m[ch] -= eps;
+                let fd = (loss(&x, &scale, &p) - loss(&x, &scale, &m)) / (2.0 * eps as f64);
+                assert!(
+                    (fd - db[ch] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "dbias[{ch}]"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Element-wise ops: binary arithmetic with numpy broadcasting, activations, softmax; and the
+//! reduction that undoes a broadcast in backward passes.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+
+/// Sums `grad` down to `shape`, undoing a numpy broadcast.
+pub fn unbroadcast(grad: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
+    let mut g = grad;
+    while g.ndim() > shape.len() {
+        g = g.sum_axis(Axis(0));
+    }
+    for (axis, &dim) in shape.iter().enumerate() {
+        if dim == 1 && g.shape()[axis] != 1 {
+            g = g.sum_axis(Axis(axis)).insert_axis(Axis(axis));
+        }
+    }
+    g.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(shape))
+        .expect("same element count after reduction")
+}
+
+/// Binary arithmetic op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// a ∘ b with broadcasting; None if the shapes do not broadcast.
+pub fn binary_forward(op: Binary, a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let (a, b) = (a.broadcast(IxDyn(&shape))?, b.broadcast(IxDyn(&shape))?);
+    Some(Zip::from(&a).and(&b).map_collect(|&x, &y| match op {
+        Binary::Add => x + y,
+        Binary::Sub => x - y,
+        Binary::Mul => x * y,
+        Binary::Div => x / y,
+    }))
+}
+
+/// Gradients of a ∘ b for both operands, each reduced to its own shape.
+pub fn binary_backward(
+    op: Binary,
+    a: &ArrayViewD<f32>,
+    b: &ArrayViewD<f32>,
+    dy: &ArrayViewD<f32>,
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    let shape = dy.shape();
+    let (ab, bb) = (
+        a.broadcast(IxDyn(shape)).expect("forward broadcast"),
+        b.broadcast(IxDyn(shape)).expect("forward broadcast"),
+    );
+    let (da, db) = match op {
+        Binary::Add => (dy.to_owned(), dy.to_owned()),
+        Binary::Sub => (dy.to_owned(), dy.mapv(|v| -v)),
+        Binary::Mul => (
+            Zip::from(dy).and(&bb).map_collect(|&g, &y| g * y),
+            Zip::from(dy).and(&ab).map_collect(|&g, &x| g * x),
+        ),
+        Binary::Div => (
+            Zip::from(dy).and(&bb).map_collect(|&g, &y| g / y),
+            Zip::from(dy)
+                .and(&ab)
+                .and(&bb)
+                .map_collect(|&g, &x, &y| -g * x / (y * y)),
+        ),
+    };
+    (unbroadcast(da, a.shape()), unbroadcast(db, b.shape()))
+}
+
+/// The numpy broadcast of two shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    (0..rank)
+        .map(|i| {
+            let da = if i + a.len() >= rank {
+                a[i + a.len() - rank]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= rank {
+                b[i + b.len() - rank]
+            } else {
+                1
+            };
+            match (da, db) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Element-wise activations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    Clip { min: f32, max: f32 },
+    LeakyRelu { alpha: f32 },
+    Sigmoid,
+    HardSigmoid { alpha: f32, beta: f32 },
+    HardSwish,
+}
+
+impl Activation {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Clip { min, max } => x.max(min).min(max),
+            Activation::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        }
+    }
+
+    /// dy/dx at input x (output y), with PyTorch's choices at the kinks.
+    pub fn derivative(self, x: f32, y: f32) -> f32 {
+        match self {
+            Activation::Relu => (x > 0.0) as u8 as f32,
+            Activation::Clip { min, max } => (x > min && x < max) as u8 as f32,
+            Activation::LeakyRelu { alpha } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    alpha
+                }
+            }
+            Activation::Sigmoid => y * (1.0 - y),
+            Activation::HardSigmoid { alpha, beta } => {
+                let s = alpha * x + beta;
+                if s > 0.0 && s < 1.0 {
+                    alpha
+                } else {
+                    0.0
+                }
+            }
+            Activation::HardSwish => {
+                if x < -3.0 {
+                    0.0
+                } else if x > 3.0 {
+                    1.0
+                } else {
+                    x / 3.0 + 0.5
+                }
+            }
+        }
+    }
+
+    pub fn forward(self, x: &ArrayViewD<f32>) -> ArrayD<f32> {
+        x.mapv(|v| self.apply(v))
+    }
+
+    pub fn backward(
+        self,
+        x: &ArrayViewD<f32>,
+        y: &ArrayViewD<f32>,
+        dy: &ArrayViewD<f32>,
+    ) -> ArrayD<f32> {
+        Zip::from(dy)
+            .and(x)
+            .and(y)
+            .map_collect(|&g, &x, &y| g * self.derivative(x, y))
+    }
+}
+
+/// Softmax along `axis`.
+pub fn softmax_forward(x: &ArrayViewD<f32>, axis: usize) -> ArrayD<f32> {
+    let mut y = x.to_owned();
+    for mut lane in y.lanes_mut(Axis(axis)) {
+        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        lane.mapv_inplace(|v| (v - max).exp());
+        let sum = lane.sum();
+        lane.mapv_inplace(|v| v / sum);
+    }
+    y
+}
+
+/// dx = y · (dy − Σ dy·y) along `axis`.
+pub fn softmax_backward(y: &ArrayViewD<f32>, dy: &ArrayViewD<f32>, axis: usize) -> ArrayD<f32> {
+    let mut dx = dy.to_owned();
+    for (mut d, yl) in dx
+        .lanes_mut(Axis(axis))
+        .into_iter()
+        .zip(y.lanes(Axis(axis)))
+    {
+        let dot: f32 = d.iter().zip(yl.iter()).map(|(a, b)| a * b).sum();
+        Zip::from(&mut d)
+            .and(&yl)
+            .for_each(|g, &yv| *g = yv * (*g - dot));
+    }
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    fn arr(shape: &[usize], seed: f32) -> ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        Array::from_shape_vec(
+            IxDyn(shape),
+            (0..n)
+                .map(|i| ((i as f32 + seed) * 0.913).sin() * 4.0)
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn fd_check(f: impl Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
+        for i in (0..x.len()).step_by(3) {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p.as_slice_mut().unwrap()[i] += 1e-2;
+            m.as_slice_mut().unwrap()[i] -= 1e-2;
+            let fd = (f(&p) - f(&m)) / 2e-2;
+            let got = grad.as_slice().unwrap()[i] as f64;
+            assert!(
+                (fd - got).abs() < 1e-2 * (1.0 + fd.abs()),
+                "{what}[{i}]: {fd} vs {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_ops_broadcast_and_reduce_gradients() {
+        let a = arr(&[2, 3, 4, 4], 0.0);
+        let b = arr(&[3, 1, 1], 5.0).mapv(|v| v + 5.0); // away from 0 for Div
+        let r = arr(&[2, 3, 4, 4], 9.0);
+        for op in [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div] {
+            let (da, db) = binary_backward(op, &a.view(), &b.view(), &r.view());
+            assert_eq!(db.shape(), &[3, 1, 1]);
+            let loss = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
+                (binary_forward(op, &a.view(), &b.view()).unwrap() * &r)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>()
+            };
+            fd_check(|x| loss(x, &b), &a, &da, &format!("{op:?} da"));
+            fd_check(|x| loss(&a, x), &b, &db, &format!("{op:?} db"));
+        }
+        assert!(
+            binary_forward(Binary::Add, &arr(&[3], 0.0).view(), &arr(&[4], 0.0).view()).is_none()
+        );
+    }
+
+    #[test]
+    fn activations_match_finite_differences() {
+        // Shifted off the kinks, where finite differences are undefined.
+        let x = arr(&[5, 7], 0.3).mapv(|v| {
+            if (v.abs() - 3.0).abs() < 0.05 || v.abs() < 0.05 {
+                v + 0.2
+            } else {
+                v
+            }
+        });
+        let r = arr(&[5, 7], 2.0);
+        for act in [
+            Activation::Relu,
+            Activation::Clip { min: 0.0, max: 2.0 },
+            Activation::LeakyRelu { alpha: 0.1 },
+            Activation::Sigmoid,
+            Activation::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            },
+            Activation::HardSwish,
+        ] {
+            let y = act.forward(&x.view());
+            let dx = act.backward(&x.view(), &y.view(), &r.view());
+            fd_check(
+                |x| {
+                    (act.forward(&x.view()) * &r)
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum()
+                },
+                &x,
+                &dx,
+                &format!("{act:?}"),
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_backward_matches() {
+        let x = arr(&[3, 5], 1.0);
+        let r = arr(&[3, 5], 7.0);
+        let y = softmax_forward(&x.view(), 1);
+        for row in y.outer_iter() {
+            assert!((row.sum() - 1.0).abs() < 1e-6);
+        }
+        let dx = softmax_backward(&y.view(), &r.view(), 1);
+        fd_check(
+            |x| {
+                (softmax_forward(&x.view(), 1) * &r)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum()
+            },
+            &x,
+            &dx,
+            "softmax",
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Numerical kernels, one family per file, each with its forward, backward and reference tests.
+//! Kernels work on ndarray values and know nothing of the graph.
+
+pub mod batchnorm;
+pub mod conv;
+pub mod elementwise;
+pub mod linear;
+pub mod pool;

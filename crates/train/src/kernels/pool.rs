@@ -1,0 +1,257 @@
+//! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
+
+use ndarray::{Array4, ArrayView4, Axis};
+use rayon::prelude::*;
+
+/// The geometry of a pooling window over one plane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolGeometry {
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    pub pad: (usize, usize),
+    pub out: (usize, usize),
+}
+
+impl PoolGeometry {
+    /// The input positions (flat indices into the plane) under output (oy, ox), and the number
+    /// of window cells, padding included.
+    fn window(&self, oy: usize, ox: usize, cells: &mut Vec<usize>) -> usize {
+        cells.clear();
+        let mut total = 0;
+        for i in 0..self.kh {
+            let y = (oy * self.stride.0 + i * self.dilation.0) as isize - self.pad.0 as isize;
+            for j in 0..self.kw {
+                let x = (ox * self.stride.1 + j * self.dilation.1) as isize - self.pad.1 as isize;
+                // Cells past the end padding (ceil_mode) do not count as padding either.
+                let beyond =
+                    y >= (self.h + self.pad.0) as isize || x >= (self.w + self.pad.1) as isize;
+                if !beyond {
+                    total += 1;
+                }
+                if y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w {
+                    cells.push(y as usize * self.w + x as usize);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// Max pooling; returns the output and, per output element, the flat input index it came from.
+pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u32>) {
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let x = x.as_standard_layout();
+    let mut y = Array4::<f32>::zeros((n, c, geo.out.0, geo.out.1));
+    let mut arg = Array4::<u32>::zeros((n, c, geo.out.0, geo.out.1));
+    let planes = x
+        .as_slice()
+        .expect("standard layout")
+        .par_chunks(geo.h * geo.w);
+    y.as_slice_mut()
+        .expect("fresh")
+        .par_chunks_mut(geo.out.0 * geo.out.1)
+        .zip(
+            arg.as_slice_mut()
+                .expect("fresh")
+                .par_chunks_mut(geo.out.0 * geo.out.1),
+        )
+        .zip(planes)
+        .for_each(|((yp, ap), xp)| {
+            let mut cells = Vec::new();
+            for oy in 0..geo.out.0 {
+                for ox in 0..geo.out.1 {
+                    geo.window(oy, ox, &mut cells);
+                    // The first maximum wins, as in PyTorch.
+                    let (mut best, mut at) =
+                        (f32::NEG_INFINITY, cells.first().copied().unwrap_or(0));
+                    for &i in &cells {
+                        if xp[i] > best {
+                            (best, at) = (xp[i], i);
+                        }
+                    }
+                    yp[oy * geo.out.1 + ox] = best;
+                    ap[oy * geo.out.1 + ox] = at as u32;
+                }
+            }
+        });
+    (y, arg)
+}
+
+/// Routes each output gradient to the input element that won the max.
+pub fn max_backward(geo: &PoolGeometry, arg: &Array4<u32>, dy: ArrayView4<f32>) -> Array4<f32> {
+    let (n, c) = (dy.shape()[0], dy.shape()[1]);
+    let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
+    for ((mut dxs, args), dys) in dx
+        .axis_iter_mut(Axis(0))
+        .zip(arg.axis_iter(Axis(0)))
+        .zip(dy.axis_iter(Axis(0)))
+    {
+        for ((mut plane, ap), dp) in dxs
+            .axis_iter_mut(Axis(0))
+            .zip(args.axis_iter(Axis(0)))
+            .zip(dys.axis_iter(Axis(0)))
+        {
+            let plane = plane.as_slice_mut().expect("fresh");
+            for (a, d) in ap.iter().zip(dp.iter()) {
+                plane[*a as usize] += d;
+            }
+        }
+    }
+    dx
+}
+
+/// Average pooling; `count_include_pad` divides by the whole window instead of its valid cells.
+pub fn avg_forward(geo: &PoolGeometry, x: ArrayView4<f32>, count_include_pad: bool) -> Array4<f32> {
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let x = x.as_standard_layout();
+    let mut y = Array4::<f32>::zeros((n, c, geo.out.0, geo.out.1));
+    y.as_slice_mut()
+        .expect("fresh")
+        .par_chunks_mut(geo.out.0 * geo.out.1)
+        .zip(
+            x.as_slice()
+                .expect("standard layout")
+                .par_chunks(geo.h * geo.w),
+        )
+        .for_each(|(yp, xp)| {
+            let mut cells = Vec::new();
+            for oy in 0..geo.out.0 {
+                for ox in 0..geo.out.1 {
+                    let total = geo.window(oy, ox, &mut cells);
+                    let count = if count_include_pad {
+                        total
+                    } else {
+                        cells.len()
+                    };
+                    let sum: f32 = cells.iter().map(|&i| xp[i]).sum();
+                    yp[oy * geo.out.1 + ox] = if count == 0 { 0.0 } else { sum / count as f32 };
+                }
+            }
+        });
+    y
+}
+
+/// Spreads each output gradient evenly over its window.
+pub fn avg_backward(
+    geo: &PoolGeometry,
+    dy: ArrayView4<f32>,
+    count_include_pad: bool,
+) -> Array4<f32> {
+    let (n, c) = (dy.shape()[0], dy.shape()[1]);
+    let dy = dy.as_standard_layout();
+    let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
+    dx.as_slice_mut()
+        .expect("fresh")
+        .par_chunks_mut(geo.h * geo.w)
+        .zip(
+            dy.as_slice()
+                .expect("standard layout")
+                .par_chunks(geo.out.0 * geo.out.1),
+        )
+        .for_each(|(dxp, dyp)| {
+            let mut cells = Vec::new();
+            for oy in 0..geo.out.0 {
+                for ox in 0..geo.out.1 {
+                    let total = geo.window(oy, ox, &mut cells);
+                    let count = if count_include_pad {
+                        total
+                    } else {
+                        cells.len()
+                    };
+                    if count == 0 {
+                        continue;
+                    }
+                    let g = dyp[oy * geo.out.1 + ox] / count as f32;
+                    for &i in &cells {
+                        dxp[i] += g;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    fn geo(pad: usize, stride: usize, out: (usize, usize)) -> PoolGeometry {
+        PoolGeometry {
+            h: 5,
+            w: 5,
+            kh: 3,
+            kw: 3,
+            stride: (stride, stride),
+            dilation: (1, 1),
+            pad: (pad, pad),
+            out,
+        }
+    }
+
+    fn input() -> Array4<f32> {
+        Array::from_shape_fn((2, 3, 5, 5), |(n, c, y, x)| {
+            (((n * 7 + c * 5 + y * 3 + x) as f32) * 0.913).sin()
+        })
+    }
+
+    #[test]
+    fn max_pool_matches_the_definition_and_routes_gradients() {
+        let g = geo(1, 2, (3, 3));
+        let x = input();
+        let (y, arg) = max_forward(&g, x.view());
+        // Output (1,1) covers rows 1..4, cols 1..4.
+        let want = (1..4)
+            .flat_map(|r| (1..4).map(move |c| (r, c)))
+            .map(|(r, c)| x[[1, 2, r, c]])
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(y[[1, 2, 1, 1]], want);
+        let dy = Array4::<f32>::ones(y.raw_dim());
+        let dx = max_backward(&g, &arg, dy.view());
+        assert_eq!(
+            dx.sum(),
+            y.len() as f32,
+            "each output sends its gradient once"
+        );
+        let flat = arg[[1, 2, 1, 1]] as usize;
+        assert_eq!(x[[1, 2, flat / 5, flat % 5]], want);
+    }
+
+    #[test]
+    fn average_pool_divides_by_the_right_count() {
+        let g = geo(1, 2, (3, 3));
+        let x = Array4::<f32>::ones((1, 1, 5, 5));
+        let excl = avg_forward(&g, x.view(), false);
+        let incl = avg_forward(&g, x.view(), true);
+        assert_eq!(excl[[0, 0, 0, 0]], 1.0);
+        assert!((incl[[0, 0, 0, 0]] - 4.0 / 9.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn average_pool_backward_matches_finite_differences() {
+        for include in [false, true] {
+            let g = geo(1, 2, (3, 3));
+            let x = input();
+            let r = Array::from_shape_fn((2, 3, 3, 3), |(a, b, c, d)| {
+                ((a + 2 * b + 3 * c + 5 * d) as f32 * 0.37).cos()
+            });
+            let loss = |x: &Array4<f32>| (avg_forward(&g, x.view(), include) * &r).sum() as f64;
+            let dx = avg_backward(&g, r.view(), include);
+            for idx in [[0, 0, 0, 0], [1, 2, 4, 4], [0, 1, 2, 3]] {
+                let (mut p, mut m) = (x.clone(), x.clone());
+                p[idx] += 1e-2;
+                m[idx] -= 1e-2;
+                let fd = (loss(&p) - loss(&m)) / 2e-2;
+                assert!(
+                    (fd - dx[idx] as f64).abs() < 1e-3,
+                    "{idx:?}: {fd} vs {}",
+                    dx[idx]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Whole-graph gradient check: a small graph with every op the executor trains through, its
+//! backward pass compared with central finite differences of its forward pass.
+
+use ndarray::{ArrayD, IxDyn};
+use pare_ir::{Graph, Tensor, ValueSource};
+use pare_onnx::{attr, GraphBuilder};
+use pare_train::{backward, forward, Mode};
+
+fn wave(n: usize, seed: f32, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + seed) * 0.7123).sin() * scale)
+        .collect()
+}
+
+/// x[2,3,6,6] → Conv(4, 3×3, pad 1) → BatchNorm → HardSwish → MaxPool 2×2 (→ [2,4,3,3])
+///   ├─ GlobalAveragePool → Flatten                         → [2,4]
+///   └─ AveragePool 3×3 pad 1 → Reshape [0,-1] → MatMul(36×5) → LeakyRelu → [2,5]
+/// Concat → Dropout → Identity → Mul by per-feature scale → Sub → Clip → Gemm(9→3, transB) → Sigmoid
+/// → Div → Softmax
+fn graph() -> Graph {
+    let mut b = GraphBuilder::new("gradcheck", 17);
+    b.input("x", [2i64, 3, 6, 6]);
+    b.initializer(attr::tensor_f32("w", &[4, 3, 3, 3], wave(108, 1.0, 0.5)));
+    b.initializer(attr::tensor_f32("cb", &[4], wave(4, 2.0, 0.1)));
+    b.initializer(attr::tensor_f32("g", &[4], vec![1.0, 0.8, 1.2, 0.9]));
+    b.initializer(attr::tensor_f32("beta", &[4], wave(4, 3.0, 0.2)));
+    b.initializer(attr::tensor_f32("mean", &[4], vec![0.0; 4]));
+    b.initializer(attr::tensor_f32("var", &[4], vec![1.0; 4]));
+    b.initializer(attr::tensor_i64("shape", &[2], vec![0, -1]));
+    b.initializer(attr::tensor_f32("mm", &[36, 5], wave(180, 4.0, 0.3)));
+    b.initializer(attr::tensor_f32("scale", &[9], wave(9, 5.0, 1.0)));
+    b.initializer(attr::tensor_f32("shift", &[1], vec![0.1]));
+    b.initializer(attr::tensor_f32("lo", &[], vec![-2.0]));
+    b.initializer(attr::tensor_f32("hi", &[], vec![2.0]));
+    b.initializer(attr::tensor_f32("fc", &[3, 9], wave(27, 6.0, 0.6)));
+    b.initializer(attr::tensor_f32("fcb", &[3], wave(3, 7.0, 0.1)));
+    b.initializer(attr::tensor_f32("two", &[], vec![2.0]));
+    b.node(
+        "Conv",
+        &["x", "w", "cb"],
+        &["c"],
+        vec![attr::ints("pads", &[1, 1, 1, 1])],
+    );
+    b.node(
+        "BatchNormalization",
+        &["c", "g", "beta", "mean", "var"],
+        &["bn"],
+        vec![],
+    );
+    b.node("HardSwish", &["bn"], &["hs"], vec![]);
+    b.node(
+        "MaxPool",
+        &["hs"],
+        &["mp"],
+        vec![
+            attr::ints("kernel_shape", &[2, 2]),
+            attr::ints("strides", &[2, 2]),
+        ],
+    );
+    b.node("GlobalAveragePool", &["mp"], &["gap"], vec![]);
+    b.node("Flatten", &["gap"], &["f1"], vec![]);
+    b.node(
+        "AveragePool",
+        &["mp"],
+        &["ap"],
+        vec![
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    b.node("Reshape", &["ap", "shape"], &["r"], vec![]);
+    b.node("MatMul", &["r", "mm"], &["m"], vec![]);
+    b.node(
+        "LeakyRelu",
+        &["m"],
+        &["lr"],
+        vec![attr::float("alpha", 0.1)],
+    );
+    b.node(
+        "Concat",
+        &["f1", "lr"],
+        &["cat"],
+        vec![attr::int("axis", 1)],
+    );
+    b.node("Dropout", &["cat"], &["d"], vec![]);
+    b.node("Identity", &["d"], &["id"], vec![]);
+    b.node("Mul", &["id", "scale"], &["s"], vec![]);
+    b.node("Sub", &["s", "shift"], &["sub"], vec![]);
+    b.node("Clip", &["sub", "lo", "hi"], &["clip"], vec![]);
+    b.node(
+        "Gemm",
+        &["clip", "fc", "fcb"],
+        &["gm"],
+        vec![attr::int("transB", 1)],
+    );
+    b.node("Sigmoid", &["gm"], &["sg"], vec![]);
+    b.node("Div", &["sg", "two"], &["dv"], vec![]);
+    b.node("Softmax", &["dv"], &["y"], vec![attr::int("axis", 1)]);
+    b.output("y", [2i64, 3]);
+    pare_ir::import(&b.build()).unwrap()
+}
+
+fn loss(graph: &Graph, x: &ArrayD<f32>, r: &ArrayD<f32>, mode: Mode) -> f64 {
+    let tape = forward(graph, x.clone(), mode, false).unwrap();
+    let y = tape.value(graph.outputs[0]).unwrap();
+    y.iter()
+        .zip(r.iter())
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
+}
+
+#[test]
+fn every_op_back_propagates_like_finite_differences() {
+    let graph = graph();
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 6, 6]), wave(216, 9.0, 1.5)).unwrap();
+    let r = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.0, 0.5, 0.3, 1.1, -0.7]).unwrap();
+    for mode in [Mode::Train, Mode::Eval] {
+        let tape = forward(&graph, x.clone(), mode, false).unwrap();
+        let grads = backward(&graph, &tape, graph.outputs[0], r.clone()).unwrap();
+        let eps = 5e-3f32;
+        let mut checked = 0;
+        for v in graph.value_ids() {
+            let ValueSource::Initializer(Tensor::F32(t)) = &graph.value(v).source else {
+                continue;
+            };
+            let name = graph.value(v).name.clone();
+            let Some(g) = grads.of(v) else {
+                assert!(
+                    ["mean", "var", "lo", "hi"].contains(&name.as_str()),
+                    "{name} got no gradient"
+                );
+                continue;
+            };
+            for i in (0..t.len()).step_by(t.len().div_ceil(4).max(1)) {
+                let mut plus = graph.clone();
+                let mut minus = graph.clone();
+                for (gr, d) in [(&mut plus, eps), (&mut minus, -eps)] {
+                    if let ValueSource::Initializer(Tensor::F32(a)) = &mut gr.value_mut(v).source {
+                        a.as_slice_mut().unwrap()[i] += d;
+                    }
+                }
+                let fd =
+                    (loss(&plus, &x, &r, mode) - loss(&minus, &x, &r, mode)) / (2.0 * eps as f64);
+                let got = g.as_slice().unwrap()[i] as f64;
+                assert!(
+                    (fd - got).abs() < 2e-2 * fd.abs().max(0.02),
+                    "{mode:?} {name}[{i}]: finite difference {fd}, backward {got}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{checked}");
+    }
+}
