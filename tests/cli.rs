@@ -250,3 +250,76 @@ fn a_model_with_a_cycle_or_undefined_input_is_refused() {
         &["undefined.onnx", "nowhere"],
     );
 }
+
+#[test]
+fn finetune_is_repeatable_bit_for_bit_and_verified_by_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, seed: &str, optimizer: &str| {
+        let out = dir.path().join(name);
+        let o = compress(&[
+            "finetune",
+            "models/lenet5_opset17.onnx",
+            "--data",
+            "models/mnist5k",
+            "-o",
+            path_str(&out),
+            "--optimizer",
+            optimizer,
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (std::fs::read(&out).unwrap(), report)
+    };
+    let (a, report) = run("a.onnx", "7", "rls");
+    let (b, _) = run("b.onnx", "7", "rls");
+    let (c, _) = run("c.onnx", "8", "rls");
+    assert!(a == b, "the same seed gives the same file");
+    assert!(a != c, "another seed gives another batch order");
+    assert_eq!(report["test_accuracy_before"], 96.2);
+    let after = report["test_accuracy_after"].as_f64().unwrap();
+    assert!(
+        after >= 95.0,
+        "one epoch of RLS on a pretrained LeNet-5 keeps it accurate: {after}"
+    );
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1);
+    assert_eq!(epochs[0]["train"]["total"], 4000);
+    for optimizer in ["sgd", "adam"] {
+        let (_, report) = run(&format!("{optimizer}.onnx"), "1", optimizer);
+        assert!(
+            report["test_accuracy_after"].as_f64().unwrap() >= 94.0,
+            "{optimizer}: {report}"
+        );
+    }
+}
+
+#[test]
+fn finetune_refuses_bad_settings_and_its_own_input() {
+    let model = root().join("models/lenet5_opset17.onnx");
+    let o = compress(&[
+        "finetune",
+        path_str(&model),
+        "--data",
+        "models/mnist5k",
+        "-o",
+        path_str(&model),
+    ]);
+    assert_clean_error(&o, &["overwrite"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.onnx");
+    let o = compress(&[
+        "finetune",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/mnist5k",
+        "-o",
+        path_str(&out),
+        "--lambda",
+        "1.5",
+    ]);
+    assert_clean_error(&o, &["--lambda"]);
+    assert!(!out.exists(), "nothing is written after a refusal");
+}

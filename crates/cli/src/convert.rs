@@ -2,7 +2,7 @@
 
 use crate::model;
 use anyhow::{bail, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Import a model into pare's IR and write it back: shape subgraphs folded, unused nodes removed,
 /// external data inlined. What the model computes is unchanged.
@@ -16,21 +16,26 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if same_file(&args.model, &args.output) {
-        bail!(
-            "{}: the output would overwrite the input; choose another -o path",
-            args.output.display()
-        );
-    }
+    refuse_overwrite(&args.model, &args.output)?;
     let graph = model::load(&args.model)?;
     pare_onnx::write_model(&args.output, &pare_ir::export(&graph))?;
     println!("wrote {}", args.output.display());
     Ok(())
 }
 
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
+/// Refuses an output path that names the input file (or, for a model with external data, its
+/// data file).
+pub fn refuse_overwrite(input: &Path, output: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    let data = input.with_file_name(format!(
+        "{}.data",
+        input.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    if same(input, output) || same(&data, output) {
+        bail!(
+            "{}: the output would overwrite the input; choose another -o path",
+            output.display()
+        );
     }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::model;
 use anyhow::{bail, Context, Result};
 use ndarray::s;
-use pare_verify::{accuracy, latency, TractModel};
+use pare_verify::{latency, TractModel};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -14,7 +14,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The ONNX model to evaluate.
     model: PathBuf,
-    /// Dataset folder (MNIST IDX files, gzipped or raw). Accuracy uses its test split.
+    /// Dataset: a folder of MNIST IDX files, CIFAR binary batches, .npz arrays or train/ and
+    /// test/ image folders, or a single .npz file. Accuracy uses its test split.
     #[arg(long)]
     data: PathBuf,
     /// Images per tract run when measuring accuracy.
@@ -47,28 +48,8 @@ pub fn run(args: Args) -> Result<()> {
     let graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
     let test = &splits.test;
-    let image = test.image_shape();
-    let shape = model::input_shape(&graph, &args.model, args.batch, Some(image))?;
-    if shape[1..] != image {
-        bail!(
-            "{}: images are {:?} ([C, H, W]) but the model {} takes {:?}; give a dataset of the model's input size",
-            args.data.display(),
-            image,
-            args.model.display(),
-            &shape[1..]
-        );
-    }
-    let tract = TractModel::load(&args.model, &shape)?;
-    let classes = tract.class_count()?;
-    if let Some((index, label)) = test.labels.iter().enumerate().find(|(_, &l)| l >= classes) {
-        bail!(
-            "{}: test sample {index} has label {label}, but the model {} scores only {classes} classes (0..{})",
-            args.data.display(),
-            args.model.display(),
-            classes - 1
-        );
-    }
-    let acc = accuracy(&tract, test)?;
+    let shape = model::input_shape_for(&graph, &args.model, &args.data, test, args.batch)?;
+    let acc = model::tract_accuracy(&args.model, &shape, &args.data, "test", test)?;
     let single = TractModel::load(&args.model, &[&[1], &shape[1..]].concat())?;
     let lat = latency(
         &single,

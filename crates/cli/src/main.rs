@@ -3,6 +3,7 @@
 
 mod convert;
 mod eval;
+mod finetune;
 mod inspect;
 mod model;
 mod table;
@@ -23,6 +24,7 @@ enum Command {
     Inspect(inspect::Args),
     Eval(eval::Args),
     Convert(convert::Args),
+    Finetune(finetune::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Finetune(args) => finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

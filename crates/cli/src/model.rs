@@ -1,7 +1,9 @@
 //! Loading a model file into the IR, with errors that name the file.
 
 use anyhow::{bail, Context, Result};
+use pare_data::Dataset;
 use pare_ir::{Dim, Graph};
+use pare_verify::{Accuracy, TractModel};
 use std::path::Path;
 
 /// Reads, decodes and imports an ONNX file.
@@ -50,4 +52,58 @@ pub fn input_shape(
         });
     }
     Ok(dims)
+}
+
+/// The model's input shape at `batch`, checked against the dataset's image shape.
+pub fn input_shape_for(
+    graph: &Graph,
+    model: &Path,
+    data: &Path,
+    images: &Dataset,
+    batch: usize,
+) -> Result<Vec<usize>> {
+    let image = images.image_shape();
+    let shape = input_shape(graph, model, batch, Some(image))?;
+    if shape[1..] != image {
+        bail!(
+            "{}: images are {:?} ([C, H, W]) but the model {} takes {:?}; give a dataset of the model's input size",
+            data.display(),
+            image,
+            model.display(),
+            &shape[1..]
+        );
+    }
+    Ok(shape)
+}
+
+/// Refuses labels the model cannot score, naming the sample.
+pub fn check_labels(
+    data: &Path,
+    split: &str,
+    set: &Dataset,
+    model: &Path,
+    classes: usize,
+) -> Result<()> {
+    if let Some((index, label)) = set.labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+        bail!(
+            "{}: {split} sample {index} has label {label}, but the model {} scores only {classes} classes (0..{})",
+            data.display(),
+            model.display(),
+            classes.saturating_sub(1)
+        );
+    }
+    Ok(())
+}
+
+/// tract's top-1 accuracy of a model file on `set`, run `shape[0]` images at a time.
+pub fn tract_accuracy(
+    model: &Path,
+    shape: &[usize],
+    data: &Path,
+    split: &str,
+    set: &Dataset,
+) -> Result<Accuracy> {
+    let tract = TractModel::load(model, shape)?;
+    check_labels(data, split, set, model, tract.class_count()?)?;
+    Ok(pare_verify::accuracy(&tract, set)?)
 }

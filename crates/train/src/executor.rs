@@ -492,13 +492,11 @@ pub fn backward(
         };
         let wants: Vec<bool> = node.inputs.iter().map(|v| v.is_some_and(needs)).collect();
         let input_grads = backward_node(graph, tape, id, dy.view(), &wants)?;
-        for (i, g) in input_grads.into_iter().enumerate() {
-            let (Some(g), Some(v)) = (g, node.inputs[i]) else {
+        // Kernels may return a gradient for an optional input the node does not have.
+        for ((g, v), want) in input_grads.into_iter().zip(&node.inputs).zip(&wants) {
+            let (Some(g), Some(v), true) = (g, *v, *want) else {
                 continue;
             };
-            if !wants[i] {
-                continue;
-            }
             match &mut grads[v.0 as usize] {
                 Some(acc) => *acc += &g,
                 slot => *slot = Some(g),
