@@ -22,6 +22,7 @@ pub use error::IrError;
 pub use export::export;
 pub use graph::{Graph, ModelMeta, Node, NodeId, Value, ValueId, ValueSource};
 pub use import::import;
+pub use infer::infer_shapes;
 pub use op::{Conv, Gemm, Op, Padding, Pool, Window};
 pub use shape::{Dim, Shape};
 pub use tensor::Tensor;

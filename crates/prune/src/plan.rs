@@ -1,0 +1,131 @@
+//! Pruning plans and the surgery that applies them, like tract's ModelPatch: a plan names, per
+//! group, the channels to drop; applying it slices every tensor in the group, fixes depthwise
+//! `group` attributes and flattening Reshape targets, and infers shapes again.
+
+use crate::groups::{ChannelGroups, GroupId, Segment};
+use ndarray::{ArrayD, Axis};
+use pare_ir::{Graph, Op, Tensor, ValueSource};
+use std::collections::BTreeMap;
+
+/// Per group, the channel indices to drop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruningPlan {
+    pub drop: BTreeMap<GroupId, Vec<usize>>,
+}
+
+/// Why a plan cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("group {0:?} is frozen: {1}")]
+    Frozen(GroupId, String),
+    #[error("group {group:?} has {channels} channels; cannot drop channel {index}")]
+    OutOfRange {
+        group: GroupId,
+        channels: usize,
+        index: usize,
+    },
+    #[error("group {0:?} would lose all its channels; a group keeps at least one")]
+    Empty(GroupId),
+    #[error("after surgery: {0}")]
+    Shapes(#[from] pare_ir::IrError),
+}
+
+impl PruningPlan {
+    /// Drops `channels` of `group` (added to what the plan already drops).
+    pub fn drop_channels(&mut self, group: GroupId, channels: impl IntoIterator<Item = usize>) {
+        let list = self.drop.entry(group).or_default();
+        list.extend(channels);
+        list.sort_unstable();
+        list.dedup();
+    }
+
+    /// The channels kept of a group with `channels` channels.
+    pub fn kept(&self, group: GroupId, channels: usize) -> Vec<usize> {
+        let dropped = self.drop.get(&group).map(Vec::as_slice).unwrap_or(&[]);
+        (0..channels)
+            .filter(|c| dropped.binary_search(c).is_err())
+            .collect()
+    }
+
+    fn check(&self, groups: &ChannelGroups) -> Result<(), PlanError> {
+        for (&id, list) in &self.drop {
+            let g = groups.group(id);
+            if !g.frozen.is_empty() && !list.is_empty() {
+                return Err(PlanError::Frozen(id, g.frozen.join("; ")));
+            }
+            if let Some(&index) = list.iter().find(|&&c| c >= g.channels) {
+                return Err(PlanError::OutOfRange {
+                    group: id,
+                    channels: g.channels,
+                    index,
+                });
+            }
+            if list.len() >= g.channels && g.channels > 0 {
+                return Err(PlanError::Empty(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices kept along an axis laid out as `segments`, or None if nothing is dropped there.
+    fn kept_indices(&self, groups: &ChannelGroups, segments: &[Segment]) -> Option<Vec<usize>> {
+        let touched = segments.iter().any(|s| {
+            self.drop
+                .get(&groups.group_of_space(s.space))
+                .is_some_and(|d| !d.is_empty())
+        });
+        if !touched {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for s in segments {
+            for c in self.kept(groups.group_of_space(s.space), s.len) {
+                out.extend(offset + c * s.block..offset + (c + 1) * s.block);
+            }
+            offset += s.len * s.block;
+        }
+        Some(out)
+    }
+
+    /// Applies the plan to `graph` (which `groups` was computed from).
+    pub fn apply(&self, graph: &mut Graph, groups: &ChannelGroups) -> Result<(), PlanError> {
+        self.check(groups)?;
+        for slice in &groups.slices {
+            let Some(keep) = self.kept_indices(groups, &slice.segments) else {
+                continue;
+            };
+            if let ValueSource::Initializer(Tensor::F32(t)) =
+                &mut graph.value_mut(slice.tensor).source
+            {
+                *t = select(t, slice.axis, &keep);
+            }
+        }
+        for &(node, group) in &groups.depthwise {
+            let kept = self.kept(group, groups.group(group).channels).len();
+            if let Op::Conv(c) = &mut graph.nodes[node.0 as usize].op {
+                c.group = kept;
+            }
+        }
+        for (node, segments) in &groups.reshapes {
+            let Some(keep) = self.kept_indices(groups, segments) else {
+                continue;
+            };
+            let Some(Some(target)) = graph.node(*node).inputs.get(1).copied() else {
+                continue;
+            };
+            if let ValueSource::Initializer(Tensor::I64(t)) = &mut graph.value_mut(target).source {
+                // [N, features] with a literal feature count: write the new count.
+                if t.len() == 2 && t[[1]] > 0 {
+                    t[[1]] = keep.len() as i64;
+                }
+            }
+        }
+        pare_ir::infer_shapes(graph)?;
+        Ok(())
+    }
+}
+
+fn select(t: &ArrayD<f32>, axis: usize, keep: &[usize]) -> ArrayD<f32> {
+    t.select(Axis(axis), keep)
+}

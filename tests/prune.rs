@@ -1,0 +1,447 @@
+//! Channel groups and surgery. The property: zero what a random subset of channels feeds into
+//! (the consumers' input slices), so those channels carry nothing; pruning exactly them must not
+//! change tract's outputs on the exported file.
+
+mod common;
+
+use common::shipped_models;
+use ndarray::{Array4, Axis};
+use pare_ir::{Graph, Op, Tensor, ValueSource};
+use pare_onnx::proto::ModelProto;
+use pare_onnx::{attr, GraphBuilder};
+use pare_prune::{analyze, PruningPlan, SliceKind};
+use pare_verify::{max_abs_diff, TractModel};
+use std::path::Path;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn weights(n: usize, seed: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + seed) * 0.6173).sin() * 0.5)
+        .collect()
+}
+
+/// A random plan dropping 1..C-1 channels of every prunable group.
+fn random_plan(graph: &Graph, rng: &mut Lcg) -> PruningPlan {
+    let groups = analyze(graph);
+    let mut plan = PruningPlan::default();
+    for g in groups.groups.iter().filter(|g| g.prunable()) {
+        let count = 1 + rng.below(g.channels - 1);
+        let mut channels: Vec<usize> = (0..g.channels).collect();
+        for i in 0..count {
+            let j = i + rng.below(g.channels - i);
+            channels.swap(i, j);
+        }
+        plan.drop_channels(g.id, channels[..count].iter().copied());
+    }
+    plan
+}
+
+/// Zeroes the consumer slices of the dropped channels, so they carry nothing downstream.
+fn silence(graph: &mut Graph, plan: &PruningPlan) {
+    let groups = analyze(graph);
+    for slice in groups
+        .slices
+        .iter()
+        .filter(|s| s.kind == SliceKind::Consumer)
+    {
+        let mut offset = 0;
+        let mut dead = Vec::new();
+        for seg in &slice.segments {
+            let g = groups.group_of_space(seg.space);
+            for &c in plan.drop.get(&g).map(Vec::as_slice).unwrap_or(&[]) {
+                dead.extend(offset + c * seg.block..offset + (c + 1) * seg.block);
+            }
+            offset += seg.len * seg.block;
+        }
+        if let ValueSource::Initializer(Tensor::F32(t)) = &mut graph.value_mut(slice.tensor).source
+        {
+            for i in dead {
+                t.index_axis_mut(Axis(slice.axis), i).fill(0.0);
+            }
+        }
+    }
+}
+
+fn run(graph: &Graph, dir: &Path, name: &str, x: &Array4<f32>) -> ndarray::Array2<f32> {
+    let path = dir.join(name);
+    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
+    TractModel::load(&path, x.shape())
+        .unwrap()
+        .run(x.view())
+        .unwrap()
+}
+
+/// Prunes random channel subsets several times and checks tract sees no difference.
+fn check_surgery(name: &str, graph: &Graph, x: &Array4<f32>, seeds: u64) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = analyze(graph);
+    let prunable = groups.groups.iter().filter(|g| g.prunable()).count();
+    let before = pare_ir::node_costs(graph)
+        .iter()
+        .map(|c| c.params)
+        .sum::<usize>();
+    for seed in 0..seeds {
+        let mut rng = Lcg(seed * 7919 + 1);
+        let plan = random_plan(graph, &mut rng);
+        let mut silenced = graph.clone();
+        silence(&mut silenced, &plan);
+        let mut pruned = silenced.clone();
+        plan.apply(&mut pruned, &analyze(&silenced)).unwrap();
+        let a = run(&silenced, dir.path(), "silenced.onnx", x);
+        let b = run(&pruned, dir.path(), "pruned.onnx", x);
+        let diff = max_abs_diff(&a, &b);
+        assert!(
+            diff <= 1e-5,
+            "{name}, seed {seed}: outputs differ by {diff}"
+        );
+        let after = pare_ir::node_costs(&pruned)
+            .iter()
+            .map(|c| c.params)
+            .sum::<usize>();
+        assert!(
+            prunable == 0 || after < before,
+            "{name}: pruning removed no parameter"
+        );
+        // Every group keeps at least one channel.
+        for g in analyze(&pruned).groups {
+            assert!(g.channels >= 1);
+        }
+    }
+    prunable
+}
+
+fn image(n: usize, c: usize, hw: usize) -> Array4<f32> {
+    Array4::from_shape_fn((n, c, hw, hw), |(a, b, y, x)| {
+        ((a * 131 + b * 31 + y * 7 + x) as f32 * 0.377).sin()
+    })
+}
+
+#[test]
+fn surgery_on_every_shipped_model_changes_nothing_that_carried_nothing() {
+    let test = pare_data::load_dir(&common::mnist()).unwrap().test.head(16);
+    for path in shipped_models() {
+        let graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
+        let prunable = check_surgery(&path.display().to_string(), &graph, &test.images, 3);
+        assert!(
+            prunable >= 2,
+            "{}: only {prunable} prunable groups",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn shipped_models_have_the_expected_groups() {
+    let load = |name: &str| {
+        pare_ir::import(&pare_onnx::read_model(&common::root().join("models").join(name)).unwrap())
+            .unwrap()
+    };
+    let prunable = |g: &Graph| {
+        analyze(g)
+            .groups
+            .iter()
+            .filter(|g| g.prunable())
+            .map(|g| g.channels)
+            .collect::<Vec<_>>()
+    };
+    // LeNet-5: conv1 (6), conv2 (16, flattened into fc1 as 16 blocks of 25), fc1 (120), fc2 (84).
+    assert_eq!(prunable(&load("lenet5_opset17.onnx")), vec![6, 16, 120, 84]);
+    assert_eq!(
+        prunable(&load("lenet5_dynamo_extdata_opset18.onnx")),
+        vec![6, 16, 120, 84]
+    );
+    assert_eq!(
+        prunable(&load("vggbn_keepbn_opset17.onnx")),
+        vec![32, 64, 128, 128]
+    );
+    // ResNet-20: the stem and stage-1 residual stream (16), 3 block-internal groups per stage,
+    // and the streams of stages 2 and 3 (32, 64) joined through their projections.
+    let mut resnet = prunable(&load("resnet20_opset17.onnx"));
+    resnet.sort_unstable();
+    assert_eq!(resnet, vec![16, 16, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64]);
+    // The logits' group reaches the graph output.
+    let lenet = load("lenet5_opset17.onnx");
+    let groups = analyze(&lenet);
+    let last = groups.groups.iter().find(|g| g.channels == 10).unwrap();
+    assert!(
+        last.frozen.iter().any(|f| f.contains("graph output")),
+        "{:?}",
+        last.frozen
+    );
+}
+
+#[allow(clippy::too_many_arguments)] // a test helper that reads like the layer it adds
+fn conv(
+    b: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    out: &str,
+    c_out: i64,
+    c_in: i64,
+    k: i64,
+    group: i64,
+    seed: f32,
+) {
+    let w = format!("{name}.w");
+    let bias = format!("{name}.b");
+    b.initializer(attr::tensor_f32(
+        &w,
+        &[c_out, c_in / group, k, k],
+        weights((c_out * c_in / group * k * k) as usize, seed),
+    ));
+    b.initializer(attr::tensor_f32(
+        &bias,
+        &[c_out],
+        weights(c_out as usize, seed + 0.5),
+    ));
+    b.node(
+        "Conv",
+        &[input, &w, &bias],
+        &[out],
+        vec![attr::ints("pads", &[k / 2; 4]), attr::int("group", group)],
+    );
+}
+
+fn head(b: &mut GraphBuilder, input: &str, c: i64) {
+    b.node("GlobalAveragePool", &[input], &["gap"], vec![]);
+    b.node("Flatten", &["gap"], &["flat"], vec![]);
+    b.initializer(attr::tensor_f32(
+        "fc.w",
+        &[4, c],
+        weights(4 * c as usize, 9.0),
+    ));
+    b.node(
+        "Gemm",
+        &["flat", "fc.w"],
+        &["y"],
+        vec![attr::int("transB", 1)],
+    );
+    b.output(
+        "y",
+        ["N".into(), 4.into()]
+            .into_iter()
+            .collect::<Vec<pare_onnx::DimSpec>>(),
+    );
+}
+
+fn input(b: &mut GraphBuilder) {
+    b.input(
+        "x",
+        ["N".into(), 3.into(), 8.into(), 8.into()]
+            .into_iter()
+            .collect::<Vec<pare_onnx::DimSpec>>(),
+    );
+}
+
+/// MobileNet-style: conv → BN → ReLU6 → depthwise conv → ReLU6 → 1×1 conv → head.
+fn depthwise_graph() -> ModelProto {
+    let mut b = GraphBuilder::new("depthwise", 17);
+    input(&mut b);
+    conv(&mut b, "c1", "x", "c1", 8, 3, 3, 1, 1.0);
+    for (n, v) in [
+        ("g", vec![1.0; 8]),
+        ("be", weights(8, 2.0)),
+        ("m", weights(8, 3.0)),
+        ("v", vec![1.5; 8]),
+    ] {
+        b.initializer(attr::tensor_f32(n, &[8], v));
+    }
+    b.node(
+        "BatchNormalization",
+        &["c1", "g", "be", "m", "v"],
+        &["bn"],
+        vec![],
+    );
+    b.initializer(attr::tensor_f32("zero", &[], vec![0.0]));
+    b.initializer(attr::tensor_f32("six", &[], vec![6.0]));
+    b.node("Clip", &["bn", "zero", "six"], &["r1"], vec![]);
+    conv(&mut b, "dw", "r1", "dw", 8, 8, 3, 8, 4.0);
+    b.node("Clip", &["dw", "zero", "six"], &["r2"], vec![]);
+    conv(&mut b, "pw", "r2", "pw", 6, 8, 1, 1, 5.0);
+    head(&mut b, "pw", 6);
+    b.build()
+}
+
+/// Inception-style: two branches concatenated on channels, per-channel Mul, then a conv.
+fn concat_graph() -> ModelProto {
+    let mut b = GraphBuilder::new("concat", 17);
+    input(&mut b);
+    conv(&mut b, "a", "x", "a", 5, 3, 3, 1, 1.0);
+    conv(&mut b, "b", "x", "b", 7, 3, 1, 1, 2.0);
+    b.node("Relu", &["a"], &["ra"], vec![]);
+    b.node("Relu", &["b"], &["rb"], vec![]);
+    b.node(
+        "Concat",
+        &["ra", "rb"],
+        &["cat"],
+        vec![attr::int("axis", 1)],
+    );
+    conv(&mut b, "c", "cat", "c", 6, 12, 3, 1, 3.0);
+    b.initializer(attr::tensor_f32("scale", &[1, 6, 1, 1], weights(6, 4.0)));
+    b.node("Mul", &["c", "scale"], &["s"], vec![]);
+    b.node("Relu", &["s"], &["rs"], vec![]);
+    head(&mut b, "rs", 6);
+    b.build()
+}
+
+/// Squeeze-and-excitation with a residual Add.
+fn se_graph() -> ModelProto {
+    let mut b = GraphBuilder::new("se", 17);
+    input(&mut b);
+    conv(&mut b, "stem", "x", "stem", 8, 3, 3, 1, 1.0);
+    b.node("Relu", &["stem"], &["s"], vec![]);
+    conv(&mut b, "body", "s", "body", 8, 8, 3, 1, 2.0);
+    b.node("GlobalAveragePool", &["body"], &["sq"], vec![]);
+    conv(&mut b, "reduce", "sq", "red", 3, 8, 1, 1, 3.0);
+    b.node("Relu", &["red"], &["rr"], vec![]);
+    conv(&mut b, "expand", "rr", "exp", 8, 3, 1, 1, 4.0);
+    b.node("HardSigmoid", &["exp"], &["gate"], vec![]);
+    b.node("Mul", &["body", "gate"], &["scaled"], vec![]);
+    b.node("Add", &["scaled", "s"], &["res"], vec![]);
+    b.node("Relu", &["res"], &["out"], vec![]);
+    head(&mut b, "out", 8);
+    b.build()
+}
+
+#[test]
+fn depthwise_concat_and_se_graphs_group_and_prune_correctly() {
+    let x = image(2, 3, 8);
+    // Depthwise: c1, BN, both ReLU6 and the depthwise conv share one group of 8.
+    let g = pare_ir::import(&depthwise_graph()).unwrap();
+    let groups = analyze(&g);
+    let eight: Vec<_> = groups
+        .groups
+        .iter()
+        .filter(|g| g.prunable() && g.channels == 8)
+        .collect();
+    assert_eq!(eight.len(), 1, "one group spans the depthwise conv");
+    assert_eq!(groups.depthwise.len(), 1);
+    check_surgery("depthwise", &g, &x, 4);
+    let mut plan = PruningPlan::default();
+    plan.drop_channels(eight[0].id, [1, 4, 6]);
+    let mut pruned = g.clone();
+    plan.apply(&mut pruned, &groups).unwrap();
+    let dwnode = pruned
+        .nodes
+        .iter()
+        .find(|n| n.name.starts_with("Conv") && matches!(&n.op, Op::Conv(c) if c.group > 1))
+        .unwrap();
+    let Op::Conv(c) = &dwnode.op else {
+        unreachable!()
+    };
+    assert_eq!(
+        c.group, 5,
+        "the depthwise group attribute follows the channels"
+    );
+
+    // Concat: the last conv reads two groups at offsets 0 and 5.
+    let g = pare_ir::import(&concat_graph()).unwrap();
+    let groups = analyze(&g);
+    let two_segment = groups
+        .slices
+        .iter()
+        .find(|s| s.segments.len() == 2)
+        .expect("a slice across the concat");
+    assert_eq!(
+        two_segment
+            .segments
+            .iter()
+            .map(|s| s.len)
+            .collect::<Vec<_>>(),
+        vec![5, 7]
+    );
+    assert!(groups
+        .slices
+        .iter()
+        .any(|s| s.role.contains("per-channel constant")));
+    check_surgery("concat", &g, &x, 4);
+
+    // SE: the expand conv's output, the body and the residual stream are one group.
+    let g = pare_ir::import(&se_graph()).unwrap();
+    let groups = analyze(&g);
+    let stream = groups
+        .groups
+        .iter()
+        .filter(|g| g.prunable() && g.channels == 8)
+        .count();
+    assert_eq!(stream, 1, "body, gate and residual are united");
+    assert!(
+        groups
+            .groups
+            .iter()
+            .any(|g| g.prunable() && g.channels == 3),
+        "the squeeze width is its own group"
+    );
+    check_surgery("se", &g, &x, 4);
+}
+
+#[test]
+fn frozen_groups_say_why_and_refuse_plans() {
+    // A Softmax over channels, a Reshape that hard-codes channels and an op pare does not model.
+    let mut b = GraphBuilder::new("frozen", 17);
+    input(&mut b);
+    conv(&mut b, "a", "x", "a", 4, 3, 3, 1, 1.0);
+    b.node("Softmax", &["a"], &["sm"], vec![attr::int("axis", 1)]);
+    conv(&mut b, "b", "sm", "b", 4, 4, 3, 1, 2.0);
+    b.node("Relu", &["b"], &["t"], vec![]);
+    conv(&mut b, "c", "t", "c", 6, 4, 3, 1, 3.0);
+    b.initializer(attr::tensor_i64("shape", &[4], vec![-1, 3, 2, 64]));
+    b.node("Reshape", &["c", "shape"], &["r"], vec![]);
+    b.node("Tanh", &["r"], &["y"], vec![]);
+    b.output(
+        "y",
+        ["N".into(), 3.into(), 2.into(), 64.into()]
+            .into_iter()
+            .collect::<Vec<pare_onnx::DimSpec>>(),
+    );
+    let g = pare_ir::import(&b.build()).unwrap();
+    let groups = analyze(&g);
+    let reasons: Vec<String> = groups
+        .groups
+        .iter()
+        .flat_map(|g| g.frozen.clone())
+        .collect();
+    for expected in [
+        "normalises over channels",
+        "not modelled",
+        "hard-codes the channel count",
+        "graph input",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected} missing from {reasons:?}"
+        );
+    }
+    let frozen = groups
+        .groups
+        .iter()
+        .find(|g| !g.frozen.is_empty() && g.channels == 4)
+        .unwrap();
+    let mut plan = PruningPlan::default();
+    plan.drop_channels(frozen.id, [0]);
+    assert!(plan.apply(&mut g.clone(), &groups).is_err());
+    let mut everything = PruningPlan::default();
+    let open = groups.groups.iter().find(|g| g.prunable());
+    if let Some(open) = open {
+        everything.drop_channels(open.id, 0..open.channels);
+        assert!(everything
+            .apply(&mut g.clone(), &groups)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one"));
+    }
+}
