@@ -6,7 +6,8 @@ use pare_ir::{node_costs, Graph};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Print a per-layer table of a model: name, op, output shape, parameters and MACs.
+/// Print a per-layer table of a model (name, op, output shape, parameters, MACs) and its channel
+/// groups (width, members, whether each can be pruned and why not).
 ///
 /// MACs count the multiply-accumulates of Conv, Gemm and MatMul for one sample (batch 1).
 #[derive(clap::Args)]
@@ -28,6 +29,15 @@ struct Layer {
 }
 
 #[derive(Serialize)]
+struct GroupReport {
+    id: u32,
+    channels: usize,
+    prunable: bool,
+    frozen_because: Vec<String>,
+    members: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct Report {
     model: PathBuf,
     opset: i64,
@@ -35,6 +45,28 @@ struct Report {
     layers: Vec<Layer>,
     total_params: usize,
     total_macs: u64,
+    groups: Vec<GroupReport>,
+}
+
+/// Groups that some weight reads or writes (the image input's is left out), in graph order.
+fn groups(graph: &Graph) -> Vec<GroupReport> {
+    let analysis = pare_prune::analyze(graph);
+    analysis
+        .groups
+        .iter()
+        .filter(|g| !g.slices.is_empty())
+        .map(|g| GroupReport {
+            id: g.id.0,
+            channels: g.channels,
+            prunable: g.prunable(),
+            frozen_because: g.frozen.clone(),
+            members: g
+                .slices
+                .iter()
+                .map(|&i| analysis.slices[i].role.clone())
+                .collect(),
+        })
+        .collect()
 }
 
 fn report(path: PathBuf, graph: &Graph) -> Report {
@@ -61,6 +93,7 @@ fn report(path: PathBuf, graph: &Graph) -> Report {
         total_params: layers.iter().map(|l| l.params).sum(),
         total_macs: layers.iter().map(|l| l.macs).sum(),
         layers,
+        groups: groups(graph),
     }
 }
 
@@ -100,6 +133,28 @@ pub fn run(args: Args) -> Result<()> {
     print!(
         "{}",
         table::render(&["name", "op", "output shape", "params", "MACs"], &rows)
+    );
+    let rows: Vec<Vec<String>> = report
+        .groups
+        .iter()
+        .map(|g| {
+            let prunable = if g.prunable {
+                "yes".to_string()
+            } else {
+                format!("no: {}", g.frozen_because.join("; "))
+            };
+            vec![
+                g.id.to_string(),
+                g.channels.to_string(),
+                prunable,
+                g.members.join(", "),
+            ]
+        })
+        .collect();
+    println!("\nchannel groups\n");
+    print!(
+        "{}",
+        table::render(&["group", "channels", "prunable", "members"], &rows)
     );
     Ok(())
 }
