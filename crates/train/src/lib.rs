@@ -7,6 +7,7 @@
 mod error;
 pub mod executor;
 mod gemm;
+pub mod init;
 pub mod kernels;
 pub mod loss;
 pub mod optim;
