@@ -15,7 +15,7 @@ mod rng;
 pub use dataset::{Dataset, Splits};
 pub use error::DataError;
 pub use idx::{read_idx, IdxArray};
-pub use rng::permutation;
+pub use rng::{permutation, SplitMix64};
 
 use std::path::Path;
 

@@ -4,16 +4,26 @@
 //! platform and with every dependency version. It is not for anything that needs real
 //! randomness or cryptographic strength.
 
-/// SplitMix64 (Steele, Lea and Flood, 2014): a tiny generator with good statistical quality.
-struct SplitMix64(u64);
+/// SplitMix64 (Steele, Lea and Flood, 2014): a tiny generator with good statistical quality,
+/// the one source of seeded randomness in pare.
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+
+    /// A uniform value in [0, 1), from the top 53 bits so every f64 step is equally likely.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A uniform value in `0..bound` (`bound > 0`), by Lemire's multiply-and-reject method so

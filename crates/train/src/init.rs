@@ -9,29 +9,16 @@
 //! ReLU stacks pare trains, and zero biases make the start independent of the layer width.
 //! BatchNorm starts as the identity: scale 1, bias 0, running mean 0, running variance 1.
 //!
-//! The draws come from SplitMix64 written out here (pare-data keeps its own generator private),
-//! in node order, so one seed gives the same weights on every platform.
+//! The draws come from pare-data's SplitMix64, in node order, so one seed gives the same weights
+//! on every platform.
 
+use pare_data::SplitMix64;
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
 use std::collections::HashSet;
 
-/// SplitMix64 (Steele, Lea and Flood, 2014), the generator pare-data uses for shuffling.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [−bound, bound), from the top 53 bits so every f64 step is equally likely.
-    fn symmetric(&mut self, bound: f64) -> f32 {
-        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ((unit * 2.0 - 1.0) * bound) as f32
-    }
+/// Uniform in [−bound, bound).
+fn symmetric(rng: &mut SplitMix64, bound: f64) -> f32 {
+    ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32
 }
 
 /// What a parameter becomes.
@@ -48,7 +35,7 @@ enum Fill {
 /// (reshape targets, constants of element-wise ops) keep their values. A tensor shared by several
 /// layers is drawn once, at its first use.
 pub fn kaiming_init(graph: &mut Graph, seed: u64) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut done = HashSet::new();
     for id in graph.node_ids().collect::<Vec<_>>() {
         let node = graph.node(id);
@@ -112,7 +99,7 @@ pub fn kaiming_init(graph: &mut Graph, seed: u64) {
             match fill {
                 Fill::Kaiming { fan_in } => {
                     let bound = (6.0 / fan_in.max(1) as f64).sqrt();
-                    a.iter_mut().for_each(|x| *x = rng.symmetric(bound));
+                    a.iter_mut().for_each(|x| *x = symmetric(&mut rng, bound));
                 }
                 Fill::Constant(c) => a.fill(c),
             }
