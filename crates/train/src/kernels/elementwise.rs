@@ -219,18 +219,8 @@ mod tests {
         .unwrap()
     }
 
-    fn fd_check(f: impl Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
-        for i in (0..x.len()).step_by(3) {
-            let (mut p, mut m) = (x.clone(), x.clone());
-            p.as_slice_mut().unwrap()[i] += 1e-2;
-            m.as_slice_mut().unwrap()[i] -= 1e-2;
-            let fd = (f(&p) - f(&m)) / 2e-2;
-            let got = grad.as_slice().unwrap()[i] as f64;
-            assert!(
-                (fd - got).abs() < 1e-2 * (1.0 + fd.abs()),
-                "{what}[{i}]: {fd} vs {got}"
-            );
-        }
+    fn fd_check(f: &dyn Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
+        crate::kernels::testing::check_gradient(f, x, grad, 3, 1e-2, what);
     }
 
     #[test]
@@ -247,8 +237,8 @@ mod tests {
                     .map(|&v| v as f64)
                     .sum::<f64>()
             };
-            fd_check(|x| loss(x, &b), &a, &da, &format!("{op:?} da"));
-            fd_check(|x| loss(&a, x), &b, &db, &format!("{op:?} db"));
+            fd_check(&|x| loss(x, &b), &a, &da, &format!("{op:?} da"));
+            fd_check(&|x| loss(&a, x), &b, &db, &format!("{op:?} db"));
         }
         assert!(
             binary_forward(Binary::Add, &arr(&[3], 0.0).view(), &arr(&[4], 0.0).view()).is_none()
@@ -280,7 +270,7 @@ mod tests {
             let y = act.forward(&x.view());
             let dx = act.backward(&x.view(), &y.view(), &r.view());
             fd_check(
-                |x| {
+                &|x: &ArrayD<f32>| {
                     (act.forward(&x.view()) * &r)
                         .iter()
                         .map(|&v| v as f64)
@@ -303,7 +293,7 @@ mod tests {
         }
         let dx = softmax_backward(&y.view(), &r.view(), 1);
         fd_check(
-            |x| {
+            &|x: &ArrayD<f32>| {
                 (softmax_forward(&x.view(), 1) * &r)
                     .iter()
                     .map(|&v| v as f64)

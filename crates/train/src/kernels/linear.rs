@@ -164,17 +164,7 @@ mod tests {
     }
 
     fn check(f: &dyn Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
-        for i in 0..x.len() {
-            let (mut p, mut m) = (x.clone(), x.clone());
-            p.as_slice_mut().unwrap()[i] += 1e-2;
-            m.as_slice_mut().unwrap()[i] -= 1e-2;
-            let fd = (f(&p) - f(&m)) / 2e-2;
-            let got = grad.as_slice().unwrap()[i] as f64;
-            assert!(
-                (fd - got).abs() < 1e-3 * (1.0 + fd.abs()),
-                "{what}[{i}]: {fd} vs {got}"
-            );
-        }
+        crate::kernels::testing::check_gradient(f, x, grad, 1, 1e-3, what);
     }
 
     #[test]

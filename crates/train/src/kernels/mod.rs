@@ -6,3 +6,5 @@ pub mod conv;
 pub mod elementwise;
 pub mod linear;
 pub mod pool;
+#[cfg(test)]
+mod testing;
