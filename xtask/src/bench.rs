@@ -78,6 +78,7 @@ fn config(optimizer: OptimizerConfig) -> TrainConfig {
         optimizer,
         // Training mode is what a user's fine-tuning runs; it only matters for the BN-kept model.
         batchnorm_training: true,
+        max_grad_norm: None,
     }
 }
 

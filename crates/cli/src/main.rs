@@ -1,22 +1,36 @@
 //! `compress`: the command-line front of pare. Parses arguments, calls the crates, prints
 //! reports. It holds no algorithm of its own.
 
+mod compress;
 mod convert;
 mod eval;
 mod finetune;
 mod inspect;
 mod model;
 mod table;
+mod train_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Make pretrained ONNX CNNs smaller and faster, verified with tract.
+///
+/// `compress model.onnx --data DIR -o small.onnx` prunes whole channels while fine-tuning on
+/// DIR's train split, then compares both models on its test split. The subcommands inspect,
+/// evaluate, convert or only fine-tune a model.
 #[derive(Parser)]
-#[command(name = "compress", version, about, long_about = None)]
+#[command(
+    name = "compress",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    compress: compress::Args,
 }
 
 #[derive(Subcommand)]
@@ -30,10 +44,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect(args) => inspect::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Convert(args) => convert::run(args),
-        Command::Finetune(args) => finetune::run(args),
+        Some(Command::Inspect(args)) => inspect::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Convert(args)) => convert::run(args),
+        Some(Command::Finetune(args)) => finetune::run(args),
+        None => compress::run(cli.compress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

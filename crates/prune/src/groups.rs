@@ -39,6 +39,9 @@ pub struct Slice {
     pub axis: usize,
     pub segments: Vec<Segment>,
     pub kind: SliceKind,
+    /// The node that reads the tensor, and as which of its inputs.
+    pub node: NodeId,
+    pub input: usize,
     /// Why the slice exists, for reports: "Conv /conv1/Conv output", …
     pub role: String,
 }
@@ -94,6 +97,8 @@ struct Analysis<'g> {
     slices: Vec<Slice>,
     depthwise: Vec<(NodeId, usize)>,
     reshapes: Vec<(NodeId, Vec<Segment>)>,
+    /// The node being analysed: the one its slices belong to.
+    current: NodeId,
 }
 
 impl<'g> Analysis<'g> {
@@ -173,16 +178,27 @@ impl<'g> Analysis<'g> {
         segments: Vec<Segment>,
         role: String,
     ) {
+        let node = self.current;
+        let input = self
+            .graph
+            .node(node)
+            .inputs
+            .iter()
+            .position(|&i| i == Some(tensor))
+            .expect("a slice is one of its node's inputs");
         self.slices.push(Slice {
             tensor,
             axis,
             segments,
             kind,
+            node,
+            input,
             role,
         });
     }
 
     fn node(&mut self, id: NodeId) {
+        self.current = id;
         let graph = self.graph;
         let node = graph.node(id);
         let label = format!("{} '{}'", node.op.op_type(), node.name);
@@ -609,6 +625,7 @@ pub fn analyze(graph: &Graph) -> ChannelGroups {
         slices: Vec::new(),
         depthwise: Vec::new(),
         reshapes: Vec::new(),
+        current: NodeId(0),
     };
     for &v in &graph.inputs {
         if let Some(c) = a.channels(v) {

@@ -3,11 +3,19 @@
 //!
 //! Groups are found from the graph alone and frozen, never guessed, where a channel's meaning
 //! cannot be followed (graph outputs, Opaque ops, Reshapes that hard-code channels, reductions
-//! over channels). Scoring channels and choosing what to drop are strategies' work, not this
-//! module's.
+//! over channels). `criteria` scores channels, `selection` turns scores into plans, and
+//! `strategy` runs the training loops that prune and recover.
 
+pub mod criteria;
 mod groups;
 mod plan;
+pub mod selection;
+pub mod strategy;
+mod summary;
 
+pub use criteria::Criterion;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
 pub use plan::{PlanError, PruningPlan};
+pub use selection::{Cost, Ranking, Target};
+pub use strategy::{compress, CompressConfig, Outcome, Strategy};
+pub use summary::{layer_widths, LayerWidth};

@@ -68,7 +68,11 @@ impl PruningPlan {
     }
 
     /// Indices kept along an axis laid out as `segments`, or None if nothing is dropped there.
-    fn kept_indices(&self, groups: &ChannelGroups, segments: &[Segment]) -> Option<Vec<usize>> {
+    pub(crate) fn kept_indices(
+        &self,
+        groups: &ChannelGroups,
+        segments: &[Segment],
+    ) -> Option<Vec<usize>> {
         let touched = segments.iter().any(|s| {
             self.drop
                 .get(&groups.group_of_space(s.space))
@@ -126,6 +130,8 @@ impl PruningPlan {
     }
 }
 
+/// The kept indices along `axis`, in standard layout (the optimisers and export read
+/// initializers as contiguous slices).
 fn select(t: &ArrayD<f32>, axis: usize, keep: &[usize]) -> ArrayD<f32> {
-    t.select(Axis(axis), keep)
+    t.select(Axis(axis), keep).as_standard_layout().into_owned()
 }

@@ -18,5 +18,6 @@ pub use executor::{backward, forward, Gradients, Mode, Tape};
 pub use loss::Loss;
 pub use optim::{AdamConfig, OptimizerConfig, RlsConfig, SgdConfig};
 pub use trainer::{
-    evaluate, scores_value, train, train_step, BatchProgress, EpochReport, Evaluation, TrainConfig,
+    evaluate, scores_value, train, train_step, BatchProgress, BatchStream, EpochReport, Evaluation,
+    TrainConfig,
 };

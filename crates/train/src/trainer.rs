@@ -22,6 +22,9 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// BatchNorm in training mode (batch statistics, running statistics updated).
     pub batchnorm_training: bool,
+    /// Scales the gradients down when their global L2 norm exceeds this (PyTorch's
+    /// clip_grad_norm_), so one bad batch cannot throw the weights far.
+    pub max_grad_norm: Option<f32>,
 }
 
 /// Loss and accuracy over a dataset.
@@ -140,6 +143,25 @@ fn update_running_stats(graph: &mut Graph, tape: &Tape) {
     }
 }
 
+/// Scales all parameter gradients by max/‖g‖ when their global norm ‖g‖ exceeds `max`.
+fn clip_grad_norm(graph: &Graph, grads: &mut executor::Gradients, max: f32) {
+    let params = crate::optim::parameters(graph, grads);
+    let norm = params
+        .iter()
+        .filter_map(|&v| grads.of(v))
+        .map(|g| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+        .sum::<f64>()
+        .sqrt();
+    if norm > max as f64 {
+        let scale = (max as f64 / norm) as f32;
+        for v in params {
+            if let Some(g) = &mut grads.0[v.0 as usize] {
+                g.mapv_inplace(|x| x * scale);
+            }
+        }
+    }
+}
+
 /// One optimisation step on one batch; returns the batch's loss output.
 pub fn train_step(
     graph: &mut Graph,
@@ -163,12 +185,62 @@ pub fn train_step(
         });
     }
     let out = config.loss.evaluate(s, labels);
-    let grads = executor::backward(graph, &tape, target, out.grad.clone().into_dyn())?;
+    let mut grads = executor::backward(graph, &tape, target, out.grad.clone().into_dyn())?;
+    if let Some(max) = config.max_grad_norm {
+        clip_grad_norm(graph, &mut grads, max);
+    }
     optimizer.step(graph, &tape, &grads);
     if mode == Mode::Train {
         update_running_stats(graph, &tape);
     }
     Ok(out)
+}
+
+/// The batch order of one epoch: a permutation drawn from the seed and the epoch number.
+fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    pare_data::permutation(len, seed.wrapping_add(epoch as u64))
+}
+
+/// Minibatches in the order `train` visits them, epoch after epoch, without end: for loops that
+/// stop between epochs (pruning checks recovery every fraction of an epoch).
+pub struct BatchStream<'d> {
+    data: &'d Dataset,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    order: Vec<usize>,
+    position: usize,
+}
+
+impl<'d> BatchStream<'d> {
+    pub fn new(data: &'d Dataset, batch_size: usize, seed: u64) -> Self {
+        BatchStream {
+            data,
+            batch_size: batch_size.max(1),
+            seed,
+            epoch: 0,
+            order: epoch_order(data.len(), seed, 0),
+            position: 0,
+        }
+    }
+
+    /// Steps in one epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.data.len().div_ceil(self.batch_size)
+    }
+
+    /// The next batch's images and labels; the order is drawn again at each epoch's start.
+    pub fn next_batch(&mut self) -> (ArrayD<f32>, Vec<usize>) {
+        if self.position >= self.order.len() {
+            self.epoch += 1;
+            self.order = epoch_order(self.data.len(), self.seed, self.epoch);
+            self.position = 0;
+        }
+        let end = (self.position + self.batch_size).min(self.order.len());
+        let (images, labels) = self.data.gather(&self.order[self.position..end]);
+        self.position = end;
+        (images.into_dyn(), labels)
+    }
 }
 
 /// Trains for `config.epochs` epochs, reporting every batch and returning each epoch's figures.
@@ -182,7 +254,7 @@ pub fn train(
     let batches = data.len().div_ceil(config.batch_size.max(1));
     let mut reports = Vec::new();
     for epoch in 0..config.epochs {
-        let order = pare_data::permutation(data.len(), config.seed.wrapping_add(epoch as u64));
+        let order = epoch_order(data.len(), config.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0, 0);
         for (batch, indices) in order.chunks(config.batch_size.max(1)).enumerate() {
             let (images, labels) = data.gather(indices);

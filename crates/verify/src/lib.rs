@@ -31,13 +31,33 @@ pub struct TractModel {
 impl TractModel {
     /// Loads `path` with its first input fixed to `input_shape` (batch first), then optimises it.
     pub fn load(path: &Path, input_shape: &[usize]) -> Result<TractModel, VerifyError> {
+        Self::build(path, input_shape, |onnx| onnx.model_for_path(path))
+    }
+
+    /// Loads a model from its encoded bytes (not yet written anywhere); `label` names it in
+    /// errors and reports.
+    pub fn from_bytes(
+        label: &Path,
+        bytes: &[u8],
+        input_shape: &[usize],
+    ) -> Result<TractModel, VerifyError> {
+        Self::build(label, input_shape, |onnx| {
+            onnx.model_for_read(&mut &bytes[..])
+        })
+    }
+
+    fn build(
+        path: &Path,
+        input_shape: &[usize],
+        read: impl FnOnce(&tract_onnx::Onnx) -> TractResult<InferenceModel>,
+    ) -> Result<TractModel, VerifyError> {
         let load = || -> TractResult<Arc<TypedRunnableModel>> {
             // Exporters declare intermediate and output shapes with a symbolic batch; tract cannot
             // unify those with the fixed input, so it works them out again from the input.
-            tract_onnx::onnx()
+            let onnx = tract_onnx::onnx()
                 .with_ignore_value_info(true)
-                .with_ignore_output_shapes(true)
-                .model_for_path(path)?
+                .with_ignore_output_shapes(true);
+            read(&onnx)?
                 .with_input_fact(0, f32::fact(input_shape).into())?
                 .into_optimized()?
                 .into_runnable()
@@ -201,13 +221,41 @@ pub fn latency(
         model.run(images)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
+    Ok(summarize(times))
+}
+
+/// Latency of two models on the same batch, measured side by side: their runs alternate, so
+/// both see the same machine load.
+pub fn latency_pair(
+    a: &TractModel,
+    b: &TractModel,
+    images: ArrayView4<f32>,
+    warmup: usize,
+    runs: usize,
+) -> Result<(Latency, Latency), VerifyError> {
+    for _ in 0..warmup {
+        a.run(images)?;
+        b.run(images)?;
+    }
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        for (model, times) in [(a, &mut ta), (b, &mut tb)] {
+            let start = Instant::now();
+            model.run(images)?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok((summarize(ta), summarize(tb)))
+}
+
+fn summarize(mut times: Vec<f64>) -> Latency {
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    Ok(Latency {
+    Latency {
         median_ms: at(0.5),
         p90_ms: at(0.9),
         runs: times.len(),
-    })
+    }
 }
 
 /// The largest absolute difference between two equally shaped outputs.

@@ -31,6 +31,7 @@ pub struct Adam {
     config: AdamConfig,
     moments: HashMap<ValueId, (ArrayD<f32>, ArrayD<f32>)>,
     t: i32,
+    lr_scale: f32,
 }
 
 impl Adam {
@@ -39,27 +40,36 @@ impl Adam {
             config,
             moments: HashMap::new(),
             t: 0,
+            lr_scale: 1.0,
         }
     }
 }
 
 impl Optimizer for Adam {
+    fn set_step_scale(&mut self, scale: f64) {
+        self.lr_scale = scale as f32;
+    }
+
     fn step(&mut self, graph: &mut Graph, _tape: &Tape, grads: &Gradients) {
         self.t += 1;
         let c = self.config.clone();
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.t), 1.0 - c.beta2.powi(self.t));
+        let lr = c.lr * self.lr_scale;
         for v in parameters(graph, grads) {
             let g = grads.of(v).expect("parameters have gradients");
             let w = param_mut(graph, v);
-            let (m, s) = self
-                .moments
-                .entry(v)
-                .or_insert_with(|| (ArrayD::zeros(g.raw_dim()), ArrayD::zeros(g.raw_dim())));
+            // A parameter resized by pruning starts its moments again.
+            let fresh = || (ArrayD::zeros(g.raw_dim()), ArrayD::zeros(g.raw_dim()));
+            let moments = self.moments.entry(v).or_insert_with(fresh);
+            if moments.0.shape() != g.shape() {
+                *moments = fresh();
+            }
+            let (m, s) = moments;
             Zip::from(w).and(m).and(s).and(g).for_each(|w, m, s, &g| {
                 let g = g + c.weight_decay * *w;
                 *m = c.beta1 * *m + (1.0 - c.beta1) * g;
                 *s = c.beta2 * *s + (1.0 - c.beta2) * g * g;
-                *w -= c.lr * (*m / bc1) / ((*s / bc2).sqrt() + c.eps);
+                *w -= lr * (*m / bc1) / ((*s / bc2).sqrt() + c.eps);
             });
         }
     }

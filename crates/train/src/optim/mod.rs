@@ -19,6 +19,9 @@ use pare_ir::{Graph, Tensor, ValueId, ValueSource};
 /// One optimisation step over all parameters.
 pub trait Optimizer {
     fn step(&mut self, graph: &mut Graph, tape: &Tape, grads: &Gradients);
+    /// Scales every step from now on (1 is the configured step): a caller ramps it back up after
+    /// changing the network, e.g. by pruning.
+    fn set_step_scale(&mut self, scale: f64);
 }
 
 /// The parameters that received a gradient, in value order.

@@ -8,6 +8,7 @@ use crate::executor::{Gradients, Tape};
 use crate::gemm::{dgemm, Mat};
 use ndarray::Array2;
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
+use std::ops::Range;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RlsConfig {
@@ -45,6 +46,8 @@ pub struct RlsState {
     cap: Option<f64>,
     /// Times P was reset because γ was not positive (numerical breakdown).
     pub resets: u64,
+    /// Per input, whether any mean input seen was non-zero: a dead channel's inputs never are.
+    excited: Vec<bool>,
 }
 
 impl RlsState {
@@ -56,6 +59,7 @@ impl RlsState {
             steps: 0,
             cap: Some(alpha),
             resets: 0,
+            excited: vec![false; n],
         }
     }
 
@@ -81,6 +85,9 @@ impl RlsState {
             "mean input of length {} for P of size {n}",
             u.len()
         );
+        for (e, &x) in self.excited.iter_mut().zip(u) {
+            *e |= x != 0.0;
+        }
         let p = self.p.as_slice().expect("standard layout");
         let mut v = vec![0.0f64; n];
         dgemm(1.0, Mat::new(p, n, n), Mat::new(u, n, 1), 0.0, &mut v);
@@ -126,6 +133,62 @@ impl RlsState {
         self.p = (&self.p + &t) * 0.5;
     }
 
+    /// ½·tr(W_S P_SS⁻¹ W_Sᵀ): how much the layer's least-squares cost rises when the inputs `s`
+    /// are removed and the other weights refit (OBS with P as the inverse Hessian). `w` has rows
+    /// = outputs over all of P's inputs. Inputs never excited score 0: removing them costs nothing.
+    pub fn saliency(&self, w: &Array2<f64>, s: &[usize]) -> f64 {
+        if s.iter().all(|&i| !self.excited[i]) {
+            return 0.0;
+        }
+        let pss = Array2::from_shape_fn((s.len(), s.len()), |(i, j)| self.p[[s[i], s[j]]]);
+        let Some(l) = cholesky(&pss) else {
+            // Not positive definite in floating point: the diagonal approximation of §5.
+            return 0.5
+                * s.iter()
+                    .map(|&j| w.column(j).iter().map(|x| x * x).sum::<f64>() / self.p[[j, j]])
+                    .sum::<f64>();
+        };
+        let mut total = 0.0;
+        for row in w.rows() {
+            let b: Vec<f64> = s.iter().map(|&j| row[j]).collect();
+            total += forward_substitute(&l, &b)
+                .iter()
+                .map(|y| y * y)
+                .sum::<f64>();
+        }
+        0.5 * total
+    }
+
+    /// Removes inputs `drop` (sorted): P becomes the Schur complement P_RR − P_RS P_SS⁻¹ P_SR,
+    /// which is exactly the inverse autocorrelation of the inputs that remain (§3.5).
+    pub fn remove(&mut self, drop: &[usize]) {
+        if drop.is_empty() {
+            return;
+        }
+        let n = self.len();
+        let keep: Vec<usize> = (0..n).filter(|i| drop.binary_search(i).is_err()).collect();
+        let pick = |rows: &[usize], cols: &[usize]| {
+            Array2::from_shape_fn((rows.len(), cols.len()), |(i, j)| {
+                self.p[[rows[i], cols[j]]]
+            })
+        };
+        let prr = pick(&keep, &keep);
+        let psr = pick(drop, &keep);
+        self.p = match cholesky(&pick(drop, drop)) {
+            Some(l) => {
+                // X = L⁻¹ P_SR, so P_RS P_SS⁻¹ P_SR = Xᵀ X.
+                let mut x = Array2::<f64>::zeros(psr.dim());
+                for (c, col) in psr.columns().into_iter().enumerate() {
+                    let y = forward_substitute(&l, &col.to_vec());
+                    x.column_mut(c).assign(&ndarray::Array1::from(y));
+                }
+                prr - x.t().dot(&x)
+            }
+            None => prr,
+        };
+        self.excited = keep.iter().map(|&i| self.excited[i]).collect();
+    }
+
     /// G·P for a gradient G with rows = outputs.
     pub fn precondition(&self, g: &Array2<f64>) -> Array2<f64> {
         let (m, n) = g.dim();
@@ -141,6 +204,37 @@ impl RlsState {
     }
 }
 
+/// The lower Cholesky factor of a symmetric positive definite matrix; None if it is not one.
+fn cholesky(a: &Array2<f64>) -> Option<Array2<f64>> {
+    let n = a.nrows();
+    let mut l = Array2::<f64>::zeros((n, n));
+    for i in 0..n {
+        for j in 0..=i {
+            let dot: f64 = (0..j).map(|k| l[[i, k]] * l[[j, k]]).sum();
+            if i == j {
+                let d = a[[i, i]] - dot;
+                if !(d > 0.0 && d.is_finite()) {
+                    return None;
+                }
+                l[[i, i]] = d.sqrt();
+            } else {
+                l[[i, j]] = (a[[i, j]] - dot) / l[[j, j]];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// Solves L y = b for lower-triangular L.
+fn forward_substitute(l: &Array2<f64>, b: &[f64]) -> Vec<f64> {
+    let mut y = vec![0.0; b.len()];
+    for i in 0..b.len() {
+        let dot: f64 = (0..i).map(|k| l[[i, k]] * y[k]).sum();
+        y[i] = (b[i] - dot) / l[[i, i]];
+    }
+    y
+}
+
 /// How a layer's weight matrix W (rows = outputs) sits in its initializer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Storage {
@@ -150,22 +244,94 @@ enum Storage {
     Transposed,
 }
 
-#[derive(Debug, Clone)]
-struct Layer {
-    node: NodeId,
+/// Where a layer's W and bias are and how big W is.
+#[derive(Debug, Clone, PartialEq)]
+struct Geometry {
     weight: ValueId,
     bias: Option<ValueId>,
     storage: Storage,
     outputs: usize,
     inputs: usize,
+}
+
+impl Geometry {
+    /// The layer a node is to RLS, if it is one: a Conv, Gemm or MatMul with a constant weight.
+    fn of(graph: &Graph, id: NodeId) -> Option<Geometry> {
+        let node = graph.node(id);
+        let input = |i: usize| node.inputs.get(i).copied().flatten();
+        let weight = input(1)?;
+        let wshape = f32_shape(graph, weight)?;
+        let (storage, outputs, inputs, bias) = match &node.op {
+            Op::Conv(_) if wshape.len() >= 3 => {
+                let bias =
+                    input(2).filter(|&b| f32_shape(graph, b).is_some_and(|s| s == [wshape[0]]));
+                (Storage::Rows, wshape[0], wshape[1..].iter().product(), bias)
+            }
+            Op::Gemm(g) if wshape.len() == 2 && !g.trans_a => {
+                let (storage, n, k) = if g.trans_b {
+                    (Storage::Rows, wshape[0], wshape[1])
+                } else {
+                    (Storage::Transposed, wshape[1], wshape[0])
+                };
+                // C is a bias only when it holds one value per output.
+                let bias = input(2).filter(|&c| {
+                    g.beta == 1.0 && f32_shape(graph, c).is_some_and(|s| s == [n] || s == [1, n])
+                });
+                (storage, n, k, bias)
+            }
+            Op::MatMul if wshape.len() == 2 => (Storage::Transposed, wshape[1], wshape[0], None),
+            _ => return None,
+        };
+        Some(Geometry {
+            weight,
+            bias,
+            storage,
+            outputs,
+            inputs,
+        })
+    }
+
+    /// Index of W[r, c] in the weight tensor's data.
+    fn at(&self, r: usize, c: usize) -> usize {
+        match self.storage {
+            Storage::Rows => r * self.inputs + c,
+            Storage::Transposed => c * self.outputs + r,
+        }
+    }
+
+    /// W (rows = outputs) in f64, the bias as a last column when there is one.
+    fn matrix(&self, graph: &Graph, weight: &[f32]) -> Array2<f64> {
+        let (m, k) = (self.outputs, self.inputs);
+        let mut w = Array2::<f64>::zeros((m, k + self.bias.is_some() as usize));
+        for r in 0..m {
+            for c in 0..k {
+                w[[r, c]] = weight[self.at(r, c)] as f64;
+            }
+        }
+        if let Some(Tensor::F32(b)) = self.bias.and_then(|b| graph.value(b).initializer()) {
+            for (r, v) in b.iter().enumerate() {
+                w[[r, k]] = *v as f64;
+            }
+        }
+        w
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    node: NodeId,
+    geometry: Geometry,
     state: RlsState,
 }
 
 /// The RLS optimiser over a graph's layers.
+#[derive(Clone)]
 pub struct Rls {
     config: RlsConfig,
     layers: Vec<Layer>,
     other: Sgd,
+    /// Multiplies η and the SGD rate of the other parameters (`Optimizer::set_step_scale`).
+    step_scale: f64,
 }
 
 fn f32_shape(graph: &Graph, v: ValueId) -> Option<Vec<usize>> {
@@ -175,56 +341,33 @@ fn f32_shape(graph: &Graph, v: ValueId) -> Option<Vec<usize>> {
     }
 }
 
+fn f32_data(graph: &Graph, v: ValueId) -> &[f32] {
+    match graph.value(v).initializer() {
+        Some(Tensor::F32(a)) => a.as_slice().expect("initializers are standard layout"),
+        _ => panic!("value {v:?} is not a float initializer"),
+    }
+}
+
 impl Rls {
     pub fn new(config: RlsConfig, graph: &Graph) -> Self {
-        let mut layers = Vec::new();
-        for id in graph.node_ids() {
-            let node = graph.node(id);
-            let input = |i: usize| node.inputs.get(i).copied().flatten();
-            let Some(weight) = input(1) else { continue };
-            let Some(wshape) = f32_shape(graph, weight) else {
-                continue;
-            };
-            let (storage, outputs, inputs, bias) = match &node.op {
-                Op::Conv(_) if wshape.len() >= 3 => {
-                    let bias =
-                        input(2).filter(|&b| f32_shape(graph, b).is_some_and(|s| s == [wshape[0]]));
-                    (Storage::Rows, wshape[0], wshape[1..].iter().product(), bias)
-                }
-                Op::Gemm(g) if wshape.len() == 2 && !g.trans_a => {
-                    let (storage, n, k) = if g.trans_b {
-                        (Storage::Rows, wshape[0], wshape[1])
-                    } else {
-                        (Storage::Transposed, wshape[1], wshape[0])
-                    };
-                    // C is a bias only when it holds one value per output.
-                    let bias = input(2).filter(|&c| {
-                        g.beta == 1.0
-                            && f32_shape(graph, c).is_some_and(|s| s == [n] || s == [1, n])
-                    });
-                    (storage, n, k, bias)
-                }
-                Op::MatMul if wshape.len() == 2 => {
-                    (Storage::Transposed, wshape[1], wshape[0], None)
-                }
-                _ => continue,
-            };
-            let n = inputs + bias.is_some() as usize;
-            layers.push(Layer {
-                node: id,
-                weight,
-                bias,
-                storage,
-                outputs,
-                inputs,
-                state: RlsState::new(n, config.alpha, config.lambda),
-            });
-        }
+        let layers = graph
+            .node_ids()
+            .filter_map(|id| {
+                let geometry = Geometry::of(graph, id)?;
+                let n = geometry.inputs + geometry.bias.is_some() as usize;
+                Some(Layer {
+                    node: id,
+                    geometry,
+                    state: RlsState::new(n, config.alpha, config.lambda),
+                })
+            })
+            .collect();
         let other = Sgd::new(config.other.clone());
         Rls {
             config,
             layers,
             other,
+            step_scale: 1.0,
         }
     }
 
@@ -232,52 +375,134 @@ impl Rls {
     pub fn states(&self) -> impl Iterator<Item = (NodeId, &RlsState)> {
         self.layers.iter().map(|l| (l.node, &l.state))
     }
+
+    /// Updates every P from a forward pass's mean inputs without moving any weight: how P is
+    /// estimated for a model that is scored but not trained with RLS.
+    pub fn observe(&mut self, tape: &Tape) {
+        for layer in &mut self.layers {
+            if let Some(u) = mean_input(layer, tape) {
+                layer.state.update(&u);
+            }
+        }
+    }
+
+    /// OBS saliency (specs/rls.md §3.2) of input feature sets of `node`'s layer: for each range
+    /// of indices along the weight's input axis, ½·tr(W_S P_SS⁻¹ W_Sᵀ) with S every weight column
+    /// of those features (a Conv feature is a channel: its kh·kw columns). A feature set whose
+    /// inputs were always exactly zero (a dead channel) scores 0. None if `node` is no RLS layer.
+    pub fn saliency(
+        &self,
+        graph: &Graph,
+        node: NodeId,
+        features: &[Range<usize>],
+    ) -> Option<Vec<f64>> {
+        let layer = self.layers.iter().find(|l| l.node == node)?;
+        let g = &layer.geometry;
+        let w = g.matrix(graph, f32_data(graph, g.weight));
+        let per = g.inputs / input_axis_len(graph, g);
+        Some(
+            features
+                .iter()
+                .map(|f| {
+                    let s: Vec<usize> = (f.start * per..f.end * per).collect();
+                    layer.state.saliency(&w, &s)
+                })
+                .collect(),
+        )
+    }
+
+    /// Follows a surgery that kept only `kept` of the `axis_len` features along the input axis of
+    /// `node`'s weight: P loses those inputs by the Schur-complement downdate. Call `resync`
+    /// after all layers are done.
+    pub fn retain_inputs(&mut self, node: NodeId, kept: &[usize], axis_len: usize) {
+        let Some(layer) = self.layers.iter_mut().find(|l| l.node == node) else {
+            return;
+        };
+        let per = layer.geometry.inputs / axis_len.max(1);
+        let mut keep = vec![false; layer.state.len()];
+        for &f in kept {
+            keep[f * per..(f + 1) * per].fill(true);
+        }
+        if layer.geometry.bias.is_some() {
+            keep[layer.geometry.inputs] = true;
+        }
+        let drop: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
+        layer.state.remove(&drop);
+    }
+
+    /// Reads every layer's sizes from the graph again after a surgery.
+    pub fn resync(&mut self, graph: &Graph) {
+        for layer in &mut self.layers {
+            let g = Geometry::of(graph, layer.node).expect("surgery keeps every layer");
+            assert_eq!(
+                g.inputs + g.bias.is_some() as usize,
+                layer.state.len(),
+                "P of node {:?} follows its inputs",
+                layer.node
+            );
+            layer.geometry = g;
+        }
+    }
+}
+
+/// The length of a layer's weight along its input axis (channels of a Conv, features of a Gemm).
+fn input_axis_len(graph: &Graph, g: &Geometry) -> usize {
+    let shape = f32_shape(graph, g.weight).expect("a layer's weight is a float initializer");
+    match g.storage {
+        Storage::Rows => shape[1],
+        Storage::Transposed => shape[0],
+    }
+}
+
+/// The layer's mean input vector of the last forward pass, with a 1 for the bias.
+fn mean_input(layer: &Layer, tape: &Tape) -> Option<Vec<f64>> {
+    let mean = tape.mean_inputs[layer.node.0 as usize].as_ref()?;
+    let mut u: Vec<f64> = mean.iter().map(|&v| v as f64).collect();
+    if layer.geometry.bias.is_some() {
+        u.push(1.0);
+    }
+    Some(u)
 }
 
 impl Optimizer for Rls {
+    fn set_step_scale(&mut self, scale: f64) {
+        self.step_scale = scale;
+        self.other.set_step_scale(scale);
+    }
+
     fn step(&mut self, graph: &mut Graph, tape: &Tape, grads: &Gradients) {
-        let eta = self.config.eta;
+        let eta = self.config.eta * self.step_scale;
         for layer in &mut self.layers {
-            let (Some(gw), Some(mean)) = (
-                grads.of(layer.weight),
-                tape.mean_inputs[layer.node.0 as usize].as_ref(),
-            ) else {
+            let geo = &layer.geometry;
+            let (Some(gw), Some(u)) = (grads.of(geo.weight), mean_input(layer, tape)) else {
                 continue;
             };
-            let (m, k) = (layer.outputs, layer.inputs);
-            let n = layer.state.len();
-            let mut u: Vec<f64> = mean.iter().map(|&v| v as f64).collect();
-            if layer.bias.is_some() {
-                u.push(1.0);
-            }
             layer.state.update(&u);
+            let (m, k) = (geo.outputs, geo.inputs);
+            let n = layer.state.len();
             let gw = gw.as_standard_layout();
             let gws = gw.as_slice().expect("standard");
-            let at = |r: usize, c: usize| match layer.storage {
-                Storage::Rows => r * k + c,
-                Storage::Transposed => c * m + r,
-            };
             let mut g = Array2::<f64>::zeros((m, n));
             for r in 0..m {
                 for c in 0..k {
-                    g[[r, c]] = gws[at(r, c)] as f64;
+                    g[[r, c]] = gws[geo.at(r, c)] as f64;
                 }
             }
-            if let Some(b) = layer.bias {
+            if let Some(b) = geo.bias {
                 let gb = grads.of(b).expect("bias gradient with its weight");
                 for (r, v) in gb.iter().enumerate() {
                     g[[r, k]] = *v as f64;
                 }
             }
             let delta = layer.state.precondition(&g);
-            let w = param_mut(graph, layer.weight);
+            let w = param_mut(graph, geo.weight);
             let ws = w.as_slice_mut().expect("initializers are standard layout");
             for r in 0..m {
                 for c in 0..k {
-                    ws[at(r, c)] -= (eta * delta[[r, c]]) as f32;
+                    ws[geo.at(r, c)] -= (eta * delta[[r, c]]) as f32;
                 }
             }
-            if let Some(b) = layer.bias {
+            if let Some(b) = geo.bias {
                 for (r, v) in param_mut(graph, b).iter_mut().enumerate() {
                     *v -= (eta * delta[[r, k]]) as f32;
                 }
@@ -286,7 +511,7 @@ impl Optimizer for Rls {
         let covered: Vec<ValueId> = self
             .layers
             .iter()
-            .flat_map(|l| std::iter::once(l.weight).chain(l.bias))
+            .flat_map(|l| std::iter::once(l.geometry.weight).chain(l.geometry.bias))
             .collect();
         let rest: Vec<ValueId> = parameters(graph, grads)
             .into_iter()
@@ -419,5 +644,47 @@ mod tests {
             to_truth < 0.01,
             "the fit recovers the generating weights: {to_truth}"
         );
+    }
+
+    #[test]
+    fn removing_inputs_leaves_the_p_of_the_inputs_that_remain() {
+        // With λ = 1, P over all inputs downdated by the Schur complement equals P of a run that
+        // only ever saw the kept inputs.
+        let (n, alpha) = (6, 0.5);
+        let keep = [0, 2, 3, 5];
+        let mut full = RlsState::new(n, alpha, 1.0);
+        let mut kept = RlsState::new(keep.len(), alpha, 1.0);
+        let mut seed = 5;
+        for _ in 0..25 {
+            let u: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            full.update(&u);
+            kept.update(&keep.iter().map(|&i| u[i]).collect::<Vec<_>>());
+        }
+        full.remove(&[1, 4]);
+        let err = (&full.p - &kept.p)
+            .mapv(f64::abs)
+            .fold(0.0f64, |a, &b| a.max(b));
+        assert!(err < 1e-9, "max |P_schur − P_kept| = {err}");
+    }
+
+    #[test]
+    fn saliency_is_the_rise_of_the_least_squares_cost_and_zero_for_dead_inputs() {
+        let (n, alpha) = (5, 1.0);
+        let mut state = RlsState::new(n, alpha, 1.0);
+        let mut seed = 9;
+        for _ in 0..30 {
+            // Input 4 is dead: always exactly zero.
+            let mut u: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            u[4] = 0.0;
+            state.update(&u);
+        }
+        let w = Array2::from_shape_fn((3, n), |(i, j)| (i as f64 - 1.0) * 0.7 + j as f64 * 0.2);
+        let s = [1, 3];
+        let pss = Array2::from_shape_fn((2, 2), |(i, j)| state.p[[s[i], s[j]]]);
+        let ws = Array2::from_shape_fn((3, 2), |(i, j)| w[[i, s[j]]]);
+        let expected = 0.5 * ws.dot(&inverse(&pss)).dot(&ws.t()).diag().sum();
+        assert!((state.saliency(&w, &s) - expected).abs() < 1e-10);
+        assert_eq!(state.saliency(&w, &[4]), 0.0);
+        assert!(state.saliency(&w, &[3, 4]) > 0.0);
     }
 }

@@ -23,9 +23,11 @@ impl Default for SgdConfig {
     }
 }
 
+#[derive(Clone)]
 pub struct Sgd {
     config: SgdConfig,
     velocity: HashMap<ValueId, ArrayD<f32>>,
+    lr_scale: f32,
 }
 
 impl Sgd {
@@ -33,6 +35,7 @@ impl Sgd {
         Sgd {
             config,
             velocity: HashMap::new(),
+            lr_scale: 1.0,
         }
     }
 
@@ -48,7 +51,12 @@ impl Sgd {
                 d.scaled_add(c.weight_decay, w);
             }
             if c.momentum != 0.0 {
-                d = match self.velocity.remove(&v) {
+                // A parameter resized by pruning starts its momentum again.
+                d = match self
+                    .velocity
+                    .remove(&v)
+                    .filter(|vel| vel.shape() == d.shape())
+                {
                     Some(mut vel) => {
                         Zip::from(&mut vel)
                             .and(&d)
@@ -59,12 +67,16 @@ impl Sgd {
                 };
                 self.velocity.insert(v, d.clone());
             }
-            w.scaled_add(-c.lr, &d);
+            w.scaled_add(-c.lr * self.lr_scale, &d);
         }
     }
 }
 
 impl Optimizer for Sgd {
+    fn set_step_scale(&mut self, scale: f64) {
+        self.lr_scale = scale as f32;
+    }
+
     fn step(&mut self, graph: &mut Graph, _tape: &Tape, grads: &Gradients) {
         let params = parameters(graph, grads);
         self.step_params(graph, grads, &params);

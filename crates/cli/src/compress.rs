@@ -1,0 +1,441 @@
+//! `compress model.onnx --data DIR -o small.onnx`: the main job. Prune and fine-tune with pare,
+//! then let tract verify both files side by side and print one table.
+//!
+//! The compressed model is verified from its encoded bytes before anything is written, so a
+//! model that loses more than `--max-drop` points never reaches disk without `--force`.
+
+use crate::train_args::{OptimizerKind, TrainArgs};
+use crate::{model, table};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pare_prune::strategy::{HistoryEntry, Progress};
+use pare_prune::{CompressConfig, Cost, Criterion, LayerWidth, Ranking, Strategy, Target};
+use pare_verify::{Latency, TractModel};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StrategyKind {
+    /// RLS prune-and-recover: prune a ratio of every group, retrain until validation is back,
+    /// prune again; roll back to the last recovered model when the budget ends.
+    Rls,
+    /// Prune straight to the target, then fine-tune for the whole budget.
+    Oneshot,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CriterionKind {
+    /// OBS saliency from RLS's P and the weights (default of --strategy rls).
+    Rls,
+    /// L1 norm of the filters writing the channel.
+    L1,
+    /// Group L2 norm of every weight on the channel (default of --strategy oneshot).
+    L2,
+    /// |γ| of the channel's BatchNorms.
+    BnScale,
+    /// |w·∂L/∂w| summed over the channel's weights.
+    Taylor,
+    /// Random, from --seed.
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RankingKind {
+    /// Every group loses the same fraction.
+    Local,
+    /// Channels compete across groups on normalised scores.
+    Global,
+}
+
+/// Compress a model: prune whole channels and fine-tune on --data, then verify the original
+/// and the compressed model with tract on the test split and print them side by side.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ONNX model to compress.
+    #[arg(required = true)]
+    model: Option<PathBuf>,
+    /// Dataset (as for `finetune`): training uses its train split, the final report its test
+    /// split. Recovery is judged on --val, or on a split held out of the train split.
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
+    /// Where to write the compressed model. Never the input.
+    #[arg(short, long, required = true)]
+    output: Option<PathBuf>,
+    /// A separate validation dataset for recovery checks (its test split is used).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Fraction of the training split held out for validation when --val is not given.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f32,
+    /// How to prune.
+    #[arg(long, value_enum, default_value_t = StrategyKind::Rls)]
+    strategy: StrategyKind,
+    /// How channels are scored. Default: rls for --strategy rls, l2 for oneshot.
+    #[arg(long, value_enum)]
+    criterion: Option<CriterionKind>,
+    /// How scores of different groups are compared.
+    #[arg(long, value_enum, default_value_t = RankingKind::Local)]
+    ranking: RankingKind,
+    /// Stop pruning at this fraction of the original MACs (e.g. 0.5).
+    #[arg(long, conflicts_with = "target_params")]
+    target_macs: Option<f64>,
+    /// Stop pruning at this fraction of the original parameters.
+    #[arg(long)]
+    target_params: Option<f64>,
+    /// Total training budget in epochs (passes over the training split).
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// RLS: fraction of each group's channels one pruning event removes.
+    #[arg(long, default_value_t = 0.1)]
+    ratio: f64,
+    /// Fraction of its original width every group keeps.
+    #[arg(long, default_value_t = 0.05)]
+    min_keep: f64,
+    /// Keep pruned widths a multiple of N (e.g. 8 for SIMD-friendly kernels).
+    #[arg(long, default_value_t = 1)]
+    round_to: usize,
+    /// Recovered when validation accuracy is within this many points of its level before the
+    /// prune (or validation loss is back to it).
+    #[arg(long, default_value_t = 0.5)]
+    tolerance: f64,
+    /// Clip the gradient's global L2 norm to this (0 turns clipping off).
+    #[arg(long, default_value_t = 5.0)]
+    max_grad_norm: f32,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Refuse to write the model if test accuracy falls by more than this many points.
+    #[arg(long, default_value_t = 1.0)]
+    max_drop: f64,
+    /// Write the model even when accuracy falls by more than --max-drop.
+    #[arg(long)]
+    force: bool,
+    /// Also write the report as JSON here (widths, pruning history, both models' figures).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Latency runs per model (after 10 warm-up runs), at batch 1.
+    #[arg(long, default_value_t = 100)]
+    latency_runs: usize,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// One model's figures, measured by tract.
+#[derive(Serialize)]
+struct Figures {
+    params: u64,
+    macs: u64,
+    file_bytes: u64,
+    test_accuracy: f64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: PathBuf,
+    output: PathBuf,
+    written: bool,
+    config: CompressConfig,
+    validation: String,
+    test_images: usize,
+    original: Figures,
+    compressed: Figures,
+    target_met: Option<bool>,
+    layers: Vec<LayerReport>,
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    name: String,
+    op: String,
+    outputs_before: Option<usize>,
+    outputs_after: Option<usize>,
+    macs_before: u64,
+    macs_after: u64,
+}
+
+fn config(args: &Args) -> Result<CompressConfig> {
+    let strategy = match args.strategy {
+        StrategyKind::Rls => Strategy::Rls,
+        StrategyKind::Oneshot => Strategy::Oneshot,
+    };
+    let criterion = match args.criterion {
+        Some(CriterionKind::Rls) => Criterion::Rls,
+        Some(CriterionKind::L1) => Criterion::L1,
+        Some(CriterionKind::L2) => Criterion::L2,
+        Some(CriterionKind::BnScale) => Criterion::BnScale,
+        Some(CriterionKind::Taylor) => Criterion::Taylor,
+        Some(CriterionKind::Random) => Criterion::Random,
+        None if strategy == Strategy::Oneshot => Criterion::L2,
+        None => Criterion::Rls,
+    };
+    if strategy == Strategy::Rls
+        && args
+            .train
+            .optimizer
+            .is_some_and(|k| k != OptimizerKind::Rls)
+    {
+        bail!("--strategy rls trains with RLS; --optimizer chooses the fine-tuning of --strategy oneshot");
+    }
+    Ok(CompressConfig {
+        strategy,
+        criterion,
+        ranking: match args.ranking {
+            RankingKind::Local => Ranking::Local,
+            RankingKind::Global => Ranking::Global,
+        },
+        target: match (args.target_macs, args.target_params) {
+            (Some(f), _) => Some(Target::Macs(f)),
+            (_, Some(f)) => Some(Target::Params(f)),
+            _ => None,
+        },
+        epochs: args.epochs,
+        batch_size: args.train.batch,
+        seed: args.train.seed,
+        loss: args.train.loss(),
+        rls: args.train.rls()?,
+        finetune: args.train.optimizer()?,
+        ratio: args.ratio,
+        min_keep: args.min_keep,
+        round_to: args.round_to.max(1),
+        accuracy_tolerance: args.tolerance,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        batchnorm_training: !args.train.freeze_bn,
+        ..CompressConfig::default()
+    })
+}
+
+fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn figures(cost: Cost, bytes: u64, accuracy: pare_verify::Accuracy, latency: Latency) -> Figures {
+    Figures {
+        params: cost.params,
+        macs: cost.macs,
+        file_bytes: bytes,
+        test_accuracy: accuracy.percent(),
+        latency,
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (Some(model_path), Some(data), Some(output)) =
+        (args.model.clone(), args.data.clone(), args.output.clone())
+    else {
+        bail!("give a model, --data and -o (see `compress --help`)");
+    };
+    crate::convert::refuse_overwrite(&model_path, &output)?;
+    if let Some(report) = &args.report {
+        crate::convert::refuse_overwrite(&model_path, report)?;
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        bail!("--val-fraction must be in [0, 1)");
+    }
+    let config = config(&args)?;
+
+    let mut graph = model::load(&model_path)?;
+    let before_graph = graph.clone();
+    let splits = pare_data::load_dir(&data)?;
+    let test_shape = model::input_shape_for(&graph, &model_path, &data, &splits.test, 100)?;
+    let one = model::input_shape_for(&graph, &model_path, &data, &splits.test, 1)?;
+    let original_tract = TractModel::load(&model_path, &test_shape)?;
+    let classes = original_tract.class_count()?;
+    model::check_labels(&data, "train", &splits.train, &model_path, classes)?;
+    model::check_labels(&data, "test", &splits.test, &model_path, classes)?;
+    let (train, val, validation) = match &args.val {
+        Some(dir) => {
+            let v = pare_data::load_dir(dir)?.test;
+            model::input_shape_for(&graph, &model_path, dir, &v, 1)?;
+            model::check_labels(dir, "test", &v, &model_path, classes)?;
+            let label = format!("{} ({} images)", dir.display(), v.len());
+            (splits.train, v, label)
+        }
+        None => {
+            let (t, v) = splits
+                .train
+                .split_off_validation(args.val_fraction, args.train.seed);
+            let label = format!("{} images held out of the train split", v.len());
+            (t, v, label)
+        }
+    };
+    if val.is_empty() {
+        bail!(
+            "{}: no validation images; give --val DIR or a larger --val-fraction",
+            data.display()
+        );
+    }
+
+    let bar = progress_bar(
+        config.epochs * train.len().div_ceil(config.batch_size),
+        args.quiet,
+    );
+    let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |p: &Progress| {
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}  MACs {:.0}%  prunes {}",
+            p.loss,
+            100.0 * p.macs_fraction,
+            p.prunes
+        ));
+    })
+    .with_context(|| format!("{}: compression failed", model_path.display()))?;
+    bar.finish_and_clear();
+
+    let bytes = pare_onnx::encode(&pare_ir::export(&graph));
+    let compressed_tract = TractModel::from_bytes(&output, &bytes, &test_shape)?;
+    let acc_before = pare_verify::accuracy(&original_tract, &splits.test)?;
+    let acc_after = pare_verify::accuracy(&compressed_tract, &splits.test)?;
+    let (lat_before, lat_after) = {
+        let a = TractModel::load(&model_path, &one)?;
+        let b = TractModel::from_bytes(&output, &bytes, &one)?;
+        let image = splits.test.head(1);
+        pare_verify::latency_pair(&a, &b, image.images.view(), 10, args.latency_runs)?
+    };
+    let drop = acc_before.percent() - acc_after.percent();
+    let write = drop <= args.max_drop || args.force;
+    if write {
+        pare_onnx::write_atomic(&output, &bytes)?;
+    }
+    let original_bytes = std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0);
+    let layers = layer_report(
+        &pare_prune::layer_widths(&before_graph),
+        &pare_prune::layer_widths(&graph),
+    );
+    let report = Report {
+        model: model_path.clone(),
+        output: output.clone(),
+        written: write,
+        config,
+        validation,
+        test_images: splits.test.len(),
+        original: figures(outcome.original, original_bytes, acc_before, lat_before),
+        compressed: figures(outcome.compressed, bytes.len() as u64, acc_after, lat_after),
+        target_met: outcome.target_met,
+        layers,
+        history: outcome.history,
+    };
+    if let Some(path) = &args.report {
+        pare_onnx::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    print!("{}", render(&report));
+    if !write {
+        bail!(
+            "test accuracy fell by {drop:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
+            args.max_drop,
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+fn layer_report(before: &[LayerWidth], after: &[LayerWidth]) -> Vec<LayerReport> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| LayerReport {
+            name: b.name.clone(),
+            op: b.op.clone(),
+            outputs_before: b.outputs,
+            outputs_after: a.outputs,
+            macs_before: b.macs,
+            macs_after: a.macs,
+        })
+        .collect()
+}
+
+fn width(w: Option<usize>) -> String {
+    w.map_or_else(|| "?".into(), |w| w.to_string())
+}
+
+fn render(r: &Report) -> String {
+    let (o, c) = (&r.original, &r.compressed);
+    let ratio = |a: f64, b: f64| format!("{:.2}x", b / a.max(f64::MIN_POSITIVE));
+    let rows = vec![
+        vec![
+            "params".into(),
+            table::thousands(o.params),
+            table::thousands(c.params),
+            ratio(o.params as f64, c.params as f64),
+        ],
+        vec![
+            "MACs".into(),
+            table::thousands(o.macs),
+            table::thousands(c.macs),
+            ratio(o.macs as f64, c.macs as f64),
+        ],
+        vec![
+            "file size (bytes)".into(),
+            table::thousands(o.file_bytes),
+            table::thousands(c.file_bytes),
+            ratio(o.file_bytes as f64, c.file_bytes as f64),
+        ],
+        vec![
+            format!("test accuracy ({} images)", r.test_images),
+            format!("{:.1}%", o.test_accuracy),
+            format!("{:.1}%", c.test_accuracy),
+            format!("{:+.1} pt", c.test_accuracy - o.test_accuracy),
+        ],
+        vec![
+            "latency, batch 1 (median ms)".into(),
+            format!("{:.3}", o.latency.median_ms),
+            format!("{:.3}", c.latency.median_ms),
+            ratio(o.latency.median_ms, c.latency.median_ms),
+        ],
+    ];
+    let mut out = table::render(&["", "original", "compressed", "ratio"], &rows);
+    let widths: Vec<Vec<String>> = r
+        .layers
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.op.clone(),
+                width(l.outputs_before),
+                width(l.outputs_after),
+                table::thousands(l.macs_after),
+            ]
+        })
+        .collect();
+    out.push_str("\nlayers\n\n");
+    out.push_str(&table::render(
+        &["name", "op", "outputs before", "after", "MACs after"],
+        &widths,
+    ));
+    let prunes = r
+        .history
+        .iter()
+        .filter(|h| matches!(h.event, pare_prune::strategy::Event::Prune { .. }))
+        .count();
+    let rolled_back = r
+        .history
+        .iter()
+        .any(|h| matches!(h.event, pare_prune::strategy::Event::RolledBack { .. }));
+    out.push_str(&format!(
+        "\n{prunes} pruning event(s){}; validation: {}\n",
+        if rolled_back {
+            ", the last one rolled back"
+        } else {
+            ""
+        },
+        r.validation
+    ));
+    if r.target_met == Some(false) {
+        out.push_str("the target was not reached within the epoch budget\n");
+    }
+    if r.written {
+        out.push_str(&format!("wrote {}\n", r.output.display()));
+    }
+    out
+}

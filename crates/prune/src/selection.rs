@@ -1,0 +1,228 @@
+//! From scores to plans: the order in which channels are dropped, and the shortest prefix of that
+//! order that meets a cost target.
+//!
+//! Every prefix of a `DropOrder` is a valid plan: it respects each group's minimum width and the
+//! `round_to` multiple, and never empties a group. This module measures costs by applying plans to
+//! a copy of the graph, so it never changes the caller's graph.
+
+use crate::criteria::Scores;
+use crate::groups::{ChannelGroups, GroupId};
+use crate::plan::{PlanError, PruningPlan};
+use pare_ir::Graph;
+use std::collections::BTreeMap;
+
+/// How scores of different groups are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ranking {
+    /// Each group loses the same fraction of its channels, its lowest-scored first.
+    Local,
+    /// Channels compete across groups on their score divided by their group's mean score.
+    Global,
+}
+
+/// Parameters and multiply-accumulates of a graph (symbolic dimensions as 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Cost {
+    pub params: u64,
+    pub macs: u64,
+}
+
+impl Cost {
+    pub fn of(graph: &Graph) -> Cost {
+        let costs = pare_ir::node_costs(graph);
+        Cost {
+            params: costs.iter().map(|c| c.params as u64).sum(),
+            macs: costs.iter().map(|c| c.macs).sum(),
+        }
+    }
+}
+
+/// A cost to reach, as a fraction of the original model's.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    Macs(f64),
+    Params(f64),
+}
+
+impl Target {
+    /// The fraction of the original that `cost` is, in this target's measure.
+    pub fn fraction(&self, cost: Cost, original: Cost) -> f64 {
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        match self {
+            Target::Macs(_) => ratio(cost.macs, original.macs),
+            Target::Params(_) => ratio(cost.params, original.params),
+        }
+    }
+
+    pub fn is_met(&self, cost: Cost, original: Cost) -> bool {
+        let goal = match self {
+            Target::Macs(f) | Target::Params(f) => *f,
+        };
+        self.fraction(cost, original) <= goal + 1e-12
+    }
+}
+
+/// Channels in the order they are dropped.
+#[derive(Debug, Clone)]
+pub struct DropOrder {
+    /// (group, position in the group's ranking), first dropped first.
+    order: Vec<(GroupId, usize)>,
+    /// Per group, its channels from lowest to highest score.
+    ranked: BTreeMap<GroupId, Vec<usize>>,
+    /// Per group, the fewest channels it may keep.
+    min_kept: BTreeMap<GroupId, usize>,
+    round_to: usize,
+}
+
+impl DropOrder {
+    /// Orders the scored channels. A group offers at most `max_drop(group, width)` channels and
+    /// keeps at least `min_kept(group)`; widths stay multiples of `round_to` where they shrink.
+    pub fn new(
+        scores: &Scores,
+        ranking: Ranking,
+        max_drop: impl Fn(GroupId, usize) -> usize,
+        min_kept: impl Fn(GroupId) -> usize,
+        round_to: usize,
+    ) -> DropOrder {
+        let mut keyed: Vec<(f64, GroupId, usize)> = Vec::new();
+        let mut ranked = BTreeMap::new();
+        let mut floors = BTreeMap::new();
+        for (&g, s) in scores {
+            let width = s.len();
+            let mut channels: Vec<usize> = (0..width).collect();
+            channels.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(a.cmp(&b)));
+            let floor = min_kept(g).clamp(1, width.max(1));
+            let offered = max_drop(g, width).min(width.saturating_sub(floor));
+            let mean = s.iter().sum::<f64>() / width.max(1) as f64;
+            for (rank, &c) in channels.iter().enumerate().take(offered) {
+                let key = match ranking {
+                    Ranking::Local => (rank as f64 + 0.5) / width as f64,
+                    Ranking::Global if mean > 0.0 => s[c] / mean,
+                    Ranking::Global => 0.0,
+                };
+                keyed.push((key, g, rank));
+            }
+            ranked.insert(g, channels);
+            floors.insert(g, floor);
+        }
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        DropOrder {
+            order: keyed.into_iter().map(|(_, g, r)| (g, r)).collect(),
+            ranked,
+            min_kept: floors,
+            round_to: round_to.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The plan that drops the first `k` channels of the order, widths rounded down to a
+    /// multiple of `round_to` (but not below the group's minimum, itself rounded up).
+    pub fn plan(&self, k: usize) -> PruningPlan {
+        let mut counts: BTreeMap<GroupId, usize> = BTreeMap::new();
+        for &(g, _) in &self.order[..k.min(self.order.len())] {
+            *counts.entry(g).or_default() += 1;
+        }
+        let n = self.round_to;
+        let mut plan = PruningPlan::default();
+        for (g, dropped) in counts {
+            let ranked = &self.ranked[&g];
+            let width = ranked.len();
+            let floor = self.min_kept[&g].div_ceil(n) * n;
+            let kept = ((width - dropped) / n * n).max(floor);
+            if kept < width {
+                plan.drop_channels(g, ranked[..width - kept].iter().copied());
+            }
+        }
+        plan
+    }
+
+    /// The shortest prefix of at most `limit` channels whose pruned graph satisfies `within`,
+    /// and whether it does (the `limit` prefix is returned when even that falls short).
+    pub fn shortest_within(
+        &self,
+        graph: &Graph,
+        groups: &ChannelGroups,
+        limit: usize,
+        within: impl Fn(Cost) -> bool,
+    ) -> Result<(PruningPlan, bool), PlanError> {
+        let limit = limit.min(self.len());
+        let meets = |k: usize| -> Result<bool, PlanError> {
+            let mut copy = graph.clone();
+            self.plan(k).apply(&mut copy, groups)?;
+            Ok(within(Cost::of(&copy)))
+        };
+        if !meets(limit)? {
+            return Ok((self.plan(limit), false));
+        }
+        let (mut lo, mut hi) = (0, limit);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if meets(mid)? {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok((self.plan(lo), true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores() -> Scores {
+        [
+            (GroupId(0), (0..10).map(|i| i as f64).collect()),
+            (GroupId(1), vec![4.0, 1.0, 3.0, 2.0]),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn dropped(plan: &PruningPlan, g: u32) -> Vec<usize> {
+        plan.drop.get(&GroupId(g)).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn local_order_drops_the_same_fraction_of_each_group_lowest_first() {
+        let order = DropOrder::new(&scores(), Ranking::Local, |_, w| w, |_| 1, 1);
+        assert_eq!(order.len(), 9 + 3, "each group keeps one channel");
+        // Positions (rank + ½)/width interleave: 0.05, 0.125, 0.15, 0.25, 0.35, 0.375 …
+        let plan = order.plan(6);
+        assert_eq!(dropped(&plan, 0), vec![0, 1, 2, 3]);
+        assert_eq!(dropped(&plan, 1), vec![1, 3]);
+        let all = order.plan(order.len());
+        assert_eq!(dropped(&all, 1), vec![1, 2, 3], "channel 0 scores highest");
+    }
+
+    #[test]
+    fn limits_floors_and_multiples_hold_for_every_prefix() {
+        let order = DropOrder::new(&scores(), Ranking::Global, |_, w| w / 2, |_| 3, 4);
+        for k in 0..=order.len() {
+            let plan = order.plan(k);
+            let kept0 = 10 - dropped(&plan, 0).len();
+            let kept1 = 4 - dropped(&plan, 1).len();
+            assert!(kept0 == 10 || kept0.is_multiple_of(4), "k {k}: {kept0}");
+            assert!(kept0 >= 3 && kept1 >= 3, "k {k}: {kept0} {kept1}");
+        }
+    }
+
+    #[test]
+    fn global_order_compares_scores_normalised_by_their_group() {
+        // Group 1's mean is 2.5: its 1.0 normalises to 0.4, below group 0's 1.0/4.5.
+        let order = DropOrder::new(&scores(), Ranking::Global, |_, w| w, |_| 1, 1);
+        assert_eq!(dropped(&order.plan(1), 0), vec![0], "score 0 first");
+        assert_eq!(dropped(&order.plan(2), 0), vec![0, 1]);
+        assert_eq!(dropped(&order.plan(3), 1), vec![1]);
+    }
+}
