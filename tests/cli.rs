@@ -323,3 +323,107 @@ fn finetune_refuses_bad_settings_and_its_own_input() {
     assert_clean_error(&o, &["--lambda"]);
     assert!(!out.exists(), "nothing is written after a refusal");
 }
+
+#[test]
+fn compress_writes_a_smaller_verified_model_and_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
+    let o = compress(&[
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/mnist5k",
+        "-o",
+        path_str(&out),
+        "--target-macs",
+        "0.8",
+        "--epochs",
+        "1",
+        "--report",
+        path_str(&report),
+        "--latency-runs",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["written"], true);
+    assert_eq!(r["target_met"], true);
+    let macs = |m: &str| r[m]["macs"].as_f64().unwrap();
+    assert!(macs("compressed") <= 0.8 * macs("original"));
+    assert_eq!(r["original"]["test_accuracy"], 96.2);
+    assert!(r["compressed"]["test_accuracy"].as_f64().unwrap() >= 95.2);
+    assert_eq!(
+        r["compressed"]["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len()
+    );
+    assert_eq!(r["layers"].as_array().unwrap().len(), 5);
+    let history = r["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["kind"] == "prune"), "{history:?}");
+    // The written file is what tract verified: evaluating it again gives the same accuracy.
+    let e = compress(&["eval", path_str(&out), "--data", "models/mnist5k"]);
+    assert!(stdout(&e).contains(&format!("{}%", r["compressed"]["test_accuracy"])));
+    insta::with_settings!({filters => vec![
+        (r"latency, batch 1 \(median ms\) .*", "[latency]"),
+        (r"wrote .*", "wrote [output]"),
+    ]}, {
+        insta::assert_snapshot!("compress_lenet5", stdout(&o));
+    });
+}
+
+#[test]
+fn compress_keeps_a_model_that_loses_too_much_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.onnx");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "models/lenet5_opset17.onnx",
+            "--data",
+            "models/mnist5k",
+            "--target-params",
+            "0.9",
+            "--epochs",
+            "1",
+            "--strategy",
+            "oneshot",
+            "--latency-runs",
+            "1",
+            // Any change at all counts as too much.
+            "--max-drop=-100",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut refused = args(&["-o"]);
+    refused.push(path_str(&out));
+    let o = compress(&refused);
+    let err = assert_clean_error(&o, &["--max-drop", "--force"]);
+    assert!(err.contains("was not written"), "{err}");
+    assert!(!out.exists());
+    let mut forced = args(&["--force", "-o"]);
+    forced.push(path_str(&out));
+    let o = compress(&forced);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.exists());
+}
+
+#[test]
+fn compress_refuses_bad_settings_and_its_own_input() {
+    let base = ["models/lenet5_opset17.onnx", "--data", "models/mnist5k"];
+    for (extra, expected) in [
+        (vec!["-o", "models/lenet5_opset17.onnx"], "input"),
+        (
+            vec!["-o", "x.onnx", "--strategy", "oneshot"],
+            "--target-macs",
+        ),
+        (vec!["-o", "x.onnx", "--target-macs", "1.5"], "fraction"),
+        (
+            vec!["-o", "x.onnx", "--optimizer", "adam"],
+            "--strategy rls trains with RLS",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+        let o = compress(&args);
+        let err = assert_clean_error(&o, &[]);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!root().join("x.onnx").exists());
+    }
+}

@@ -97,14 +97,21 @@ fn rls_prunes_lenet_to_the_target_and_the_same_seed_gives_the_same_plans() {
 #[test]
 fn rls_snapshots_of_vgg_and_resnet() {
     for model in ["vggbn_opset17.onnx", "resnet20_opset17.onnx"] {
-        let config = small(Strategy::Rls, Criterion::Rls, Some(Target::Macs(0.7)));
-        let (graph, outcome) = run(model, &config, 320);
+        // A budget this small needs a lenient recovery rule for ResNet-20.
+        let config = CompressConfig {
+            epochs: 4,
+            ratio: 0.1,
+            accuracy_tolerance: 5.0,
+            ..small(Strategy::Rls, Criterion::Rls, Some(Target::Macs(0.85)))
+        };
+        let (graph, outcome) = run(model, &config, 480);
         let prunes = outcome
             .history
             .iter()
             .filter(|h| matches!(h.event, Event::Prune { .. }))
             .count();
         assert!(prunes >= 1, "{model}: {}", events(&outcome));
+        assert_eq!(outcome.target_met, Some(true), "{model}: {}", events(&outcome));
         insta::assert_snapshot!(format!("rls_{model}"), summary(&graph, &outcome));
     }
 }
