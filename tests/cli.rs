@@ -337,7 +337,7 @@ fn compress_writes_a_smaller_verified_model_and_a_report() {
         "--target-macs",
         "0.8",
         "--epochs",
-        "1",
+        "2",
         "--report",
         path_str(&report),
         "--latency-runs",

@@ -127,8 +127,14 @@ impl DropOrder {
     /// The plan that drops the first `k` channels of the order, widths rounded down to a
     /// multiple of `round_to` (but not below the group's minimum, itself rounded up).
     pub fn plan(&self, k: usize) -> PruningPlan {
+        self.plan_of(&self.order[..k.min(self.order.len())])
+    }
+
+    /// The plan that drops as many channels of each group as `chosen` names, lowest-scored first,
+    /// with the same rounding as `plan`.
+    fn plan_of(&self, chosen: &[(GroupId, usize)]) -> PruningPlan {
         let mut counts: BTreeMap<GroupId, usize> = BTreeMap::new();
-        for &(g, _) in &self.order[..k.min(self.order.len())] {
+        for &(g, _) in chosen {
             *counts.entry(g).or_default() += 1;
         }
         let n = self.round_to;
@@ -145,8 +151,12 @@ impl DropOrder {
         plan
     }
 
-    /// The shortest prefix of at most `limit` channels whose pruned graph satisfies `within`,
-    /// and whether it does (the `limit` prefix is returned when even that falls short).
+    /// A plan of channels among the first `limit` of the order whose pruned graph satisfies
+    /// `within`, and whether it does (the whole `limit` prefix when even that falls short).
+    ///
+    /// The shortest such prefix is found first; then, from its highest-scored channel down, each
+    /// channel the target does not need is given back, so one costly channel early in the order
+    /// does not overshoot the target.
     pub fn shortest_within(
         &self,
         graph: &Graph,
@@ -155,24 +165,32 @@ impl DropOrder {
         within: impl Fn(Cost) -> bool,
     ) -> Result<(PruningPlan, bool), PlanError> {
         let limit = limit.min(self.len());
-        let meets = |k: usize| -> Result<bool, PlanError> {
+        let meets = |chosen: &[(GroupId, usize)]| -> Result<bool, PlanError> {
             let mut copy = graph.clone();
-            self.plan(k).apply(&mut copy, groups)?;
+            self.plan_of(chosen).apply(&mut copy, groups)?;
             Ok(within(Cost::of(&copy)))
         };
-        if !meets(limit)? {
+        if !meets(&self.order[..limit])? {
             return Ok((self.plan(limit), false));
         }
         let (mut lo, mut hi) = (0, limit);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if meets(mid)? {
+            if meets(&self.order[..mid])? {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
         }
-        Ok((self.plan(lo), true))
+        let mut chosen = self.order[..lo].to_vec();
+        for i in (0..chosen.len()).rev() {
+            let mut fewer = chosen.clone();
+            fewer.remove(i);
+            if meets(&fewer)? {
+                chosen = fewer;
+            }
+        }
+        Ok((self.plan_of(&chosen), true))
     }
 }
 

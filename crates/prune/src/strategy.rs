@@ -57,6 +57,8 @@ pub struct CompressConfig {
     pub accuracy_tolerance: f64,
     /// After a prune the step starts at this fraction and ramps back to 1 over one check.
     pub restart_scale: f64,
+    /// Once pruning is over, the step decays to 0 on a cosine over the rest of the budget.
+    pub anneal: bool,
     pub max_grad_norm: Option<f32>,
     pub batchnorm_training: bool,
     /// Batches the `taylor` criterion (and `rls` for one-shot) averages over.
@@ -84,6 +86,7 @@ impl Default for CompressConfig {
             check_every_epochs: 0.25,
             accuracy_tolerance: 0.5,
             restart_scale: 0.1,
+            anneal: true,
             max_grad_norm: Some(5.0),
             batchnorm_training: true,
             calibration_batches: 8,
@@ -145,8 +148,8 @@ pub struct Outcome {
     /// None without a target.
     pub target_met: Option<bool>,
     pub history: Vec<HistoryEntry>,
-    /// The last plan applied, on the groups of the graph it was applied to (for reproducibility
-    /// tests: the same seed gives the same plans).
+    /// Every plan applied, in order, each on the groups of the graph it was applied to (the same
+    /// seed gives the same plans). A rolled-back plan stays listed.
     pub plans: Vec<PruningPlan>,
     pub steps: usize,
 }
@@ -162,7 +165,23 @@ pub struct Progress {
     pub prunes: usize,
 }
 
+/// How the step scale moves over the run.
+#[derive(Debug, Clone, Copy)]
+enum Schedule {
+    Constant,
+    /// Linear from `restart_scale` up to 1 over `len` steps from step `from`: after a prune.
+    Restart {
+        from: usize,
+        len: usize,
+    },
+    /// Cosine from 1 down to 0 between step `from` and the end of the budget.
+    Anneal {
+        from: usize,
+    },
+}
+
 struct Run<'a> {
+    schedule: Schedule,
     config: &'a CompressConfig,
     train: TrainConfig,
     stream: BatchStream<'a>,
@@ -197,23 +216,34 @@ impl<'a> Run<'a> {
         pare_train::evaluate(graph, self.val, self.config.batch_size, self.config.loss)
     }
 
-    /// Trains `steps` steps (fewer at the budget's end). With `ramp`, the step scale climbs
-    /// linearly from `restart_scale` to 1 over these steps.
+    fn step_scale(&self) -> f64 {
+        match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Restart { from, len } => {
+                let s = self.config.restart_scale;
+                let t = (self.step - from) as f64 / len.max(1) as f64;
+                (s + (1.0 - s) * t).min(1.0)
+            }
+            Schedule::Anneal { from } if self.config.anneal => {
+                let t = (self.step - from) as f64 / (self.total_steps - from).max(1) as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::Anneal { .. } => 1.0,
+        }
+    }
+
+    /// Trains `steps` steps (fewer at the budget's end), scaling each by the schedule.
     fn train(
         &mut self,
         graph: &mut Graph,
         optimizer: &mut dyn Optimizer,
         steps: usize,
-        ramp: bool,
     ) -> Result<(), TrainError> {
         let steps = steps.min(self.total_steps - self.step);
         let macs_fraction = Cost::of(graph).macs as f64 / self.original.macs.max(1) as f64;
         let prunes = self.plans.len();
-        for i in 0..steps {
-            if ramp {
-                let s = self.config.restart_scale;
-                optimizer.set_step_scale(s + (1.0 - s) * i as f64 / steps as f64);
-            }
+        for _ in 0..steps {
+            optimizer.set_step_scale(self.step_scale());
             let (images, labels) = self.stream.next_batch();
             let out = pare_train::train_step(graph, optimizer, images, &labels, &self.train)?;
             self.step += 1;
@@ -232,7 +262,6 @@ impl<'a> Run<'a> {
                 prunes,
             });
         }
-        optimizer.set_step_scale(1.0);
         Ok(())
     }
 
@@ -275,24 +304,12 @@ impl<'a> Run<'a> {
             seed: c.seed.wrapping_add(self.plans.len() as u64),
         };
         let scores = criteria::score(c.criterion, graph, groups, &evidence)?;
+        let min_kept = |g| self.min_kept(g);
         let per_group = |_: GroupId, width: usize| match (ratio, c.ranking) {
             (Some(r), Ranking::Local) => ((r * width as f64).round() as usize).max(1),
             _ => width,
         };
-        // Within one RLS event every candidate goes unless a target stops the event early; then
-        // the candidates go in order of layer-normalised score, so the cut is the cheapest one.
-        let ranking = if ratio.is_some() && c.target.is_some() {
-            Ranking::Global
-        } else {
-            c.ranking
-        };
-        let order = DropOrder::new(
-            &scores,
-            ranking,
-            per_group,
-            |g| self.min_kept(g),
-            c.round_to,
-        );
+        let order = DropOrder::new(&scores, c.ranking, per_group, min_kept, c.round_to);
         let limit = match (ratio, c.ranking) {
             (Some(r), Ranking::Global) => {
                 let total: usize = scores.values().map(Vec::len).sum();
@@ -300,15 +317,26 @@ impl<'a> Run<'a> {
             }
             _ => order.len(),
         };
-        Ok(match c.target {
-            Some(t) => {
-                let original = self.original;
-                order
-                    .shortest_within(graph, groups, limit, |cost| t.is_met(cost, original))?
-                    .0
-            }
-            None => order.plan(limit),
-        })
+        let event = order.plan(limit);
+        let Some(target) = c.target else {
+            return Ok(event);
+        };
+        let original = self.original;
+        let meets = |cost| target.is_met(cost, original);
+        let mut copy = graph.clone();
+        event.apply(&mut copy, groups)?;
+        if !meets(Cost::of(&copy)) {
+            return Ok(event);
+        }
+        // The last RLS event trims by layer-normalised score (a one-shot prune by the chosen
+        // ranking), from every channel that may go, only until the target is met.
+        let ranking = if ratio.is_some() {
+            Ranking::Global
+        } else {
+            c.ranking
+        };
+        let all = DropOrder::new(&scores, ranking, |_, w| w, min_kept, c.round_to);
+        Ok(all.shortest_within(graph, groups, all.len(), meets)?.0)
     }
 
     /// Applies a plan, shrinking RLS's P along with the weights; returns the channels removed.
@@ -358,6 +386,7 @@ pub fn compress(
     let stream = BatchStream::new(train, config.batch_size, config.seed);
     let steps_per_epoch = stream.batches_per_epoch().max(1);
     let mut run = Run {
+        schedule: Schedule::Constant,
         config,
         train: TrainConfig {
             epochs: config.epochs,
@@ -436,14 +465,17 @@ fn prune_and_recover(
     check_every: usize,
 ) -> Result<(), CompressError> {
     let mut rls = Rls::new(run.config.rls.clone(), graph);
-    run.train(graph, &mut rls, warmup, false)?;
+    run.train(graph, &mut rls, warmup)?;
     let mut reference = run.validate(graph)?;
     run.record(graph, Event::Start, reference);
     let mut checkpoint = (graph.clone(), rls.clone());
-    let mut pending = prune_event(graph, run, &mut rls)?;
+    let mut pending = prune_event(graph, run, &mut rls, check_every)?;
     let mut pruning = pending;
+    if !pruning {
+        run.schedule = Schedule::Anneal { from: run.step };
+    }
     while run.step < run.total_steps {
-        let trained = run.train(graph, &mut rls, check_every, pending);
+        let trained = run.train(graph, &mut rls, check_every);
         if let Err(TrainError::Diverged { .. }) = trained {
             (*graph, _) = checkpoint;
             let val = run.validate(graph)?;
@@ -465,8 +497,13 @@ fn prune_and_recover(
             pending = false;
             if pruning && run.target_met(graph) != Some(true) {
                 reference = val;
-                pending = prune_event(graph, run, &mut rls)?;
+                pending = prune_event(graph, run, &mut rls, check_every)?;
                 pruning = pending;
+            } else {
+                pruning = false;
+            }
+            if !pruning {
+                run.schedule = Schedule::Anneal { from: run.step };
             }
         }
     }
@@ -478,8 +515,14 @@ fn prune_and_recover(
     Ok(())
 }
 
-/// One RLS pruning event; false when nothing could be removed.
-fn prune_event(graph: &mut Graph, run: &mut Run, rls: &mut Rls) -> Result<bool, CompressError> {
+/// One RLS pruning event, after which the step restarts small; false when nothing could be
+/// removed.
+fn prune_event(
+    graph: &mut Graph,
+    run: &mut Run,
+    rls: &mut Rls,
+    restart: usize,
+) -> Result<bool, CompressError> {
     let groups = analyze(graph);
     let plan = run.choose(graph, &groups, Some(rls), Some(run.config.ratio))?;
     if plan.drop.values().all(Vec::is_empty) {
@@ -488,6 +531,10 @@ fn prune_event(graph: &mut Graph, run: &mut Run, rls: &mut Rls) -> Result<bool, 
     let channels = run.apply(graph, &groups, plan, Some(rls))?;
     let val = run.validate(graph)?;
     run.record(graph, Event::Prune { channels }, val);
+    run.schedule = Schedule::Restart {
+        from: run.step,
+        len: restart,
+    };
     Ok(true)
 }
 
@@ -513,8 +560,9 @@ fn oneshot(graph: &mut Graph, run: &mut Run, check_every: usize) -> Result<(), C
     let val = run.validate(graph)?;
     run.record(graph, Event::Prune { channels }, val);
     let mut optimizer = run.config.finetune.build(graph);
+    run.schedule = Schedule::Anneal { from: run.step };
     while run.step < run.total_steps {
-        run.train(graph, optimizer.as_mut(), check_every, false)?;
+        run.train(graph, optimizer.as_mut(), check_every)?;
         let val = run.validate(graph)?;
         run.record(
             graph,

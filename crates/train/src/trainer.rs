@@ -176,7 +176,7 @@ pub fn train_step(
     } else {
         Mode::Eval
     };
-    let tape = executor::forward(graph, images, mode, true)?;
+    let tape = executor::forward(graph, images, mode, optimizer.needs_mean_inputs())?;
     let s = scores(&tape, target)?;
     if let Some(&label) = labels.iter().find(|&&l| l >= s.ncols()) {
         return Err(TrainError::Label {

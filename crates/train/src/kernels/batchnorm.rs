@@ -1,7 +1,34 @@
 //! Batch normalisation over the channel axis (axis 1) of any-rank input: training mode with batch
 //! statistics, inference mode with running statistics, and both backward passes.
+//!
+//! Channels run in parallel; each channel's sums run over the batch in order, so results do not
+//! depend on the thread count.
 
 use ndarray::{ArrayD, ArrayViewD};
+use rayon::prelude::*;
+
+/// Per channel, Σ f over its elements of every sample, in sample order (f64).
+fn channel_sums(
+    n: usize,
+    c: usize,
+    inner: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut acc = (0.0f64, 0.0f64);
+            for b in 0..n {
+                for i in 0..inner {
+                    let (p, q) = f((b * c + ch) * inner + i, ch);
+                    acc.0 += p;
+                    acc.1 += q;
+                }
+            }
+            acc
+        })
+        .collect()
+}
 
 /// What the backward pass needs from a training-mode forward.
 #[derive(Debug, Clone)]
@@ -35,21 +62,15 @@ pub fn forward(
     let xs = x.as_slice().expect("standard layout");
     let stats = training.then(|| {
         let count = n * inner;
-        let mut mean = vec![0.0f64; c];
-        let mut sq = vec![0.0f64; c];
-        for b in 0..n {
-            for ch in 0..c {
-                for &v in &xs[(b * c + ch) * inner..][..inner] {
-                    mean[ch] += v as f64;
-                    sq[ch] += (v as f64) * (v as f64);
-                }
-            }
-        }
-        let mean: Vec<f64> = mean.iter().map(|m| m / count as f64).collect();
-        let var = sq
+        let sums = channel_sums(n, c, inner, |i, _| {
+            let v = xs[i] as f64;
+            (v, v * v)
+        });
+        let mean: Vec<f64> = sums.iter().map(|s| s.0 / count as f64).collect();
+        let var = sums
             .iter()
             .zip(&mean)
-            .map(|(s, m)| (s / count as f64 - m * m).max(0.0) as f32)
+            .map(|(s, m)| (s.1 / count as f64 - m * m).max(0.0) as f32)
             .collect();
         BatchStats {
             mean: mean.iter().map(|&m| m as f32).collect(),
@@ -63,15 +84,14 @@ pub fn forward(
     };
     let mut y = x.to_owned();
     let ys = y.as_slice_mut().expect("owned");
-    for b in 0..n {
-        for ch in 0..c {
+    ys.par_chunks_mut(inner.max(1))
+        .enumerate()
+        .for_each(|(block, values)| {
+            let ch = block % c;
             let k = scale[ch] / (var[ch] + epsilon).sqrt();
             let shift = bias[ch] - mean[ch] * k;
-            ys[(b * c + ch) * inner..][..inner]
-                .iter_mut()
-                .for_each(|v| *v = *v * k + shift);
-        }
-    }
+            values.iter_mut().for_each(|v| *v = *v * k + shift);
+        });
     (y, stats)
 }
 
@@ -98,30 +118,23 @@ pub fn backward(
         Some(s) => (&s.mean[..], &s.var[..]),
         None => (running_mean, running_var),
     };
-    let mut dscale = vec![0.0f64; c];
-    let mut dbias = vec![0.0f64; c];
-    for b in 0..n {
-        for ch in 0..c {
-            let inv = 1.0 / (var[ch] as f64 + epsilon as f64).sqrt();
-            let range = (b * c + ch) * inner..(b * c + ch + 1) * inner;
-            for (&xv, &g) in xs[range.clone()].iter().zip(&dys[range]) {
-                dbias[ch] += g as f64;
-                dscale[ch] += g as f64 * (xv as f64 - mean[ch] as f64) * inv;
-            }
-        }
-    }
+    let sums = channel_sums(n, c, inner, |i, ch| {
+        let inv = 1.0 / (var[ch] as f64 + epsilon as f64).sqrt();
+        let g = dys[i] as f64;
+        (g, g * (xs[i] as f64 - mean[ch] as f64) * inv)
+    });
+    let dbias: Vec<f64> = sums.iter().map(|s| s.0).collect();
+    let dscale: Vec<f64> = sums.iter().map(|s| s.1).collect();
     let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
     let dxs = dx.as_slice_mut().expect("fresh");
-    for b in 0..n {
-        for ch in 0..c {
+    dxs.par_chunks_mut(inner.max(1))
+        .enumerate()
+        .for_each(|(block, out)| {
+            let ch = block % c;
             let inv = 1.0 / (var[ch] as f64 + epsilon as f64).sqrt();
             let k = scale[ch] as f64 * inv;
-            let range = (b * c + ch) * inner..(b * c + ch + 1) * inner;
-            for ((d, &xv), &g) in dxs[range.clone()]
-                .iter_mut()
-                .zip(&xs[range.clone()])
-                .zip(&dys[range])
-            {
+            let range = block * inner..(block + 1) * inner;
+            for ((d, &xv), &g) in out.iter_mut().zip(&xs[range.clone()]).zip(&dys[range]) {
                 *d = match stats {
                     // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))
                     Some(s) => {
@@ -132,8 +145,7 @@ pub fn backward(
                     None => (k * g as f64) as f32,
                 };
             }
-        }
-    }
+        });
     (
         dx,
         dscale.iter().map(|&v| v as f32).collect(),

@@ -1,5 +1,6 @@
 //! Element-wise ops: binary arithmetic with numpy broadcasting, activations, softmax; and the
-//! reduction that undoes a broadcast in backward passes.
+//! reduction that undoes a broadcast in backward passes. Element-wise maps run on rayon's pool:
+//! each output element depends on its inputs only, so the results do not depend on the split.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
 
@@ -33,7 +34,7 @@ pub enum Binary {
 pub fn binary_forward(op: Binary, a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let (a, b) = (a.broadcast(IxDyn(&shape))?, b.broadcast(IxDyn(&shape))?);
-    Some(Zip::from(&a).and(&b).map_collect(|&x, &y| match op {
+    Some(Zip::from(&a).and(&b).par_map_collect(|&x, &y| match op {
         Binary::Add => x + y,
         Binary::Sub => x - y,
         Binary::Mul => x * y,
@@ -57,15 +58,15 @@ pub fn binary_backward(
         Binary::Add => (dy.to_owned(), dy.to_owned()),
         Binary::Sub => (dy.to_owned(), dy.mapv(|v| -v)),
         Binary::Mul => (
-            Zip::from(dy).and(&bb).map_collect(|&g, &y| g * y),
-            Zip::from(dy).and(&ab).map_collect(|&g, &x| g * x),
+            Zip::from(dy).and(&bb).par_map_collect(|&g, &y| g * y),
+            Zip::from(dy).and(&ab).par_map_collect(|&g, &x| g * x),
         ),
         Binary::Div => (
-            Zip::from(dy).and(&bb).map_collect(|&g, &y| g / y),
+            Zip::from(dy).and(&bb).par_map_collect(|&g, &y| g / y),
             Zip::from(dy)
                 .and(&ab)
                 .and(&bb)
-                .map_collect(|&g, &x, &y| -g * x / (y * y)),
+                .par_map_collect(|&g, &x, &y| -g * x / (y * y)),
         ),
     };
     (unbroadcast(da, a.shape()), unbroadcast(db, b.shape()))
@@ -159,7 +160,7 @@ impl Activation {
     }
 
     pub fn forward(self, x: &ArrayViewD<f32>) -> ArrayD<f32> {
-        x.mapv(|v| self.apply(v))
+        Zip::from(x).par_map_collect(|&v| self.apply(v))
     }
 
     pub fn backward(
@@ -171,7 +172,7 @@ impl Activation {
         Zip::from(dy)
             .and(x)
             .and(y)
-            .map_collect(|&g, &x, &y| g * self.derivative(x, y))
+            .par_map_collect(|&g, &x, &y| g * self.derivative(x, y))
     }
 }
 

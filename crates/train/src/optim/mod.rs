@@ -22,6 +22,10 @@ pub trait Optimizer {
     /// Scales every step from now on (1 is the configured step): a caller ramps it back up after
     /// changing the network, e.g. by pruning.
     fn set_step_scale(&mut self, scale: f64);
+    /// Whether `step` reads the tape's mean layer inputs (only RLS does; recording them costs).
+    fn needs_mean_inputs(&self) -> bool {
+        false
+    }
 }
 
 /// The parameters that received a gradient, in value order.

@@ -465,6 +465,10 @@ fn mean_input(layer: &Layer, tape: &Tape) -> Option<Vec<f64>> {
 }
 
 impl Optimizer for Rls {
+    fn needs_mean_inputs(&self) -> bool {
+        true
+    }
+
     fn set_step_scale(&mut self, scale: f64) {
         self.step_scale = scale;
         self.other.set_step_scale(scale);
