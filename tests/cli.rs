@@ -398,11 +398,17 @@ fn compress_keeps_a_model_that_loses_too_much_unless_forced() {
     let err = assert_clean_error(&o, &["--max-drop", "--force"]);
     assert!(err.contains("was not written"), "{err}");
     assert!(!out.exists());
-    let mut forced = args(&["--force", "-o"]);
+    // A separate validation set (here the test split, as a user may choose) replaces the split.
+    let mut forced = args(&["--force", "--val", "models/mnist5k", "-o"]);
     forced.push(path_str(&out));
     let o = compress(&forced);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.exists());
+    assert!(
+        stdout(&o).contains("validation: models/mnist5k (1000 images)"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

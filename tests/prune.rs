@@ -445,3 +445,65 @@ fn frozen_groups_say_why_and_refuse_plans() {
             .contains("at least one"));
     }
 }
+
+/// The strategies on the graphs the shipped models lack: RLS's P must follow every surgery
+/// through depthwise convs, Concat offsets and SE gates, and the result must run in tract with
+/// our forward pass's outputs.
+#[test]
+fn strategies_prune_the_depthwise_concat_and_se_graphs() {
+    use pare_prune::strategy::Event;
+    use pare_prune::{CompressConfig, Criterion, Strategy, Target};
+    let data = |n: usize, seed: usize| pare_data::Dataset {
+        images: image(n + seed, 3, 8).slice_move(ndarray::s![seed.., .., .., ..]),
+        labels: (0..n).map(|i| (i * 7 + seed) % 4).collect(),
+    };
+    let (train, val) = (data(96, 0), data(32, 5));
+    let dir = tempfile::tempdir().unwrap();
+    for (name, proto) in [
+        ("depthwise", depthwise_graph()),
+        ("concat", concat_graph()),
+        ("se", se_graph()),
+    ] {
+        for (strategy, criterion) in [
+            (Strategy::Rls, Criterion::Rls),
+            (Strategy::Oneshot, Criterion::Rls),
+            (Strategy::Oneshot, Criterion::Taylor),
+        ] {
+            let mut graph = pare_ir::import(&proto).unwrap();
+            let config = CompressConfig {
+                strategy,
+                criterion,
+                target: Some(Target::Macs(0.7)),
+                epochs: 3,
+                batch_size: 16,
+                ratio: 0.2,
+                // Random labels never recover for real: accept every check, so that every
+                // prune event (and P's downdate through it) happens.
+                accuracy_tolerance: 100.0,
+                ..CompressConfig::default()
+            };
+            let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |_| {})
+                .unwrap_or_else(|e| panic!("{name} {strategy:?}: {e}"));
+            assert_eq!(outcome.target_met, Some(true), "{name} {strategy:?}");
+            assert!(outcome
+                .history
+                .iter()
+                .any(|h| matches!(h.event, Event::Prune { .. })));
+            let x = image(4, 3, 8);
+            let ours =
+                pare_train::forward(&graph, x.clone().into_dyn(), pare_train::Mode::Eval, false)
+                    .unwrap();
+            let out = ours.value(graph.outputs[0]).unwrap().clone();
+            let tract = run(&graph, dir.path(), "pruned.onnx", &x);
+            let diff = out
+                .iter()
+                .zip(tract.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-4,
+                "{name} {strategy:?}: ours and tract differ by {diff}"
+            );
+        }
+    }
+}
