@@ -192,3 +192,43 @@ fn rls_without_a_target_prunes_while_the_network_recovers() {
         events(&outcome)
     );
 }
+
+/// A MobileNet-style export (depthwise, SE, Concat, residual, BN after a Concat) on RGB data:
+/// pruned to half its MACs with a separate validation set, and tract verifies the result.
+#[test]
+fn compress_prunes_a_mobilenet_style_model_with_a_separate_validation_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.onnx");
+    let o = common::compress(&[
+        "models/mobile/mobile_se_opset13.onnx",
+        "--data",
+        "models/mobile/quadrants.npz",
+        "--val",
+        "models/mobile/quadrants.npz",
+        "--target-macs",
+        "0.5",
+        "--epochs",
+        "3",
+        "--max-drop",
+        "5",
+        "--latency-runs",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.exists());
+    assert!(!stdout.contains("rolled back"), "{stdout}");
+    assert!(!stdout.contains("not reached"), "{stdout}");
+    insta::with_settings!({filters => vec![
+        (r"latency, batch 1 \(median ms\) .*", "[latency]"),
+        (r"wrote .*", "wrote [output]"),
+    ]}, {
+        insta::assert_snapshot!("compress_mobile", stdout);
+    });
+}

@@ -138,6 +138,8 @@ struct Report {
     written: bool,
     config: CompressConfig,
     validation: String,
+    /// Whether the validation images were held out of the training split.
+    validation_held_out: bool,
     test_images: usize,
     original: Figures,
     compressed: Figures,
@@ -319,6 +321,7 @@ pub fn run(args: Args) -> Result<()> {
         written: write,
         config,
         validation,
+        validation_held_out: args.val.is_none(),
         test_images: splits.test.len(),
         original: figures(outcome.original, original_bytes, acc_before, lat_before),
         compressed: figures(outcome.compressed, bytes.len() as u64, acc_after, lat_after),
@@ -433,6 +436,12 @@ fn render(r: &Report) -> String {
     ));
     if r.target_met == Some(false) {
         out.push_str("the target was not reached within the epoch budget\n");
+    }
+    let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
+    if (rolled_back || r.target_met == Some(false)) && r.validation_held_out && start >= 99.0 {
+        out.push_str(&format!(
+            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
+        ));
     }
     if r.written {
         out.push_str(&format!("wrote {}\n", r.output.display()));
