@@ -425,6 +425,7 @@ fn compress_refuses_bad_settings_and_its_own_input() {
             vec!["-o", "x.onnx", "--optimizer", "adam"],
             "--strategy rls trains with RLS",
         ),
+        (vec!["-o", "x.onnx", "--report", "x.onnx"], "another path"),
     ] {
         let args: Vec<&str> = base.iter().copied().chain(extra).collect();
         let o = compress(&args);

@@ -241,6 +241,12 @@ pub fn run(args: Args) -> Result<()> {
     crate::convert::refuse_overwrite(&model_path, &output)?;
     if let Some(report) = &args.report {
         crate::convert::refuse_overwrite(&model_path, report)?;
+        if report == &output {
+            bail!(
+                "--report {} is also the output model; give the report another path",
+                report.display()
+            );
+        }
     }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
