@@ -64,6 +64,9 @@ impl Target {
     }
 }
 
+/// How many channels `shortest_within` tries to give back (each try prunes a copy of the graph).
+const GIVE_BACK_TRIES: usize = 64;
+
 /// Channels in the order they are dropped.
 #[derive(Debug, Clone)]
 pub struct DropOrder {
@@ -154,9 +157,9 @@ impl DropOrder {
     /// A plan of channels among the first `limit` of the order whose pruned graph satisfies
     /// `within`, and whether it does (the whole `limit` prefix when even that falls short).
     ///
-    /// The shortest such prefix is found first; then, from its highest-scored channel down, each
-    /// channel the target does not need is given back, so one costly channel early in the order
-    /// does not overshoot the target.
+    /// The shortest such prefix is found first; then, from its highest-scored channel down (at
+    /// most `GIVE_BACK_TRIES` of them), each channel the target does not need is given back, so
+    /// one costly channel early in the order does not overshoot the target.
     pub fn shortest_within(
         &self,
         graph: &Graph,
@@ -183,7 +186,8 @@ impl DropOrder {
             }
         }
         let mut chosen = self.order[..lo].to_vec();
-        for i in (0..chosen.len()).rev() {
+        // Each try prunes a copy of the graph: bounded, so large models stay quick.
+        for i in (0..chosen.len()).rev().take(GIVE_BACK_TRIES) {
             let mut fewer = chosen.clone();
             fewer.remove(i);
             if meets(&fewer)? {
