@@ -241,7 +241,7 @@ pub fn run(args: Args) -> Result<()> {
     crate::convert::refuse_overwrite(&model_path, &output)?;
     if let Some(report) = &args.report {
         crate::convert::refuse_overwrite(&model_path, report)?;
-        if report == &output {
+        if crate::convert::same_file(report, &output) {
             bail!(
                 "--report {} is also the output model; give the report another path",
                 report.display()
@@ -258,12 +258,23 @@ pub fn run(args: Args) -> Result<()> {
     let splits = pare_data::load_dir(&data)?;
     let test_shape = model::input_shape_for(&graph, &model_path, &data, &splits.test, 100)?;
     let one = model::input_shape_for(&graph, &model_path, &data, &splits.test, 1)?;
+    if splits.test.is_empty() {
+        bail!(
+            "{}: the test split is empty; the comparison of both models needs test images",
+            data.display()
+        );
+    }
     let original_tract = TractModel::load(&model_path, &test_shape)?;
     let classes = original_tract.class_count()?;
     model::check_labels(&data, "train", &splits.train, &model_path, classes)?;
     model::check_labels(&data, "test", &splits.test, &model_path, classes)?;
     let (train, val, validation) = match &args.val {
         Some(dir) => {
+            if crate::convert::same_file(dir, &data) {
+                eprintln!(
+                    "warning: --val is --data, so recovery is judged on the test split the final table reports"
+                );
+            }
             let v = pare_data::load_dir(dir)?.test;
             model::input_shape_for(&graph, &model_path, dir, &v, 1)?;
             model::check_labels(dir, "test", &v, &model_path, classes)?;

@@ -23,10 +23,26 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Whether two paths name the same file, whether or not it exists yet (`./a.onnx` and
+/// `dir/../a.onnx` are the same).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Refuses an output path that names the input file (or, for a model with external data, its
 /// data file).
 pub fn refuse_overwrite(input: &Path, output: &Path) -> Result<()> {
-    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    let same = same_file;
     let data = input.with_file_name(format!(
         "{}.data",
         input.file_name().unwrap_or_default().to_string_lossy()

@@ -6,11 +6,11 @@
 //! recovered network when the last prune did not recover).
 
 use crate::criteria::{self, Criterion, Evidence, ScoreError};
-use crate::groups::{analyze, ChannelGroups, GroupId, SliceKind};
+use crate::groups::{analyze, ChannelGroups, Group, GroupId, SliceKind};
 use crate::plan::{PlanError, PruningPlan};
 use crate::selection::{Cost, DropOrder, Ranking, Target};
 use pare_data::Dataset;
-use pare_ir::Graph;
+use pare_ir::{Graph, ValueId};
 use pare_train::optim::{Optimizer, Rls};
 use pare_train::TrainError;
 use pare_train::{BatchStream, Evaluation, Loss, OptimizerConfig, RlsConfig, TrainConfig};
@@ -180,6 +180,16 @@ enum Schedule {
     },
 }
 
+/// What identifies a group from one analysis to the next: its first activation, or the first
+/// tensor it slices. Group ids are not stable: a depthwise group cut to one channel stops being
+/// depthwise, and the groups after it are numbered anew.
+fn group_key(groups: &ChannelGroups, g: &Group) -> Option<ValueId> {
+    g.values
+        .first()
+        .copied()
+        .or_else(|| g.slices.first().map(|&i| groups.slices[i].tensor))
+}
+
 struct Run<'a> {
     schedule: Schedule,
     config: &'a CompressConfig,
@@ -191,8 +201,8 @@ struct Run<'a> {
     total_steps: usize,
     steps_per_epoch: usize,
     original: Cost,
-    /// Per group (ids are stable: surgery never changes the graph's topology), its original width.
-    original_widths: BTreeMap<GroupId, usize>,
+    /// Per group (by `group_key`), its width before the first prune.
+    original_widths: BTreeMap<ValueId, usize>,
     history: Vec<HistoryEntry>,
     plans: Vec<PruningPlan>,
     on_progress: &'a mut dyn FnMut(&Progress),
@@ -265,8 +275,12 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn min_kept(&self, g: GroupId) -> usize {
-        let original = self.original_widths.get(&g).copied().unwrap_or(1);
+    /// The fewest channels group `g` of `groups` may keep: `min_keep` of its original width.
+    fn min_kept(&self, groups: &ChannelGroups, g: GroupId) -> usize {
+        let group = groups.group(g);
+        let original = group_key(groups, group)
+            .and_then(|k| self.original_widths.get(&k).copied())
+            .unwrap_or(group.channels);
         ((self.config.min_keep * original as f64).ceil() as usize).max(1)
     }
 
@@ -304,7 +318,7 @@ impl<'a> Run<'a> {
             seed: c.seed.wrapping_add(self.plans.len() as u64),
         };
         let scores = criteria::score(c.criterion, graph, groups, &evidence)?;
-        let min_kept = |g| self.min_kept(g);
+        let min_kept = |g| self.min_kept(groups, g);
         let per_group = |_: GroupId, width: usize| match (ratio, c.ranking) {
             (Some(r), Ranking::Local) => ((r * width as f64).round() as usize).max(1),
             _ => width,
@@ -404,7 +418,11 @@ pub fn compress(
         total_steps: config.epochs * steps_per_epoch,
         steps_per_epoch,
         original: Cost::of(graph),
-        original_widths: groups.groups.iter().map(|g| (g.id, g.channels)).collect(),
+        original_widths: groups
+            .groups
+            .iter()
+            .filter_map(|g| Some((group_key(&groups, g)?, g.channels)))
+            .collect(),
         history: Vec::new(),
         plans: Vec::new(),
         on_progress,
@@ -475,15 +493,20 @@ fn prune_and_recover(
         run.schedule = Schedule::Anneal { from: run.step };
     }
     while run.step < run.total_steps {
-        let trained = run.train(graph, &mut rls, check_every);
-        if let Err(TrainError::Diverged { .. }) = trained {
+        // Divergence, or weights gone non-finite: back to the last recovered network.
+        let val = match run.train(graph, &mut rls, check_every) {
+            Err(TrainError::Diverged { .. }) => None,
+            trained => {
+                trained?;
+                Some(run.validate(graph)?).filter(|v| v.loss.is_finite())
+            }
+        };
+        let Some(val) = val else {
             (*graph, _) = checkpoint;
             let val = run.validate(graph)?;
             run.record(graph, Event::RolledBack { diverged: true }, val);
             return Ok(());
-        }
-        trained?;
-        let val = run.validate(graph)?;
+        };
         if !pending {
             run.record(graph, Event::Check { recovered: true }, val);
             continue;
@@ -495,7 +518,7 @@ fn prune_and_recover(
         if recovered {
             checkpoint = (graph.clone(), rls.clone());
             pending = false;
-            if pruning && run.target_met(graph) != Some(true) {
+            if pruning && run.target_met(graph) != Some(true) && run.step < run.total_steps {
                 reference = val;
                 pending = prune_event(graph, run, &mut rls, check_every)?;
                 pruning = pending;
