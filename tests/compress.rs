@@ -232,3 +232,20 @@ fn compress_prunes_a_mobilenet_style_model_with_a_separate_validation_set() {
         insta::assert_snapshot!("compress_mobile", stdout);
     });
 }
+
+#[test]
+fn recovering_to_the_original_level_is_stricter_than_to_the_last() {
+    // Without a target, pruning goes on while prunes recover: a stricter reference stops it
+    // sooner, at a larger network.
+    let macs = |reference| {
+        let config = CompressConfig {
+            epochs: 3,
+            recovery_reference: reference,
+            ..small(Strategy::Rls, Criterion::Rls, None)
+        };
+        run("lenet5_opset17.onnx", &config, 640).1.compressed.macs
+    };
+    let lenient = macs(pare_prune::RecoveryReference::LastPrune);
+    let strict = macs(pare_prune::RecoveryReference::Original);
+    assert!(strict > lenient, "strict {strict} MACs, lenient {lenient}");
+}

@@ -9,7 +9,9 @@ use crate::{model, table};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pare_prune::strategy::{HistoryEntry, Progress};
-use pare_prune::{CompressConfig, Cost, Criterion, LayerWidth, Ranking, Strategy, Target};
+use pare_prune::{
+    CompressConfig, Cost, Criterion, LayerWidth, Ranking, RecoveryReference, Strategy, Target,
+};
 use pare_verify::{Latency, TractModel};
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -38,6 +40,14 @@ enum CriterionKind {
     Taylor,
     /// Random, from --seed.
     Random,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReferenceKind {
+    /// The level just before the latest prune (the paper's rule).
+    Last,
+    /// The unpruned model's level: stricter, the tolerance does not add up over prunes.
+    Original,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -99,6 +109,9 @@ pub struct Args {
     /// prune (or validation loss is back to it).
     #[arg(long, default_value_t = 0.5)]
     tolerance: f64,
+    /// What a prune must recover to on validation data.
+    #[arg(long, value_enum, default_value_t = ReferenceKind::Last)]
+    recover_to: ReferenceKind,
     /// Clip the gradient's global L2 norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 5.0)]
     max_grad_norm: f32,
@@ -203,6 +216,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
         min_keep: args.min_keep,
         round_to: args.round_to.max(1),
         accuracy_tolerance: args.tolerance,
+        recovery_reference: match args.recover_to {
+            ReferenceKind::Last => RecoveryReference::LastPrune,
+            ReferenceKind::Original => RecoveryReference::Original,
+        },
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
         ..CompressConfig::default()

@@ -55,6 +55,8 @@ pub struct CompressConfig {
     /// Recovered when validation loss is back to its level before the prune, or validation
     /// accuracy is within this many points of it (§5: memorised training splits need this).
     pub accuracy_tolerance: f64,
+    /// What a prune must recover to: the level just before it (§3.6), or the unpruned network's.
+    pub recovery_reference: RecoveryReference,
     /// After a prune the step starts at this fraction and ramps back to 1 over one check.
     pub restart_scale: f64,
     /// Once pruning is over, the step decays to 0 on a cosine over the rest of the budget.
@@ -85,6 +87,7 @@ impl Default for CompressConfig {
             warmup_epochs: 0.5,
             check_every_epochs: 0.25,
             accuracy_tolerance: 0.5,
+            recovery_reference: RecoveryReference::LastPrune,
             restart_scale: 0.1,
             anneal: true,
             max_grad_norm: Some(5.0),
@@ -92,6 +95,16 @@ impl Default for CompressConfig {
             calibration_batches: 8,
         }
     }
+}
+
+/// The validation level a prune must get back to (specs/rls.md §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryReference {
+    /// The level just before the latest prune (the paper's "last unpruned level").
+    LastPrune,
+    /// The unpruned network's level: stricter, tolerances do not add up over prunes.
+    Original,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -519,7 +532,9 @@ fn prune_and_recover(
             checkpoint = (graph.clone(), rls.clone());
             pending = false;
             if pruning && run.target_met(graph) != Some(true) && run.step < run.total_steps {
-                reference = val;
+                if run.config.recovery_reference == RecoveryReference::LastPrune {
+                    reference = val;
+                }
                 pending = prune_event(graph, run, &mut rls, check_every)?;
                 pruning = pending;
             } else {
