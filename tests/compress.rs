@@ -249,3 +249,14 @@ fn recovering_to_the_original_level_is_stricter_than_to_the_last() {
     let strict = macs(pare_prune::RecoveryReference::Original);
     assert!(strict > lenient, "strict {strict} MACs, lenient {lenient}");
 }
+
+#[test]
+fn score_share_events_size_each_group_by_its_scores() {
+    let config = CompressConfig {
+        epochs: 4,
+        event_size: pare_prune::EventSize::ScoreShare,
+        ..small(Strategy::Rls, Criterion::Rls, Some(Target::Macs(0.75)))
+    };
+    let (_, outcome) = run("lenet5_opset17.onnx", &config, 640);
+    assert_eq!(outcome.target_met, Some(true), "{}", events(&outcome));
+}

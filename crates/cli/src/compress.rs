@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pare_prune::strategy::{HistoryEntry, Progress};
 use pare_prune::{
-    CompressConfig, Cost, Criterion, LayerWidth, Ranking, RecoveryReference, Strategy, Target,
+    CompressConfig, Cost, Criterion, EventSize, LayerWidth, Ranking, RecoveryReference, Strategy,
+    Target,
 };
 use pare_verify::{Latency, TractModel};
 use serde::Serialize;
@@ -40,6 +41,14 @@ enum CriterionKind {
     Taylor,
     /// Random, from --seed.
     Random,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EventSizeKind {
+    /// round(ratio × width) channels of every group, at least one.
+    Channels,
+    /// The lowest-scored channels whose scores sum to at most ratio × the group's total.
+    ScoreShare,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -99,6 +108,9 @@ pub struct Args {
     /// RLS: fraction of each group's channels one pruning event removes.
     #[arg(long, default_value_t = 0.1)]
     ratio: f64,
+    /// RLS: how --ratio sizes an event in each group.
+    #[arg(long, value_enum, default_value_t = EventSizeKind::Channels)]
+    event_size: EventSizeKind,
     /// Fraction of its original width every group keeps.
     #[arg(long, default_value_t = 0.05)]
     min_keep: f64,
@@ -213,6 +225,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
         rls: args.train.rls()?,
         finetune: args.train.optimizer()?,
         ratio: args.ratio,
+        event_size: match args.event_size {
+            EventSizeKind::Channels => EventSize::Channels,
+            EventSizeKind::ScoreShare => EventSize::ScoreShare,
+        },
         min_keep: args.min_keep,
         round_to: args.round_to.max(1),
         accuracy_tolerance: args.tolerance,

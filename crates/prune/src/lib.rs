@@ -17,5 +17,5 @@ pub use criteria::Criterion;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
 pub use plan::{PlanError, PruningPlan};
 pub use selection::{Cost, Ranking, Target};
-pub use strategy::{compress, CompressConfig, Outcome, RecoveryReference, Strategy};
+pub use strategy::{compress, CompressConfig, EventSize, Outcome, RecoveryReference, Strategy};
 pub use summary::{layer_widths, LayerWidth};

@@ -44,6 +44,8 @@ pub struct CompressConfig {
     pub finetune: OptimizerConfig,
     /// Fraction of each group's channels one RLS pruning event removes (at least one).
     pub ratio: f64,
+    /// How `ratio` sizes an event in each group.
+    pub event_size: EventSize,
     /// Fraction of its original width every group keeps (at least one channel).
     pub min_keep: f64,
     /// Widths that shrink stay multiples of this.
@@ -82,6 +84,7 @@ impl Default for CompressConfig {
             rls: RlsConfig::default(),
             finetune: OptimizerConfig::Rls(RlsConfig::default()),
             ratio: 0.1,
+            event_size: EventSize::Channels,
             min_keep: 0.05,
             round_to: 1,
             warmup_epochs: 0.5,
@@ -95,6 +98,33 @@ impl Default for CompressConfig {
             calibration_batches: 8,
         }
     }
+}
+
+/// How many channels of a group one RLS event removes (specs/rls.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventSize {
+    /// round(ratio · width), at least one: the preset pruning ratio.
+    Channels,
+    /// The lowest-scored channels whose scores sum to at most `ratio` of the group's total (at
+    /// least one): a count that follows the data.
+    ScoreShare,
+}
+
+/// How many of `scores`' lowest entries sum to at most `share` of their total (at least one).
+fn score_share_count(scores: &[f64], share: f64) -> usize {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let budget = share * sorted.iter().sum::<f64>();
+    let mut sum = 0.0;
+    let count = sorted
+        .iter()
+        .take_while(|&&s| {
+            sum += s;
+            sum <= budget
+        })
+        .count();
+    count.max(1)
 }
 
 /// The validation level a prune must get back to (specs/rls.md §3.6).
@@ -332,8 +362,11 @@ impl<'a> Run<'a> {
         };
         let scores = criteria::score(c.criterion, graph, groups, &evidence)?;
         let min_kept = |g| self.min_kept(groups, g);
-        let per_group = |_: GroupId, width: usize| match (ratio, c.ranking) {
-            (Some(r), Ranking::Local) => ((r * width as f64).round() as usize).max(1),
+        let per_group = |g: GroupId, width: usize| match (ratio, c.ranking, c.event_size) {
+            (Some(r), Ranking::Local, EventSize::Channels) => {
+                ((r * width as f64).round() as usize).max(1)
+            }
+            (Some(r), Ranking::Local, EventSize::ScoreShare) => score_share_count(&scores[&g], r),
             _ => width,
         };
         let order = DropOrder::new(&scores, c.ranking, per_group, min_kept, c.round_to);
@@ -611,4 +644,17 @@ fn oneshot(graph: &mut Graph, run: &mut Run, check_every: usize) -> Result<(), C
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_share_counts_the_cheapest_channels_within_the_share() {
+        // Total 10: 0 + 1 + 1 = 2 ≤ 2.5 < 2 + 2.
+        assert_eq!(score_share_count(&[4.0, 1.0, 0.0, 2.0, 1.0, 2.0], 0.25), 3);
+        // Nothing fits: still one, as with the channel ratio.
+        assert_eq!(score_share_count(&[5.0, 5.0], 0.1), 1);
+    }
 }
