@@ -260,3 +260,29 @@ fn score_share_events_size_each_group_by_its_scores() {
     let (_, outcome) = run("lenet5_opset17.onnx", &config, 640);
     assert_eq!(outcome.target_met, Some(true), "{}", events(&outcome));
 }
+
+#[test]
+fn one_group_per_event_prunes_the_groups_in_turn() {
+    let config = CompressConfig {
+        epochs: 4,
+        one_group_per_event: true,
+        // Accept every check so that the events follow one another.
+        accuracy_tolerance: 100.0,
+        ..small(Strategy::Rls, Criterion::Rls, None)
+    };
+    let (_, outcome) = run("lenet5_opset17.onnx", &config, 640);
+    let touched: Vec<Vec<pare_prune::GroupId>> = outcome
+        .plans
+        .iter()
+        .map(|p| {
+            p.drop
+                .iter()
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(&g, _)| g)
+                .collect()
+        })
+        .collect();
+    assert!(touched.len() >= 3, "{touched:?}");
+    assert!(touched.iter().all(|t| t.len() == 1), "{touched:?}");
+    assert_ne!(touched[0], touched[1], "{touched:?}");
+}

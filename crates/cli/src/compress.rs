@@ -111,6 +111,9 @@ pub struct Args {
     /// RLS: how --ratio sizes an event in each group.
     #[arg(long, value_enum, default_value_t = EventSizeKind::Channels)]
     event_size: EventSizeKind,
+    /// RLS: each event prunes one group, the groups in forward order in turn, instead of all.
+    #[arg(long)]
+    one_group_per_event: bool,
     /// Fraction of its original width every group keeps.
     #[arg(long, default_value_t = 0.05)]
     min_keep: f64,
@@ -225,6 +228,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         rls: args.train.rls()?,
         finetune: args.train.optimizer()?,
         ratio: args.ratio,
+        one_group_per_event: args.one_group_per_event,
         event_size: match args.event_size {
             EventSizeKind::Channels => EventSize::Channels,
             EventSizeKind::ScoreShare => EventSize::ScoreShare,

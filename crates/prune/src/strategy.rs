@@ -46,6 +46,9 @@ pub struct CompressConfig {
     pub ratio: f64,
     /// How `ratio` sizes an event in each group.
     pub event_size: EventSize,
+    /// Each RLS event prunes one group, the groups taken in forward order in turn (§3.4),
+    /// instead of every group at once.
+    pub one_group_per_event: bool,
     /// Fraction of its original width every group keeps (at least one channel).
     pub min_keep: f64,
     /// Widths that shrink stay multiples of this.
@@ -85,6 +88,7 @@ impl Default for CompressConfig {
             finetune: OptimizerConfig::Rls(RlsConfig::default()),
             ratio: 0.1,
             event_size: EventSize::Channels,
+            one_group_per_event: false,
             min_keep: 0.05,
             round_to: 1,
             warmup_epochs: 0.5,
@@ -248,6 +252,8 @@ struct Run<'a> {
     original_widths: BTreeMap<ValueId, usize>,
     history: Vec<HistoryEntry>,
     plans: Vec<PruningPlan>,
+    /// The group the last one-group event pruned.
+    last_group: Option<GroupId>,
     on_progress: &'a mut dyn FnMut(&Progress),
 }
 
@@ -360,8 +366,27 @@ impl<'a> Run<'a> {
             gradients: gradients.as_ref(),
             seed: c.seed.wrapping_add(self.plans.len() as u64),
         };
-        let scores = criteria::score(c.criterion, graph, groups, &evidence)?;
-        let min_kept = |g| self.min_kept(groups, g);
+        let mut scores = criteria::score(c.criterion, graph, groups, &evidence)?;
+        let floors: BTreeMap<GroupId, usize> = scores
+            .keys()
+            .map(|&g| (g, self.min_kept(groups, g)))
+            .collect();
+        let min_kept = |g: GroupId| floors[&g];
+        if ratio.is_some() && c.one_group_per_event {
+            // The next group in forward order (after the last one pruned) that can still shrink.
+            let open: Vec<GroupId> = scores
+                .iter()
+                .filter(|(&g, s)| s.len() > min_kept(g))
+                .map(|(&g, _)| g)
+                .collect();
+            let next = open
+                .iter()
+                .find(|&&g| self.last_group.is_none_or(|last| g > last))
+                .or(open.first())
+                .copied();
+            scores.retain(|&g, _| Some(g) == next);
+            self.last_group = next;
+        }
         let per_group = |g: GroupId, width: usize| match (ratio, c.ranking, c.event_size) {
             (Some(r), Ranking::Local, EventSize::Channels) => {
                 ((r * width as f64).round() as usize).max(1)
@@ -471,6 +496,7 @@ pub fn compress(
             .collect(),
         history: Vec::new(),
         plans: Vec::new(),
+        last_group: None,
         on_progress,
     };
     let epochs = |e: f64| ((e * steps_per_epoch as f64).round() as usize).max(1);
