@@ -32,13 +32,6 @@ pub enum Criterion {
     Random,
 }
 
-impl Criterion {
-    /// Whether scoring needs forward and backward passes over data first.
-    pub fn needs_calibration(self) -> bool {
-        matches!(self, Criterion::Rls | Criterion::Taylor)
-    }
-}
-
 /// Per prunable group, one score per channel.
 pub type Scores = BTreeMap<GroupId, Vec<f64>>;
 

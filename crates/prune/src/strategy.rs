@@ -198,7 +198,6 @@ pub struct Outcome {
     /// Every plan applied, in order, each on the groups of the graph it was applied to (the same
     /// seed gives the same plans). A rolled-back plan stays listed.
     pub plans: Vec<PruningPlan>,
-    pub steps: usize,
 }
 
 /// Reported after every training step.
@@ -515,7 +514,6 @@ pub fn compress(
         target_met: run.target_met(graph),
         history: run.history,
         plans: run.plans,
-        steps: run.step,
     })
 }
 

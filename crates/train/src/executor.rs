@@ -78,13 +78,7 @@ fn input<'a>(
     id: NodeId,
     i: usize,
 ) -> Result<ArrayViewD<'a, f32>, TrainError> {
-    graph
-        .node(id)
-        .inputs
-        .get(i)
-        .copied()
-        .flatten()
-        .and_then(|v| view(graph, tape, v))
+    optional(graph, tape, id, i)
         .ok_or_else(|| node_err(graph, id, format!("input {i} is missing or not float32")))
 }
 

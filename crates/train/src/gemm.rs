@@ -50,8 +50,82 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+/// An element type with a matrixmultiply kernel.
+pub trait Element: Copy + PartialEq + std::ops::MulAssign {
+    /// matrixmultiply's `sgemm`/`dgemm`, same arguments.
+    ///
+    /// # Safety
+    /// As matrixmultiply's: every element addressed through the pointers and strides must be
+    /// inside the buffers.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl Element for f32 {
+    unsafe fn kernel(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded under the caller's guarantee.
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+impl Element for f64 {
+    unsafe fn kernel(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded under the caller's guarantee.
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
 /// c = alpha · a · b + beta · c, with c a contiguous row-major `a.rows × b.cols` matrix.
-pub fn sgemm(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
+pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions {k} and {}", b.rows);
     assert!(
@@ -72,39 +146,7 @@ pub fn sgemm(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
     // SAFETY: the asserts above keep every element the product reads inside `a.data`, `b.data`,
     // and every element it writes inside `c`.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.data.as_ptr(),
-            a.row_stride,
-            a.col_stride,
-            b.data.as_ptr(),
-            b.row_stride,
-            b.col_stride,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
-/// c = alpha · a · b + beta · c in f64 (used for RLS's P).
-pub fn dgemm(alpha: f64, a: Mat<f64>, b: Mat<f64>, beta: f64, c: &mut [f64]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "inner dimensions {k} and {}", b.rows);
-    assert!(c.len() >= m * n);
-    if m == 0 || n == 0 || k == 0 {
-        c[..m * n].iter_mut().for_each(|v| *v *= beta);
-        return;
-    }
-    assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
-    assert!(a.row_stride >= 0 && a.col_stride >= 0 && b.row_stride >= 0 && b.col_stride >= 0);
-    // SAFETY: as in `sgemm`.
-    unsafe {
-        matrixmultiply::dgemm(
+        T::kernel(
             m,
             k,
             n,
@@ -132,7 +174,7 @@ mod tests {
         let a: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 2x3
         let b: Vec<f32> = (0..12).map(|v| (v as f32) * 0.5).collect(); // 3x4
         let mut c = vec![1.0; 8];
-        sgemm(2.0, Mat::new(&a, 2, 3), Mat::new(&b, 3, 4), 1.0, &mut c);
+        gemm(2.0, Mat::new(&a, 2, 3), Mat::new(&b, 3, 4), 1.0, &mut c);
         for i in 0..2 {
             for j in 0..4 {
                 let want: f32 =
@@ -142,7 +184,7 @@ mod tests {
         }
         // aᵀ (3x2) times a (2x3)
         let mut d = vec![0.0; 9];
-        sgemm(1.0, Mat::new(&a, 2, 3).t(), Mat::new(&a, 2, 3), 0.0, &mut d);
+        gemm(1.0, Mat::new(&a, 2, 3).t(), Mat::new(&a, 2, 3), 0.0, &mut d);
         assert_eq!(d[1], a[0] * a[1] + a[3] * a[4]);
     }
 }

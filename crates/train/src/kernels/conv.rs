@@ -4,7 +4,7 @@
 //! Lowered to GEMM through im2col per sample. Work is split over samples; reductions over the
 //! batch run in fixed chunks and a fixed order, so results do not depend on the thread count.
 
-use crate::gemm::{sgemm, Mat};
+use crate::gemm::{gemm, Mat};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
 
@@ -141,7 +141,7 @@ pub fn forward(
                         }
                     }
                     let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                    sgemm(
+                    gemm(
                         1.0,
                         wg,
                         Mat::new(&cols, k, p),
@@ -200,7 +200,7 @@ pub fn backward(
                 for g in 0..geo.group {
                     geo.im2col(xb, g, &mut cols);
                     let dyg = Mat::new(&dyb[g * mg * p..][..mg * p], mg, p);
-                    sgemm(
+                    gemm(
                         1.0,
                         dyg,
                         Mat::new(&cols, k, p).t(),
@@ -235,7 +235,7 @@ pub fn backward(
                 for g in 0..geo.group {
                     let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
                     let dyg = Mat::new(&dyb[g * mg * p..][..mg * p], mg, p);
-                    sgemm(1.0, wg.t(), dyg, 0.0, &mut cols);
+                    gemm(1.0, wg.t(), dyg, 0.0, &mut cols);
                     geo.col2im(&cols, g, dxb);
                 }
             });

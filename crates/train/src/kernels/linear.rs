@@ -1,7 +1,7 @@
 //! Gemm (Y = α·op(A)·op(B) + β·C) and MatMul with a matrix right operand: forward and backward.
 
 use super::elementwise::unbroadcast;
-use crate::gemm::{sgemm, Mat};
+use crate::gemm::{gemm, Mat};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// Attributes of an ONNX Gemm.
@@ -42,7 +42,7 @@ pub fn gemm_forward(
             .mapv(|v| v * spec.beta),
         _ => ArrayD::zeros(IxDyn(&[m, n])),
     };
-    sgemm(spec.alpha, oa, ob, 1.0, y.as_slice_mut().expect("fresh"));
+    gemm(spec.alpha, oa, ob, 1.0, y.as_slice_mut().expect("fresh"));
     y
 }
 
@@ -65,7 +65,7 @@ pub fn gemm_backward(
     let g = Mat::new(dy.as_slice().expect("std"), m, n);
     let mut da = ArrayD::zeros(a.raw_dim());
     if spec.trans_a {
-        sgemm(
+        gemm(
             spec.alpha,
             ob,
             g.t(),
@@ -73,7 +73,7 @@ pub fn gemm_backward(
             da.as_slice_mut().expect("fresh"),
         ); // [K, M]
     } else {
-        sgemm(
+        gemm(
             spec.alpha,
             g,
             ob.t(),
@@ -83,7 +83,7 @@ pub fn gemm_backward(
     }
     let mut db = ArrayD::zeros(b.raw_dim());
     if spec.trans_b {
-        sgemm(
+        gemm(
             spec.alpha,
             g.t(),
             oa,
@@ -91,7 +91,7 @@ pub fn gemm_backward(
             db.as_slice_mut().expect("fresh"),
         ); // [N, K]
     } else {
-        sgemm(
+        gemm(
             spec.alpha,
             oa.t(),
             g,
@@ -114,7 +114,7 @@ pub fn matmul_forward(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD
     let mut shape = a.shape().to_vec();
     *shape.last_mut()? = n;
     let mut y = ArrayD::zeros(IxDyn(&shape));
-    sgemm(
+    gemm(
         1.0,
         Mat::new(a.as_slice()?, rows, k),
         Mat::new(b.as_slice()?, k, n),
@@ -143,9 +143,9 @@ pub fn matmul_backward(
         Mat::new(dy.as_slice().expect("std"), rows, n),
     );
     let mut da = ArrayD::zeros(a.raw_dim());
-    sgemm(1.0, g, bm.t(), 0.0, da.as_slice_mut().expect("fresh"));
+    gemm(1.0, g, bm.t(), 0.0, da.as_slice_mut().expect("fresh"));
     let mut db = ArrayD::zeros(b.raw_dim());
-    sgemm(1.0, am.t(), g, 0.0, db.as_slice_mut().expect("fresh"));
+    gemm(1.0, am.t(), g, 0.0, db.as_slice_mut().expect("fresh"));
     (da, db)
 }
 

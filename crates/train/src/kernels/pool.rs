@@ -122,17 +122,23 @@ pub fn avg_forward(geo: &PoolGeometry, x: ArrayView4<f32>, count_include_pad: bo
             for oy in 0..geo.out.0 {
                 for ox in 0..geo.out.1 {
                     let total = geo.window(oy, ox, &mut cells);
-                    let count = if count_include_pad {
-                        total
-                    } else {
-                        cells.len()
-                    };
+                    let count = divisor(count_include_pad, total, cells.len());
                     let sum: f32 = cells.iter().map(|&i| xp[i]).sum();
                     yp[oy * geo.out.1 + ox] = if count == 0 { 0.0 } else { sum / count as f32 };
                 }
             }
         });
     y
+}
+
+/// What an average pool divides a window's sum by: the window's full size with
+/// `count_include_pad`, else the cells inside the input.
+fn divisor(count_include_pad: bool, window: usize, inside: usize) -> usize {
+    if count_include_pad {
+        window
+    } else {
+        inside
+    }
 }
 
 /// Spreads each output gradient evenly over its window.
@@ -157,11 +163,7 @@ pub fn avg_backward(
             for oy in 0..geo.out.0 {
                 for ox in 0..geo.out.1 {
                     let total = geo.window(oy, ox, &mut cells);
-                    let count = if count_include_pad {
-                        total
-                    } else {
-                        cells.len()
-                    };
+                    let count = divisor(count_include_pad, total, cells.len());
                     if count == 0 {
                         continue;
                     }

@@ -5,7 +5,7 @@
 
 use super::{param_mut, parameters, Optimizer, Sgd, SgdConfig};
 use crate::executor::{Gradients, Tape};
-use crate::gemm::{dgemm, Mat};
+use crate::gemm::{gemm, Mat};
 use ndarray::Array2;
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
 use std::ops::Range;
@@ -90,7 +90,7 @@ impl RlsState {
         }
         let p = self.p.as_slice().expect("standard layout");
         let mut v = vec![0.0f64; n];
-        dgemm(1.0, Mat::new(p, n, n), Mat::new(u, n, 1), 0.0, &mut v);
+        gemm(1.0, Mat::new(p, n, n), Mat::new(u, n, 1), 0.0, &mut v);
         let gamma = self.lambda + u.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
         if !(gamma > 0.0 && gamma.is_finite()) {
             self.p = Array2::eye(n) * self.alpha;
@@ -193,7 +193,7 @@ impl RlsState {
     pub fn precondition(&self, g: &Array2<f64>) -> Array2<f64> {
         let (m, n) = g.dim();
         let mut out = Array2::<f64>::zeros((m, n));
-        dgemm(
+        gemm(
             1.0,
             Mat::new(g.as_slice().expect("standard"), m, n),
             Mat::new(self.p.as_slice().expect("standard"), n, n),
@@ -369,11 +369,6 @@ impl Rls {
             other,
             step_scale: 1.0,
         }
-    }
-
-    /// The P of each layer, by the node it belongs to.
-    pub fn states(&self) -> impl Iterator<Item = (NodeId, &RlsState)> {
-        self.layers.iter().map(|l| (l.node, &l.state))
     }
 
     /// Updates every P from a forward pass's mean inputs without moving any weight: how P is
