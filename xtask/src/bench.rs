@@ -36,10 +36,19 @@ const SPEED_MODELS: [(&str, &str); 3] = [
     ("VGG-style, BN folded", "vggbn_opset17.onnx"),
 ];
 
-pub const USAGE: &str = "cargo xtask bench train|convergence|prune [model]";
+pub const USAGE: &str = "cargo xtask bench train|convergence|kernels|prune [model]";
 
 /// Runs one benchmark by name.
 pub fn run(what: Option<&str>) -> Result<()> {
+    match what {
+        Some("train") => with_pool(train_speed),
+        Some("convergence") => with_pool(convergence),
+        _ => bail!("usage: {USAGE}"),
+    }
+}
+
+/// Runs `bench` on a global rayon pool of `THREADS` threads.
+pub fn with_pool(bench: impl FnOnce() -> Result<()>) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
@@ -47,11 +56,7 @@ pub fn run(what: Option<&str>) -> Result<()> {
         .num_threads(THREADS)
         .build_global()
         .context("sizing rayon's global pool")?;
-    match what {
-        Some("train") => train_speed(),
-        Some("convergence") => convergence(),
-        _ => bail!("usage: {USAGE}"),
-    }
+    bench()
 }
 
 fn models_dir() -> PathBuf {

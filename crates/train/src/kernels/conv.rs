@@ -1,12 +1,14 @@
 //! 2-D convolution (NCHW) with stride, padding, dilation and groups: forward, backward, and the
 //! mean input patch RLS needs.
 //!
-//! Lowered to GEMM through im2col per sample. Work is split over samples; reductions over the
-//! batch run in fixed chunks and a fixed order, so results do not depend on the thread count.
+//! Lowered to GEMM through im2col, a chunk of samples per product. Work is split over chunks;
+//! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
+//! thread count.
 
 use crate::gemm::{gemm, Mat};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Everything about one convolution's shapes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,34 +34,53 @@ impl ConvGeometry {
         self.c_in / self.group * self.kh * self.kw
     }
 
-    /// Fills `cols` ([patch_len, positions], row-major) with the patches of group `g` of one
-    /// sample.
-    fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32]) {
+    /// The output columns `ox` whose input column `ox·stride + j·dilation − pad` lies inside
+    /// the image, for kernel column `j`, with that input column's offset from `ox·stride`.
+    fn valid_columns(&self, j: usize) -> (std::ops::Range<usize>, isize) {
+        let s = self.stride.1 as isize;
+        let off = (j * self.dilation.1) as isize - self.pad.1 as isize;
+        // First ox with ox·s + off ≥ 0, last with ox·s + off ≤ w − 1.
+        let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
+        let last = self.w as isize - 1 - off;
+        let hi = if last < 0 { 0 } else { last / s + 1 };
+        let wo = self.out.1 as isize;
+        let (lo, hi) = (lo.min(wo), hi.clamp(lo.min(wo), wo));
+        (lo as usize..hi as usize, off)
+    }
+
+    /// The input row read by output row `oy` for kernel row `i`, if it lies inside the image.
+    fn input_row(&self, oy: usize, i: usize) -> Option<usize> {
+        let y = (oy * self.stride.0 + i * self.dilation.0) as isize - self.pad.0 as isize;
+        (0..self.h as isize).contains(&y).then_some(y as usize)
+    }
+
+    /// Writes the patches of group `g` of one sample `x` into `cols`, a [patch_len, ld] row-major
+    /// matrix: row r gets the sample's `positions` values of patch element r from `cols[r·ld]`
+    /// on, so the patches of several samples can sit side by side.
+    fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
         let cg = self.c_in / self.group;
         let (ho, wo) = self.out;
-        let p = ho * wo;
         for c in 0..cg {
             let plane = &x[(g * cg + c) * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
-                    for oy in 0..ho {
-                        let y = (oy * self.stride.0 + i * self.dilation.0) as isize
-                            - self.pad.0 as isize;
-                        let out_row = &mut row[oy * wo..][..wo];
-                        if y < 0 || y >= self.h as isize {
-                            out_row.fill(0.0);
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
+                    let (valid, off) = self.valid_columns(j);
+                    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+                        let Some(y) = self.input_row(oy, i) else {
+                            out.fill(0.0);
                             continue;
-                        }
-                        let src = &plane[y as usize * self.w..][..self.w];
-                        for (ox, o) in out_row.iter_mut().enumerate() {
-                            let xx = (ox * self.stride.1 + j * self.dilation.1) as isize
-                                - self.pad.1 as isize;
-                            *o = if xx < 0 || xx >= self.w as isize {
-                                0.0
-                            } else {
-                                src[xx as usize]
-                            };
+                        };
+                        let src = &plane[y * self.w..][..self.w];
+                        out[..valid.start].fill(0.0);
+                        out[valid.end..].fill(0.0);
+                        let first = (valid.start * self.stride.1) as isize + off;
+                        let inside = &mut out[valid.clone()];
+                        if self.stride.1 == 1 {
+                            inside.copy_from_slice(&src[first as usize..][..inside.len()]);
+                        } else {
+                            let src = src[first as usize..].iter().step_by(self.stride.1);
+                            inside.iter_mut().zip(src).for_each(|(o, v)| *o = *v);
                         }
                     }
                 }
@@ -67,30 +88,26 @@ impl ConvGeometry {
         }
     }
 
-    /// Adds the patch gradients `cols` of group `g` back into one sample's input gradient.
-    fn col2im(&self, cols: &[f32], g: usize, dx: &mut [f32]) {
+    /// Adds the patch gradients of group `g` of one sample, laid out as `im2col` writes them,
+    /// back into that sample's input gradient `dx`.
+    fn col2im(&self, cols: &[f32], ld: usize, g: usize, dx: &mut [f32]) {
         let cg = self.c_in / self.group;
         let (ho, wo) = self.out;
-        let p = ho * wo;
         for c in 0..cg {
             let plane = &mut dx[(g * cg + c) * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &cols[((c * self.kh + i) * self.kw + j) * p..][..p];
-                    for oy in 0..ho {
-                        let y = (oy * self.stride.0 + i * self.dilation.0) as isize
-                            - self.pad.0 as isize;
-                        if y < 0 || y >= self.h as isize {
+                    let row = &cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
+                    let (valid, off) = self.valid_columns(j);
+                    for (oy, grads) in row.chunks_exact(wo).enumerate() {
+                        let Some(y) = self.input_row(oy, i) else {
                             continue;
-                        }
-                        let dst = &mut plane[y as usize * self.w..][..self.w];
-                        for (ox, v) in row[oy * wo..][..wo].iter().enumerate() {
-                            let xx = (ox * self.stride.1 + j * self.dilation.1) as isize
-                                - self.pad.1 as isize;
-                            if xx >= 0 && xx < self.w as isize {
-                                dst[xx as usize] += v;
-                            }
-                        }
+                        };
+                        let first = (valid.start * self.stride.1) as isize + off;
+                        let dst = plane[y * self.w..][..self.w][first as usize..]
+                            .iter_mut()
+                            .step_by(self.stride.1);
+                        dst.zip(&grads[valid.clone()]).for_each(|(d, v)| *d += v);
                     }
                 }
             }
@@ -98,8 +115,41 @@ impl ConvGeometry {
     }
 }
 
-/// Samples per chunk in batch reductions: fixed, so sums are the same on any number of threads.
-const CHUNK: usize = 4;
+/// Values of lowered patches per product: several samples side by side make a product wide
+/// enough to run GEMM at full speed, while the patches (and GEMM's packed copy of them) still
+/// fit in a core's L2 cache.
+const LOWERED_VALUES: usize = 1 << 18;
+/// The most samples lowered into one product, so a batch still splits between threads.
+const MAX_CHUNK: usize = 16;
+
+impl ConvGeometry {
+    /// Samples lowered into one product. It depends on the shapes only, so batch sums are the
+    /// same on any number of threads.
+    fn chunk(&self) -> usize {
+        let per_sample = self.patch_len() * self.out.0 * self.out.1;
+        (LOWERED_VALUES / per_sample.max(1)).clamp(1, MAX_CHUNK)
+    }
+}
+
+thread_local! {
+    /// Each thread's lowering buffer, kept between calls: allocating megabytes per call costs
+    /// page faults on every training step.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` values of this thread's scratch buffer, whose contents are arbitrary.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Only a kernel running inside another's call could find it taken; it gets its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
 
 /// y = conv(x, w) + b. Also returns the mean patch over samples, groups and positions when
 /// `mean_patch` is set (the RLS input average).
@@ -117,44 +167,42 @@ pub fn forward(
     let x = x.as_standard_layout();
     let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
     let sample_len = geo.c_in * geo.h * geo.w;
+    let out_len = geo.c_out * p;
     let xs = x.as_slice().expect("standard layout");
+    let chunk_len = geo.chunk();
     let sums: Vec<Vec<f32>> = y
-        .axis_chunks_iter_mut(Axis(0), CHUNK)
+        .axis_chunks_iter_mut(Axis(0), chunk_len)
         .into_par_iter()
         .enumerate()
         .map(|(chunk, mut ys)| {
-            let mut cols = vec![0.0f32; k * p];
-            let mut sum = if mean_patch {
-                vec![0.0f32; k]
-            } else {
-                Vec::new()
-            };
-            for (i, mut yb) in ys.axis_iter_mut(Axis(0)).enumerate() {
-                let b = chunk * CHUNK + i;
-                let xb = &xs[b * sample_len..][..sample_len];
-                let yb = yb.as_slice_mut().expect("fresh array");
+            let ys = ys.as_slice_mut().expect("fresh array");
+            let samples = ys.len() / out_len;
+            let xs = &xs[chunk * chunk_len * sample_len..][..samples * sample_len];
+            let n = samples * p;
+            let mut sum = vec![0.0f32; if mean_patch { k } else { 0 }];
+            with_scratch(k * n + mg * n, |scratch| {
+                let (cols, prod) = scratch.split_at_mut(k * n);
                 for g in 0..geo.group {
-                    geo.im2col(xb, g, &mut cols);
+                    for (b, xb) in xs.chunks_exact(sample_len).enumerate() {
+                        geo.im2col(xb, g, &mut cols[b * p..], n);
+                    }
                     if mean_patch {
-                        for (s, row) in sum.iter_mut().zip(cols.chunks_exact(p)) {
+                        for (s, row) in sum.iter_mut().zip(cols.chunks_exact(n)) {
                             *s += row.iter().sum::<f32>();
                         }
                     }
                     let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                    gemm(
-                        1.0,
-                        wg,
-                        Mat::new(&cols, k, p),
-                        0.0,
-                        &mut yb[g * mg * p..][..mg * p],
-                    );
-                }
-                if let Some(bias) = &bias {
-                    for (m, plane) in yb.chunks_exact_mut(p).enumerate() {
-                        plane.iter_mut().for_each(|v| *v += bias[m]);
+                    gemm(1.0, wg, Mat::new(cols, k, n), 0.0, prod);
+                    for (b, yb) in ys.chunks_exact_mut(out_len).enumerate() {
+                        for (m, plane) in yb[g * mg * p..][..mg * p].chunks_exact_mut(p).enumerate()
+                        {
+                            let shift = bias.as_ref().map_or(0.0, |bias| bias[g * mg + m]);
+                            let src = &prod[m * n + b * p..][..p];
+                            plane.iter_mut().zip(src).for_each(|(o, v)| *o = v + shift);
+                        }
                     }
                 }
-            }
+            });
             sum
         })
         .collect();
@@ -176,8 +224,7 @@ pub fn backward(
     dy: ArrayView4<f32>,
     want_dx: bool,
 ) -> (Option<Array4<f32>>, Vec<f32>, Vec<f32>) {
-    let (ho, wo) = geo.out;
-    let p = ho * wo;
+    let p = geo.out.0 * geo.out.1;
     let k = geo.patch_len();
     let mg = geo.c_out / geo.group;
     let x = x.as_standard_layout();
@@ -187,60 +234,66 @@ pub fn backward(
     let sample_len = geo.c_in * geo.h * geo.w;
     let out_len = geo.c_out * p;
 
-    // Weight gradient: per chunk of samples, then summed in chunk order.
-    let chunks: Vec<usize> = (0..geo.batch.div_ceil(CHUNK)).collect();
-    let partial: Vec<Vec<f32>> = chunks
-        .par_iter()
-        .map(|&chunk| {
-            let mut dw = vec![0.0f32; geo.c_out * k];
-            let mut cols = vec![0.0f32; k * p];
-            for b in chunk * CHUNK..((chunk + 1) * CHUNK).min(geo.batch) {
-                let xb = &xs[b * sample_len..][..sample_len];
-                let dyb = &dys[b * out_len..][..out_len];
-                for g in 0..geo.group {
-                    geo.im2col(xb, g, &mut cols);
-                    let dyg = Mat::new(&dyb[g * mg * p..][..mg * p], mg, p);
-                    gemm(
-                        1.0,
-                        dyg,
-                        Mat::new(&cols, k, p).t(),
-                        1.0,
-                        &mut dw[g * mg * k..][..mg * k],
-                    );
+    // One chunk of samples: its partial weight and bias gradients, and its input gradients
+    // written into `dx` (the chunk's rows of the full dx) when that is wanted.
+    let chunk_len = geo.chunk();
+    let chunk = |chunk: usize, mut dx: Option<&mut [f32]>| -> (Vec<f32>, Vec<f32>) {
+        let first = chunk * chunk_len;
+        let samples = chunk_len.min(geo.batch - first);
+        let xs = &xs[first * sample_len..][..samples * sample_len];
+        let dys = &dys[first * out_len..][..samples * out_len];
+        let n = samples * p;
+        let mut dw = vec![0.0f32; geo.c_out * k];
+        let mut db = vec![0.0f32; geo.c_out];
+        with_scratch(k * n + mg * n, |scratch| {
+            let (cols, dyg) = scratch.split_at_mut(k * n);
+            for g in 0..geo.group {
+                for (b, (xb, dyb)) in xs
+                    .chunks_exact(sample_len)
+                    .zip(dys.chunks_exact(out_len))
+                    .enumerate()
+                {
+                    geo.im2col(xb, g, &mut cols[b * p..], n);
+                    for (m, plane) in dyb[g * mg * p..][..mg * p].chunks_exact(p).enumerate() {
+                        dyg[m * n + b * p..][..p].copy_from_slice(plane);
+                        db[g * mg + m] += plane.iter().sum::<f32>();
+                    }
+                }
+                let dyg = Mat::new(dyg, mg, n);
+                let dwg = &mut dw[g * mg * k..][..mg * k];
+                gemm(1.0, dyg, Mat::new(cols, k, n).t(), 0.0, dwg);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
+                    gemm(1.0, wg.t(), dyg, 0.0, cols);
+                    for (b, dxb) in dx.chunks_exact_mut(sample_len).enumerate() {
+                        geo.col2im(&cols[b * p..], n, g, dxb);
+                    }
                 }
             }
-            dw
-        })
-        .collect();
-    let mut dw = vec![0.0f32; geo.c_out * k];
-    for part in &partial {
-        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
-    let mut db = vec![0.0f32; geo.c_out];
-    for b in 0..geo.batch {
-        for (m, plane) in dys[b * out_len..][..out_len].chunks_exact(p).enumerate() {
-            db[m] += plane.iter().sum::<f32>();
-        }
-    }
+        });
+        (dw, db)
+    };
 
-    let dx = want_dx.then(|| {
-        let mut dx = Array4::<f32>::zeros((geo.batch, geo.c_in, geo.h, geo.w));
-        dx.axis_iter_mut(Axis(0))
+    let mut dx = want_dx.then(|| Array4::<f32>::zeros((geo.batch, geo.c_in, geo.h, geo.w)));
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = match dx.as_mut() {
+        Some(dx) => dx
+            .axis_chunks_iter_mut(Axis(0), chunk_len)
             .into_par_iter()
             .enumerate()
-            .for_each(|(b, mut dxb)| {
-                let dxb = dxb.as_slice_mut().expect("fresh array");
-                let dyb = &dys[b * out_len..][..out_len];
-                let mut cols = vec![0.0f32; k * p];
-                for g in 0..geo.group {
-                    let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                    let dyg = Mat::new(&dyb[g * mg * p..][..mg * p], mg, p);
-                    gemm(1.0, wg.t(), dyg, 0.0, &mut cols);
-                    geo.col2im(&cols, g, dxb);
-                }
-            });
-        dx
-    });
+            .map(|(i, mut dxc)| chunk(i, Some(dxc.as_slice_mut().expect("fresh array"))))
+            .collect(),
+        None => (0..geo.batch.div_ceil(chunk_len))
+            .into_par_iter()
+            .map(|i| chunk(i, None))
+            .collect(),
+    };
+    // Summed in chunk order, whatever thread computed each part.
+    let mut dw = vec![0.0f32; geo.c_out * k];
+    let mut db = vec![0.0f32; geo.c_out];
+    for (pw, pb) in &partial {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
     (dx, dw, db)
 }
 
@@ -253,7 +306,8 @@ mod tests {
         let (h, w, kh, kw) = (7, 6, 3, 2);
         let out = |n: usize, k: usize| (n + 2 * pad - ((k - 1) * dilation + 1)) / stride + 1;
         ConvGeometry {
-            batch: 5,
+            // Two chunks, the second one partial.
+            batch: MAX_CHUNK + 3,
             c_in: 4,
             h,
             w,
@@ -301,13 +355,17 @@ mod tests {
 
     #[test]
     fn forward_matches_the_definition() {
-        for (group, stride, dilation, pad) in
-            [(1, 1, 1, 0), (2, 2, 1, 1), (1, 1, 2, 2), (2, 3, 2, 1)]
-        {
+        for (group, stride, dilation, pad) in [
+            (1, 1, 1, 0),
+            (2, 2, 1, 1),
+            (1, 1, 2, 2),
+            (2, 3, 2, 1),
+            (1, 2, 1, 3),
+        ] {
             let geo = geometry(group, stride, dilation, pad);
             let x = Array::from_shape_vec(
                 (geo.batch, geo.c_in, geo.h, geo.w),
-                wave(5 * 4 * 7 * 6, 1.0),
+                wave(geo.batch * 4 * 7 * 6, 1.0),
             )
             .unwrap();
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
@@ -321,11 +379,11 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        for (group, stride, dilation, pad) in [(1, 1, 1, 1), (2, 2, 2, 1)] {
+        for (group, stride, dilation, pad) in [(1, 1, 1, 1), (2, 2, 2, 1), (1, 3, 1, 3)] {
             let geo = geometry(group, stride, dilation, pad);
             let x = Array::from_shape_vec(
                 (geo.batch, geo.c_in, geo.h, geo.w),
-                wave(5 * 4 * 7 * 6, 1.0),
+                wave(geo.batch * 4 * 7 * 6, 1.0),
             )
             .unwrap();
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
@@ -367,7 +425,13 @@ mod tests {
                 );
             }
             let dx = dx.unwrap();
-            for idx in [[0, 0, 0, 0], [1, 3, 2, 5], [4, 1, 6, 0], [2, 2, 3, 3]] {
+            for idx in [
+                [0, 0, 0, 0],
+                [1, 3, 2, 5],
+                [4, 1, 6, 0],
+                [2, 2, 3, 3],
+                [MAX_CHUNK + 2, 1, 5, 4],
+            ] {
                 let (mut xp, mut xm) = (x.clone(), x.clone());
                 xp[idx] += eps;
                 xm[idx] -= eps;

@@ -1,6 +1,6 @@
 //! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
 
-use ndarray::{Array4, ArrayView4, Axis};
+use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 /// The geometry of a pooling window over one plane.
@@ -17,27 +17,36 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
-    /// The input positions (flat indices into the plane) under output (oy, ox), and the number
-    /// of window cells, padding included.
-    fn window(&self, oy: usize, ox: usize, cells: &mut Vec<usize>) -> usize {
-        cells.clear();
-        let mut total = 0;
+    /// Calls `f` with the flat index into the plane of each input position under output
+    /// (oy, ox), row by row.
+    fn for_each_cell(&self, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
         for i in 0..self.kh {
             let y = (oy * self.stride.0 + i * self.dilation.0) as isize - self.pad.0 as isize;
+            if y < 0 || y >= self.h as isize {
+                continue;
+            }
             for j in 0..self.kw {
                 let x = (ox * self.stride.1 + j * self.dilation.1) as isize - self.pad.1 as isize;
-                // Cells past the end padding (ceil_mode) do not count as padding either.
-                let beyond =
-                    y >= (self.h + self.pad.0) as isize || x >= (self.w + self.pad.1) as isize;
-                if !beyond {
-                    total += 1;
-                }
-                if y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w {
-                    cells.push(y as usize * self.w + x as usize);
+                if x >= 0 && x < self.w as isize {
+                    f(y as usize * self.w + x as usize);
                 }
             }
         }
-        total
+    }
+
+    /// The input positions under output (oy, ox), and the number of window cells, padding
+    /// included.
+    fn window(&self, oy: usize, ox: usize, cells: &mut Vec<usize>) -> usize {
+        cells.clear();
+        self.for_each_cell(oy, ox, |i| cells.push(i));
+        // Cells past the end padding (ceil_mode) do not count as padding either.
+        let rows = (0..self.kh)
+            .filter(|i| oy * self.stride.0 + i * self.dilation.0 < self.h + 2 * self.pad.0)
+            .count();
+        let cols = (0..self.kw)
+            .filter(|j| ox * self.stride.1 + j * self.dilation.1 < self.w + 2 * self.pad.1)
+            .count();
+        rows * cols
     }
 }
 
@@ -61,20 +70,19 @@ pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Arra
         )
         .zip(planes)
         .for_each(|((yp, ap), xp)| {
-            let mut cells = Vec::new();
             for oy in 0..geo.out.0 {
                 for ox in 0..geo.out.1 {
-                    geo.window(oy, ox, &mut cells);
-                    // The first maximum wins, as in PyTorch.
-                    let (mut best, mut at) =
-                        (f32::NEG_INFINITY, cells.first().copied().unwrap_or(0));
-                    for &i in &cells {
+                    // The first maximum wins, as in PyTorch; a window whose values are all -inf
+                    // or NaN points at its first cell.
+                    let (mut best, mut at) = (f32::NEG_INFINITY, None);
+                    geo.for_each_cell(oy, ox, |i| {
+                        at = at.or(Some(i));
                         if xp[i] > best {
-                            (best, at) = (xp[i], i);
+                            (best, at) = (xp[i], Some(i));
                         }
-                    }
+                    });
                     yp[oy * geo.out.1 + ox] = best;
-                    ap[oy * geo.out.1 + ox] = at as u32;
+                    ap[oy * geo.out.1 + ox] = at.unwrap_or(0) as u32;
                 }
             }
         });
@@ -85,22 +93,26 @@ pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Arra
 pub fn max_backward(geo: &PoolGeometry, arg: &Array4<u32>, dy: ArrayView4<f32>) -> Array4<f32> {
     let (n, c) = (dy.shape()[0], dy.shape()[1]);
     let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
-    for ((mut dxs, args), dys) in dx
-        .axis_iter_mut(Axis(0))
-        .zip(arg.axis_iter(Axis(0)))
-        .zip(dy.axis_iter(Axis(0)))
-    {
-        for ((mut plane, ap), dp) in dxs
-            .axis_iter_mut(Axis(0))
-            .zip(args.axis_iter(Axis(0)))
-            .zip(dys.axis_iter(Axis(0)))
-        {
-            let plane = plane.as_slice_mut().expect("fresh");
-            for (a, d) in ap.iter().zip(dp.iter()) {
+    let dy = dy.as_standard_layout();
+    let plane_out = geo.out.0 * geo.out.1;
+    dx.as_slice_mut()
+        .expect("fresh")
+        .par_chunks_mut(geo.h * geo.w)
+        .zip(
+            arg.as_slice()
+                .expect("standard layout")
+                .par_chunks(plane_out),
+        )
+        .zip(
+            dy.as_slice()
+                .expect("standard layout")
+                .par_chunks(plane_out),
+        )
+        .for_each(|((plane, ap), dp)| {
+            for (a, d) in ap.iter().zip(dp) {
                 plane[*a as usize] += d;
             }
-        }
-    }
+        });
     dx
 }
 
@@ -221,6 +233,34 @@ mod tests {
         );
         let flat = arg[[1, 2, 1, 1]] as usize;
         assert_eq!(x[[1, 2, flat / 5, flat % 5]], want);
+    }
+
+    #[test]
+    fn max_pool_matches_a_naive_loop_for_strides_dilations_and_padding() {
+        let x = input();
+        for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1)] {
+            let out = |n: usize| (n + 2 * pad - (2 * dilation + 1)) / stride + 1;
+            let g = PoolGeometry {
+                dilation: (dilation, dilation),
+                ..geo(pad, stride, (out(5), out(5)))
+            };
+            let (y, arg) = max_forward(&g, x.view());
+            for ((n, c, oy, ox), &got) in y.indexed_iter() {
+                let mut want = f32::NEG_INFINITY;
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let r = (oy * stride + i * dilation) as isize - pad as isize;
+                        let q = (ox * stride + j * dilation) as isize - pad as isize;
+                        if (0..5).contains(&r) && (0..5).contains(&q) {
+                            want = want.max(x[[n, c, r as usize, q as usize]]);
+                        }
+                    }
+                }
+                assert_eq!(got, want, "{g:?} at {:?}", (n, c, oy, ox));
+                let at = arg[[n, c, oy, ox]] as usize;
+                assert_eq!(x[[n, c, at / 5, at % 5]], want);
+            }
+        }
     }
 
     #[test]

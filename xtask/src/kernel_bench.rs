@@ -1,0 +1,87 @@
+//! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
+//! the VGG-style net's layers (batch 64, two threads), forward and backward apart.
+
+use anyhow::Result;
+use ndarray::Array4;
+use pare_train::kernels::conv::{self, ConvGeometry};
+use std::time::Instant;
+
+/// (label, c_in, side, c_out): 3×3 convolutions, stride 1, padding 1, as in the VGG-style net.
+const LAYERS: [(&str, usize, usize, usize); 4] = [
+    ("conv1 1→32, 28×28", 1, 28, 32),
+    ("conv2 32→64, 14×14", 32, 14, 64),
+    ("conv3 64→128, 7×7", 64, 7, 128),
+    ("conv4 128→128, 7×7", 128, 7, 128),
+];
+const BATCH: usize = 64;
+const RUNS: usize = 21;
+
+fn wave(n: usize, seed: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+}
+
+/// Median milliseconds of `RUNS` calls of `f`, after one untimed call.
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[RUNS / 2]
+}
+
+pub fn conv_speed() -> Result<()> {
+    println!(
+        "convolution kernels, batch {BATCH}, {} threads, median of {RUNS} runs: ms (GFLOP/s)",
+        rayon::current_num_threads()
+    );
+    println!();
+    println!("| layer | forward | backward (weights and inputs) |");
+    println!("|---|---|---|");
+    let (mut fwd_total, mut bwd_total) = (0.0, 0.0);
+    for (label, c_in, side, c_out) in LAYERS {
+        let geo = ConvGeometry {
+            batch: BATCH,
+            c_in,
+            h: side,
+            w: side,
+            c_out,
+            group: 1,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            dilation: (1, 1),
+            pad: (1, 1),
+            out: (side, side),
+        };
+        let x = Array4::from_shape_vec(
+            (BATCH, c_in, side, side),
+            wave(BATCH * c_in * side * side, 1.0),
+        )?;
+        let w = wave(c_out * geo.patch_len(), 2.0);
+        let dy = Array4::from_shape_vec(
+            (BATCH, c_out, side, side),
+            wave(BATCH * c_out * side * side, 3.0),
+        )?;
+        let gflop = 2.0 * (BATCH * c_out * geo.patch_len() * side * side) as f64 / 1e9;
+        let fwd = median_ms(|| {
+            conv::forward(&geo, x.view(), &w, None, false);
+        });
+        let bwd = median_ms(|| {
+            conv::backward(&geo, x.view(), &w, dy.view(), true);
+        });
+        fwd_total += fwd;
+        bwd_total += bwd;
+        println!(
+            "| {label} | {fwd:.2} ({:.0}) | {bwd:.2} ({:.0}) |",
+            gflop / fwd * 1e3,
+            2.0 * gflop / bwd * 1e3
+        );
+    }
+    println!("| all four | {fwd_total:.2} | {bwd_total:.2} |");
+    Ok(())
+}
