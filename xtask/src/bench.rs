@@ -52,6 +52,8 @@ pub fn with_pool(bench: impl FnOnce() -> Result<()>) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
+    // As the compress binary does, so the figures are the ones a user gets.
+    pare_train::memory::keep_freed_memory();
     rayon::ThreadPoolBuilder::new()
         .num_threads(THREADS)
         .build_global()

@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pare_train::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Inspect(args)) => inspect::run(args),

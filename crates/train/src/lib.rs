@@ -10,6 +10,7 @@ mod gemm;
 pub mod init;
 pub mod kernels;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 mod trainer;
 
