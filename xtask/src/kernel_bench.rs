@@ -1,9 +1,11 @@
 //! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
-//! the VGG-style net's layers (batch 64, two threads), forward and backward apart.
+//! the VGG-style net's layers (batch 64, two threads), forward and backward apart; and of its max
+//! pools.
 
 use anyhow::Result;
 use ndarray::Array4;
 use pare_train::kernels::conv::{self, ConvGeometry};
+use pare_train::kernels::pool::{self, PoolGeometry};
 use std::time::Instant;
 
 /// (label, c_in, side, c_out): 3×3 convolutions, stride 1, padding 1, as in the VGG-style net.
@@ -83,5 +85,32 @@ pub fn conv_speed() -> Result<()> {
         );
     }
     println!("| all four | {fwd_total:.2} | {bwd_total:.2} |");
+    println!();
+    println!("| 2×2 max pool | forward | backward |");
+    println!("|---|---|---|");
+    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
+        let geo = PoolGeometry {
+            h: side,
+            w: side,
+            kh: 2,
+            kw: 2,
+            stride: (2, 2),
+            dilation: (1, 1),
+            pad: (0, 0),
+            out: (side / 2, side / 2),
+        };
+        let x = Array4::from_shape_vec(
+            (BATCH, channels, side, side),
+            wave(BATCH * channels * side * side, 1.0),
+        )?;
+        let (y, arg) = pool::max_forward(&geo, x.view());
+        let fwd = median_ms(|| {
+            pool::max_forward(&geo, x.view());
+        });
+        let bwd = median_ms(|| {
+            pool::max_backward(&geo, &arg, y.view());
+        });
+        println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
+    }
     Ok(())
 }

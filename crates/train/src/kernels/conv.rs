@@ -5,6 +5,7 @@
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
 //! thread count.
 
+use super::window::{self, WindowAxis};
 use crate::gemm::{gemm, Mat};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
@@ -34,40 +35,31 @@ impl ConvGeometry {
         self.c_in / self.group * self.kh * self.kw
     }
 
-    /// The output columns `ox` whose input column `ox·stride + j·dilation − pad` lies inside
-    /// the image, for kernel column `j`, with that input column's offset from `ox·stride`.
-    fn valid_columns(&self, j: usize) -> (std::ops::Range<usize>, isize) {
-        let s = self.stride.1 as isize;
-        let off = (j * self.dilation.1) as isize - self.pad.1 as isize;
-        // First ox with ox·s + off ≥ 0, last with ox·s + off ≤ w − 1.
-        let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
-        let last = self.w as isize - 1 - off;
-        let hi = if last < 0 { 0 } else { last / s + 1 };
-        let wo = self.out.1 as isize;
-        let (lo, hi) = (lo.min(wo), hi.clamp(lo.min(wo), wo));
-        (lo as usize..hi as usize, off)
-    }
-
-    /// The input row read by output row `oy` for kernel row `i`, if it lies inside the image.
-    fn input_row(&self, oy: usize, i: usize) -> Option<usize> {
-        let y = (oy * self.stride.0 + i * self.dilation.0) as isize - self.pad.0 as isize;
-        (0..self.h as isize).contains(&y).then_some(y as usize)
+    /// The window's (row, column) axes.
+    fn axes(&self) -> (WindowAxis, WindowAxis) {
+        window::axes(
+            (self.h, self.w),
+            self.out,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )
     }
 
     /// Writes the patches of group `g` of one sample `x` into `cols`, a [patch_len, ld] row-major
-    /// matrix: row r gets the sample's `positions` values of patch element r from `cols[r·ld]`
-    /// on, so the patches of several samples can sit side by side.
+    /// matrix: row r gets the sample's ho·wo values of patch element r from `cols[r·ld]` on, so the patches of several samples can sit side by side.
     fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
         let cg = self.c_in / self.group;
         let (ho, wo) = self.out;
+        let (rows, columns) = self.axes();
         for c in 0..cg {
             let plane = &x[(g * cg + c) * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
-                    let (valid, off) = self.valid_columns(j);
+                    let (valid, off) = columns.inside(j);
                     for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
-                        let Some(y) = self.input_row(oy, i) else {
+                        let Some(y) = rows.input(oy, i) else {
                             out.fill(0.0);
                             continue;
                         };
@@ -93,14 +85,15 @@ impl ConvGeometry {
     fn col2im(&self, cols: &[f32], ld: usize, g: usize, dx: &mut [f32]) {
         let cg = self.c_in / self.group;
         let (ho, wo) = self.out;
+        let (rows, columns) = self.axes();
         for c in 0..cg {
             let plane = &mut dx[(g * cg + c) * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
-                    let (valid, off) = self.valid_columns(j);
+                    let (valid, off) = columns.inside(j);
                     for (oy, grads) in row.chunks_exact(wo).enumerate() {
-                        let Some(y) = self.input_row(oy, i) else {
+                        let Some(y) = rows.input(oy, i) else {
                             continue;
                         };
                         let first = (valid.start * self.stride.1) as isize + off;

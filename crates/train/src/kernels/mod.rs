@@ -8,3 +8,4 @@ pub mod linear;
 pub mod pool;
 #[cfg(test)]
 mod testing;
+mod window;

@@ -1,5 +1,6 @@
 //! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
 
+use super::window::{self, WindowAxis};
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
@@ -17,19 +18,24 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// The window's (row, column) axes.
+    fn axes(&self) -> (WindowAxis, WindowAxis) {
+        window::axes(
+            (self.h, self.w),
+            self.out,
+            self.stride,
+            self.dilation,
+            self.pad,
+        )
+    }
+
     /// Calls `f` with the flat index into the plane of each input position under output
     /// (oy, ox), row by row.
     fn for_each_cell(&self, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
-        for i in 0..self.kh {
-            let y = (oy * self.stride.0 + i * self.dilation.0) as isize - self.pad.0 as isize;
-            if y < 0 || y >= self.h as isize {
-                continue;
-            }
-            for j in 0..self.kw {
-                let x = (ox * self.stride.1 + j * self.dilation.1) as isize - self.pad.1 as isize;
-                if x >= 0 && x < self.w as isize {
-                    f(y as usize * self.w + x as usize);
-                }
+        let (rows, cols) = self.axes();
+        for y in (0..self.kh).filter_map(|i| rows.input(oy, i)) {
+            for x in (0..self.kw).filter_map(|j| cols.input(ox, j)) {
+                f(y * self.w + x);
             }
         }
     }
@@ -70,20 +76,37 @@ pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Arra
         )
         .zip(planes)
         .for_each(|((yp, ap), xp)| {
-            for oy in 0..geo.out.0 {
-                for ox in 0..geo.out.1 {
-                    // The first maximum wins, as in PyTorch; a window whose values are all -inf
-                    // or NaN points at its first cell.
-                    let (mut best, mut at) = (f32::NEG_INFINITY, None);
-                    geo.for_each_cell(oy, ox, |i| {
-                        at = at.or(Some(i));
-                        if xp[i] > best {
-                            (best, at) = (xp[i], Some(i));
+            let (rows, cols) = geo.axes();
+            let wo = geo.out.1;
+            // Kernel cells in row-major order, each over every output of the row at once: the
+            // first maximum wins, as in PyTorch, and a window whose values are all -inf or NaN
+            // points at its first cell.
+            const UNSET: u32 = u32::MAX;
+            for (oy, (best, at)) in yp
+                .chunks_exact_mut(wo)
+                .zip(ap.chunks_exact_mut(wo))
+                .enumerate()
+            {
+                best.fill(f32::NEG_INFINITY);
+                at.fill(UNSET);
+                for y in (0..geo.kh).filter_map(|i| rows.input(oy, i)) {
+                    let row = &xp[y * geo.w..][..geo.w];
+                    for j in 0..geo.kw {
+                        let (inside, off) = cols.inside(j);
+                        for ox in inside {
+                            let x = (ox * geo.stride.1) as isize + off;
+                            let v = row[x as usize];
+                            let index = (y * geo.w) as u32 + x as u32;
+                            if at[ox] == UNSET {
+                                at[ox] = index;
+                            }
+                            if v > best[ox] {
+                                (best[ox], at[ox]) = (v, index);
+                            }
                         }
-                    });
-                    yp[oy * geo.out.1 + ox] = best;
-                    ap[oy * geo.out.1 + ox] = at.unwrap_or(0) as u32;
+                    }
                 }
+                at.iter_mut().filter(|a| **a == UNSET).for_each(|a| *a = 0);
             }
         });
     (y, arg)
