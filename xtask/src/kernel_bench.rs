@@ -1,9 +1,10 @@
 //! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
 //! the VGG-style net's layers (batch 64, two threads), forward and backward apart; and of its max
-//! pools.
+//! pools and BatchNorms.
 
 use anyhow::Result;
 use ndarray::Array4;
+use pare_train::kernels::batchnorm;
 use pare_train::kernels::conv::{self, ConvGeometry};
 use pare_train::kernels::pool::{self, PoolGeometry};
 use std::time::Instant;
@@ -109,6 +110,35 @@ pub fn conv_speed() -> Result<()> {
         });
         let bwd = median_ms(|| {
             pool::max_backward(&geo, &arg, y.view());
+        });
+        println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
+    }
+    println!();
+    println!("| training-mode BatchNorm | forward | backward |");
+    println!("|---|---|---|");
+    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
+        let x = Array4::from_shape_vec(
+            (BATCH, channels, side, side),
+            wave(BATCH * channels * side * side, 1.0),
+        )?
+        .into_dyn();
+        let (scale, bias) = (vec![1.0; channels], vec![0.0; channels]);
+        let (mean, var) = (vec![0.0; channels], vec![1.0; channels]);
+        let bn = || batchnorm::forward(x.view(), &scale, &bias, &mean, &var, 1e-5, true);
+        let (y, stats) = bn();
+        let fwd = median_ms(|| {
+            bn();
+        });
+        let bwd = median_ms(|| {
+            batchnorm::backward(
+                x.view(),
+                y.view(),
+                &scale,
+                &mean,
+                &var,
+                1e-5,
+                stats.as_ref(),
+            );
         });
         println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
     }

@@ -149,25 +149,31 @@ pub fn backward(
     });
     let dbias: Vec<f64> = sums.iter().map(|s| s.0).collect();
     let dscale: Vec<f64> = sums.iter().zip(&inv).map(|(s, i)| s.1 * i).collect();
+    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)) in training mode, γ/σ · dy otherwise: per
+    // channel an affine map dx = a·dy + b·x + shift, its coefficients worked out in f64.
+    let coefficients: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let k = scale[ch] as f64 * inv[ch];
+            match stats {
+                Some(s) => {
+                    let m = s.count as f64;
+                    let b = -k * inv[ch] * dscale[ch] / m;
+                    let shift = -k * dbias[ch] / m - b * mean[ch] as f64;
+                    (k as f32, b as f32, shift as f32)
+                }
+                None => (k as f32, 0.0, 0.0),
+            }
+        })
+        .collect();
     let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
     let dxs = dx.as_slice_mut().expect("fresh");
     dxs.par_chunks_mut(inner.max(1))
         .enumerate()
         .for_each(|(block, out)| {
-            let ch = block % c;
-            let inv = inv[ch];
-            let k = scale[ch] as f64 * inv;
+            let (a, b, shift) = coefficients[block % c];
             let range = block * inner..(block + 1) * inner;
             for ((d, &xv), &g) in out.iter_mut().zip(&xs[range.clone()]).zip(&dys[range]) {
-                *d = match stats {
-                    // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))
-                    Some(s) => {
-                        let m = s.count as f64;
-                        let xhat = (xv as f64 - mean[ch] as f64) * inv;
-                        (k * (g as f64 - dbias[ch] / m - xhat * dscale[ch] / m)) as f32
-                    }
-                    None => (k * g as f64) as f32,
-                };
+                *d = a * g + b * xv + shift;
             }
         });
     (
