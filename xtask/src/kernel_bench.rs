@@ -1,11 +1,12 @@
 //! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
 //! the VGG-style net's layers (batch 64, two threads), forward and backward apart; and of its max
-//! pools and BatchNorms.
+//! pools, BatchNorms and ReLUs.
 
 use anyhow::Result;
 use ndarray::Array4;
 use pare_train::kernels::batchnorm;
 use pare_train::kernels::conv::{self, ConvGeometry};
+use pare_train::kernels::elementwise::Activation;
 use pare_train::kernels::pool::{self, PoolGeometry};
 use std::time::Instant;
 
@@ -139,6 +140,24 @@ pub fn conv_speed() -> Result<()> {
                 1e-5,
                 stats.as_ref(),
             );
+        });
+        println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
+    }
+    println!();
+    println!("| ReLU | forward | backward |");
+    println!("|---|---|---|");
+    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
+        let x = Array4::from_shape_vec(
+            (BATCH, channels, side, side),
+            wave(BATCH * channels * side * side, 1.0),
+        )?
+        .into_dyn();
+        let y = Activation::Relu.forward(&x.view());
+        let fwd = median_ms(|| {
+            Activation::Relu.forward(&x.view());
+        });
+        let bwd = median_ms(|| {
+            Activation::Relu.backward(&x.view(), &y.view(), &x.view());
         });
         println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
     }
