@@ -8,6 +8,7 @@ use crate::executor::{Gradients, Tape};
 use crate::gemm::{gemm, Mat};
 use ndarray::Array2;
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
+use rayon::prelude::*;
 use std::ops::Range;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -89,8 +90,7 @@ impl RlsState {
             *e |= x != 0.0;
         }
         let p = self.p.as_slice().expect("standard layout");
-        let mut v = vec![0.0f64; n];
-        gemm(1.0, Mat::new(p, n, n), Mat::new(u, n, 1), 0.0, &mut v);
+        let v: Vec<f64> = p.par_chunks(n).map(|row| dot(row, u)).collect();
         let gamma = self.lambda + u.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
         if !(gamma > 0.0 && gamma.is_finite()) {
             self.p = Array2::eye(n) * self.alpha;
@@ -99,13 +99,12 @@ impl RlsState {
         }
         let inv_lambda = 1.0 / self.lambda;
         let p = self.p.as_slice_mut().expect("standard layout");
-        for i in 0..n {
-            let vi = v[i] / gamma;
-            let row = &mut p[i * n..][..n];
+        p.par_chunks_mut(n).zip(&v).for_each(|(row, vi)| {
+            let vi = vi / gamma;
             for (pj, vj) in row.iter_mut().zip(&v) {
                 *pj = (*pj - vi * vj) * inv_lambda;
             }
-        }
+        });
         self.steps += 1;
         if self.steps.is_multiple_of(64) {
             self.symmetrize();
@@ -121,9 +120,10 @@ impl RlsState {
                 .map(|&pii| if pii > cap { (cap / pii).sqrt() } else { 1.0 })
                 .collect();
             if d.iter().any(|&x| x < 1.0) {
-                for ((i, j), v) in self.p.indexed_iter_mut() {
-                    *v *= d[i] * d[j];
-                }
+                let p = self.p.as_slice_mut().expect("standard layout");
+                p.par_chunks_mut(n).zip(&d).for_each(|(row, di)| {
+                    row.iter_mut().zip(&d).for_each(|(v, dj)| *v *= di * dj);
+                });
             }
         }
     }
@@ -191,17 +191,58 @@ impl RlsState {
 
     /// G·P for a gradient G with rows = outputs.
     pub fn precondition(&self, g: &Array2<f64>) -> Array2<f64> {
+        // Fixed blocks of P's columns in parallel: every block packs only its own columns, and
+        // each output element is the same sum whatever the split.
+        const COLUMNS: usize = 256;
         let (m, n) = g.dim();
+        let g = Mat::new(g.as_slice().expect("standard"), m, n);
+        let p = self.p.as_slice().expect("standard");
+        let blocks: Vec<(usize, Vec<f64>)> = (0..n)
+            .step_by(COLUMNS)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|j0| {
+                let cols = COLUMNS.min(n - j0);
+                let block = Mat {
+                    data: &p[j0..],
+                    rows: n,
+                    cols,
+                    row_stride: n as isize,
+                    col_stride: 1,
+                };
+                let mut out = vec![0.0; m * cols];
+                gemm(1.0, g, block, 0.0, &mut out);
+                (j0, out)
+            })
+            .collect();
         let mut out = Array2::<f64>::zeros((m, n));
-        gemm(
-            1.0,
-            Mat::new(g.as_slice().expect("standard"), m, n),
-            Mat::new(self.p.as_slice().expect("standard"), n, n),
-            0.0,
-            out.as_slice_mut().expect("fresh"),
-        );
+        for (j0, block) in blocks {
+            let cols = block.len() / m.max(1);
+            for (row, values) in out.rows_mut().into_iter().zip(block.chunks_exact(cols)) {
+                row.into_slice().expect("standard")[j0..j0 + cols].copy_from_slice(values);
+            }
+        }
         out
     }
+}
+
+/// Σ a_i·b_i over eight independent lanes, so it vectorises while the order stays fixed.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The lower Cholesky factor of a symmetric positive definite matrix; None if it is not one.
@@ -471,29 +512,36 @@ impl Optimizer for Rls {
 
     fn step(&mut self, graph: &mut Graph, tape: &Tape, grads: &Gradients) {
         let eta = self.config.eta * self.step_scale;
-        for layer in &mut self.layers {
+        // Each layer's P and G·P in parallel, then the weights.
+        let deltas: Vec<Option<Array2<f64>>> = self
+            .layers
+            .par_iter_mut()
+            .map(|layer| {
+                let geo = &layer.geometry;
+                let (gw, u) = (grads.of(geo.weight)?, mean_input(layer, tape)?);
+                layer.state.update(&u);
+                let (m, k) = (geo.outputs, geo.inputs);
+                let gw = gw.as_standard_layout();
+                let gws = gw.as_slice().expect("standard");
+                let mut g = Array2::<f64>::zeros((m, layer.state.len()));
+                for r in 0..m {
+                    for c in 0..k {
+                        g[[r, c]] = gws[geo.at(r, c)] as f64;
+                    }
+                }
+                if let Some(b) = geo.bias {
+                    let gb = grads.of(b).expect("bias gradient with its weight");
+                    for (r, v) in gb.iter().enumerate() {
+                        g[[r, k]] = *v as f64;
+                    }
+                }
+                Some(layer.state.precondition(&g))
+            })
+            .collect();
+        for (layer, delta) in self.layers.iter().zip(deltas) {
+            let Some(delta) = delta else { continue };
             let geo = &layer.geometry;
-            let (Some(gw), Some(u)) = (grads.of(geo.weight), mean_input(layer, tape)) else {
-                continue;
-            };
-            layer.state.update(&u);
             let (m, k) = (geo.outputs, geo.inputs);
-            let n = layer.state.len();
-            let gw = gw.as_standard_layout();
-            let gws = gw.as_slice().expect("standard");
-            let mut g = Array2::<f64>::zeros((m, n));
-            for r in 0..m {
-                for c in 0..k {
-                    g[[r, c]] = gws[geo.at(r, c)] as f64;
-                }
-            }
-            if let Some(b) = geo.bias {
-                let gb = grads.of(b).expect("bias gradient with its weight");
-                for (r, v) in gb.iter().enumerate() {
-                    g[[r, k]] = *v as f64;
-                }
-            }
-            let delta = layer.state.precondition(&g);
             let w = param_mut(graph, geo.weight);
             let ws = w.as_slice_mut().expect("initializers are standard layout");
             for r in 0..m {
