@@ -3,11 +3,12 @@
 //! pools, BatchNorms and ReLUs.
 
 use anyhow::Result;
-use ndarray::Array4;
+use ndarray::{Array4, ArrayD};
 use pare_train::kernels::batchnorm;
 use pare_train::kernels::conv::{self, ConvGeometry};
 use pare_train::kernels::elementwise::Activation;
-use pare_train::kernels::pool::{self, PoolGeometry};
+use pare_train::kernels::pool;
+use pare_train::kernels::window::Window2d;
 use std::time::Instant;
 
 /// (label, c_in, side, c_out): 3×3 convolutions, stride 1, padding 1, as in the VGG-style net.
@@ -51,16 +52,18 @@ pub fn conv_speed() -> Result<()> {
         let geo = ConvGeometry {
             batch: BATCH,
             c_in,
-            h: side,
-            w: side,
             c_out,
             group: 1,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            dilation: (1, 1),
-            pad: (1, 1),
-            out: (side, side),
+            window: Window2d {
+                h: side,
+                w: side,
+                kh: 3,
+                kw: 3,
+                stride: (1, 1),
+                dilation: (1, 1),
+                pad: (1, 1),
+                out: (side, side),
+            },
         };
         let x = Array4::from_shape_vec(
             (BATCH, c_in, side, side),
@@ -87,11 +90,9 @@ pub fn conv_speed() -> Result<()> {
         );
     }
     println!("| all four | {fwd_total:.2} | {bwd_total:.2} |");
-    println!();
-    println!("| 2×2 max pool | forward | backward |");
-    println!("|---|---|---|");
-    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
-        let geo = PoolGeometry {
+    activation_table("2×2 max pool", |x| {
+        let side = x.shape()[2];
+        let geo = Window2d {
             h: side,
             w: side,
             kh: 2,
@@ -101,28 +102,18 @@ pub fn conv_speed() -> Result<()> {
             pad: (0, 0),
             out: (side / 2, side / 2),
         };
-        let x = Array4::from_shape_vec(
-            (BATCH, channels, side, side),
-            wave(BATCH * channels * side * side, 1.0),
-        )?;
-        let (y, arg) = pool::max_forward(&geo, x.view());
+        let x = x.view().into_dimensionality()?;
+        let (y, arg) = pool::max_forward(&geo, x);
         let fwd = median_ms(|| {
-            pool::max_forward(&geo, x.view());
+            pool::max_forward(&geo, x);
         });
         let bwd = median_ms(|| {
             pool::max_backward(&geo, &arg, y.view());
         });
-        println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
-    }
-    println!();
-    println!("| training-mode BatchNorm | forward | backward |");
-    println!("|---|---|---|");
-    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
-        let x = Array4::from_shape_vec(
-            (BATCH, channels, side, side),
-            wave(BATCH * channels * side * side, 1.0),
-        )?
-        .into_dyn();
+        Ok((fwd, bwd))
+    })?;
+    activation_table("training-mode BatchNorm", |x| {
+        let channels = x.shape()[1];
         let (scale, bias) = (vec![1.0; channels], vec![0.0; channels]);
         let (mean, var) = (vec![0.0; channels], vec![1.0; channels]);
         let bn = || batchnorm::forward(x.view(), &scale, &bias, &mean, &var, 1e-5, true);
@@ -131,27 +122,12 @@ pub fn conv_speed() -> Result<()> {
             bn();
         });
         let bwd = median_ms(|| {
-            batchnorm::backward(
-                x.view(),
-                y.view(),
-                &scale,
-                &mean,
-                &var,
-                1e-5,
-                stats.as_ref(),
-            );
+            let stats = stats.as_ref();
+            batchnorm::backward(x.view(), y.view(), &scale, &mean, &var, 1e-5, stats);
         });
-        println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
-    }
-    println!();
-    println!("| ReLU | forward | backward |");
-    println!("|---|---|---|");
-    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
-        let x = Array4::from_shape_vec(
-            (BATCH, channels, side, side),
-            wave(BATCH * channels * side * side, 1.0),
-        )?
-        .into_dyn();
+        Ok((fwd, bwd))
+    })?;
+    activation_table("ReLU", |x| {
         let y = Activation::Relu.forward(&x.view());
         let fwd = median_ms(|| {
             Activation::Relu.forward(&x.view());
@@ -159,6 +135,24 @@ pub fn conv_speed() -> Result<()> {
         let bwd = median_ms(|| {
             Activation::Relu.backward(&x.view(), &y.view(), &x.view());
         });
+        Ok((fwd, bwd))
+    })?;
+    Ok(())
+}
+
+/// A table of forward and backward milliseconds of `time` on the activations after each of the
+/// VGG-style net's first three convolutions.
+fn activation_table(title: &str, time: impl Fn(&ArrayD<f32>) -> Result<(f64, f64)>) -> Result<()> {
+    println!();
+    println!("| {title} | forward | backward |");
+    println!("|---|---|---|");
+    for (channels, side) in [(32, 28), (64, 14), (128, 7)] {
+        let x = Array4::from_shape_vec(
+            (BATCH, channels, side, side),
+            wave(BATCH * channels * side * side, 1.0),
+        )?
+        .into_dyn();
+        let (fwd, bwd) = time(&x)?;
         println!("| {channels}×{side}×{side} | {fwd:.2} | {bwd:.2} |");
     }
     Ok(())

@@ -8,7 +8,8 @@ use crate::kernels::batchnorm::{self, BatchStats};
 use crate::kernels::conv::{self, ConvGeometry};
 use crate::kernels::elementwise::{self, Activation, Binary};
 use crate::kernels::linear::{self, GemmSpec};
-use crate::kernels::pool::{self, PoolGeometry};
+use crate::kernels::pool;
+use crate::kernels::window::Window2d;
 use crate::TrainError;
 use ndarray::{Array4, ArrayD, ArrayViewD, Axis, Ix4, IxDyn};
 use pare_ir::{Graph, NodeId, Op, Pool, Tensor, ValueId, ValueSource, Window};
@@ -25,8 +26,8 @@ pub enum Mode {
 enum Saved {
     Nothing,
     Conv(ConvGeometry),
-    MaxPool(PoolGeometry, Array4<u32>),
-    AvgPool(PoolGeometry, bool),
+    MaxPool(Window2d, Array4<u32>),
+    AvgPool(Window2d, bool),
     BatchNorm(Option<BatchStats>),
 }
 
@@ -126,17 +127,13 @@ fn pair(v: &[usize], what: &str) -> Result<(usize, usize), String> {
     }
 }
 
-fn pool_geometry(
-    window: &Window,
-    ceil_mode: bool,
-    h: usize,
-    w: usize,
-) -> Result<PoolGeometry, String> {
+/// The 2-d window of a Conv or pool node over an (h, w) input.
+fn window_2d(window: &Window, ceil_mode: bool, h: usize, w: usize) -> Result<Window2d, String> {
     let pads = window.resolved_pads(&[h, w]);
     let out = window
         .output_size(&[h, w], ceil_mode)
         .ok_or("the window does not fit the input")?;
-    Ok(PoolGeometry {
+    Ok(Window2d {
         h,
         w,
         kh: window.kernel_shape[0],
@@ -264,27 +261,12 @@ fn forward_node(
             let w = input(graph, tape, id, 1)?;
             let (b, ci, h, wd) = x4.dim();
             let ws = w.shape();
-            let window = &c.window;
-            let pads = window.resolved_pads(&[h, wd]);
-            let out = window
-                .output_size(&[h, wd], false)
-                .ok_or_else(|| err("the kernel does not fit the input".into()))?;
             let geo = ConvGeometry {
                 batch: b,
                 c_in: ci,
-                h,
-                w: wd,
                 c_out: ws[0],
                 group: c.group,
-                kh: window.kernel_shape[0],
-                kw: *window
-                    .kernel_shape
-                    .get(1)
-                    .ok_or_else(|| err("only 2-d convolutions are supported".into()))?,
-                stride: pair(&window.strides, "strides").map_err(err)?,
-                dilation: pair(&window.dilations, "dilations").map_err(err)?,
-                pad: (pads[0], pads[1]),
-                out: pair(&out, "output").map_err(err)?,
+                window: window_2d(&c.window, false, h, wd).map_err(err)?,
             };
             if ci != ws[1] * c.group {
                 return Err(err(format!(
@@ -362,7 +344,7 @@ fn forward_node(
         }
         Op::MaxPool(Pool { window, ceil_mode }) => {
             let x4 = four_d(graph, id, &x)?;
-            let geo = pool_geometry(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+            let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
             let (y, arg) = pool::max_forward(&geo, x4);
             (y.into_dyn(), Saved::MaxPool(geo, arg), None)
         }
@@ -371,7 +353,7 @@ fn forward_node(
             count_include_pad,
         } => {
             let x4 = four_d(graph, id, &x)?;
-            let geo = pool_geometry(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+            let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
             (
                 pool::avg_forward(&geo, x4, *count_include_pad).into_dyn(),
                 Saved::AvgPool(geo, *count_include_pad),

@@ -5,106 +5,103 @@
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
 //! thread count.
 
-use super::window::{self, WindowAxis};
+use super::window::Window2d;
 use crate::gemm::{gemm, Mat};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Everything about one convolution's shapes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvGeometry {
     pub batch: usize,
     pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
     pub c_out: usize,
     pub group: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: (usize, usize),
-    pub dilation: (usize, usize),
-    /// (top, left) padding; the bottom/right padding only shows in `out`.
-    pub pad: (usize, usize),
-    pub out: (usize, usize),
+    /// The kernel's window over each input plane.
+    pub window: Window2d,
 }
 
 impl ConvGeometry {
     /// Input channels per group times the kernel area: the length of one patch.
     pub fn patch_len(&self) -> usize {
-        self.c_in / self.group * self.kh * self.kw
+        self.c_in / self.group * self.window.kh * self.window.kw
     }
 
-    /// The window's (row, column) axes.
-    fn axes(&self) -> (WindowAxis, WindowAxis) {
-        window::axes(
-            (self.h, self.w),
-            self.out,
-            self.stride,
-            self.dilation,
-            self.pad,
-        )
-    }
-
-    /// Writes the patches of group `g` of one sample `x` into `cols`, a [patch_len, ld] row-major
-    /// matrix: row r gets the sample's ho·wo values of patch element r from `cols[r·ld]` on, so the patches of several samples can sit side by side.
-    fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
+    /// Visits every output row of every patch element of group `g`, in `im2col`'s layout: the
+    /// input channel, where the row starts in a lowered matrix of leading dimension `ld`, the
+    /// input row it reads (None in the padding), and the output columns that read inside the
+    /// input with their offset (as `WindowAxis::inside` gives them).
+    fn for_each_patch_row(
+        &self,
+        g: usize,
+        ld: usize,
+        mut visit: impl FnMut(usize, usize, Option<usize>, &Range<usize>, isize),
+    ) {
         let cg = self.c_in / self.group;
-        let (ho, wo) = self.out;
-        let (rows, columns) = self.axes();
+        let Window2d { kh, kw, out, .. } = self.window;
+        let (rows, columns) = self.window.axes();
         for c in 0..cg {
-            let plane = &x[(g * cg + c) * self.h * self.w..][..self.h * self.w];
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
-                    let (valid, off) = columns.inside(j);
-                    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
-                        let Some(y) = rows.input(oy, i) else {
-                            out.fill(0.0);
-                            continue;
-                        };
-                        let src = &plane[y * self.w..][..self.w];
-                        out[..valid.start].fill(0.0);
-                        out[valid.end..].fill(0.0);
-                        let first = (valid.start * self.stride.1) as isize + off;
-                        let inside = &mut out[valid.clone()];
-                        if self.stride.1 == 1 {
-                            inside.copy_from_slice(&src[first as usize..][..inside.len()]);
-                        } else {
-                            let src = src[first as usize..].iter().step_by(self.stride.1);
-                            inside.iter_mut().zip(src).for_each(|(o, v)| *o = *v);
-                        }
+            for i in 0..kh {
+                for j in 0..kw {
+                    let start = ((c * kh + i) * kw + j) * ld;
+                    let (inside, off) = columns.inside(j);
+                    for oy in 0..out.0 {
+                        visit(
+                            g * cg + c,
+                            start + oy * out.1,
+                            rows.input(oy, i),
+                            &inside,
+                            off,
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// Writes the patches of group `g` of one sample `x` into `cols`, a [patch_len, ld] row-major
+    /// matrix: row r gets the sample's ho·wo values of patch element r from `cols[r·ld]` on, so
+    /// the patches of several samples can sit side by side.
+    fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
+        let Window2d { h, w, stride, .. } = self.window;
+        let wo = self.window.out.1;
+        self.for_each_patch_row(g, ld, |channel, at, y, inside, off| {
+            let out = &mut cols[at..][..wo];
+            let Some(y) = y else {
+                out.fill(0.0);
+                return;
+            };
+            let src = &x[(channel * h + y) * w..][..w];
+            out[..inside.start].fill(0.0);
+            out[inside.end..].fill(0.0);
+            let first = ((inside.start * stride.1) as isize + off) as usize;
+            let out = &mut out[inside.clone()];
+            if stride.1 == 1 {
+                out.copy_from_slice(&src[first..][..out.len()]);
+            } else {
+                let src = src[first..].iter().step_by(stride.1);
+                out.iter_mut().zip(src).for_each(|(o, v)| *o = *v);
+            }
+        });
     }
 
     /// Adds the patch gradients of group `g` of one sample, laid out as `im2col` writes them,
     /// back into that sample's input gradient `dx`.
     fn col2im(&self, cols: &[f32], ld: usize, g: usize, dx: &mut [f32]) {
-        let cg = self.c_in / self.group;
-        let (ho, wo) = self.out;
-        let (rows, columns) = self.axes();
-        for c in 0..cg {
-            let plane = &mut dx[(g * cg + c) * self.h * self.w..][..self.h * self.w];
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = &cols[((c * self.kh + i) * self.kw + j) * ld..][..ho * wo];
-                    let (valid, off) = columns.inside(j);
-                    for (oy, grads) in row.chunks_exact(wo).enumerate() {
-                        let Some(y) = rows.input(oy, i) else {
-                            continue;
-                        };
-                        let first = (valid.start * self.stride.1) as isize + off;
-                        let dst = plane[y * self.w..][..self.w][first as usize..]
-                            .iter_mut()
-                            .step_by(self.stride.1);
-                        dst.zip(&grads[valid.clone()]).for_each(|(d, v)| *d += v);
-                    }
-                }
-            }
-        }
+        let Window2d { h, w, stride, .. } = self.window;
+        self.for_each_patch_row(g, ld, |channel, at, y, inside, off| {
+            let Some(y) = y else {
+                return;
+            };
+            let first = ((inside.start * stride.1) as isize + off) as usize;
+            let dst = dx[(channel * h + y) * w..][..w][first..]
+                .iter_mut()
+                .step_by(stride.1);
+            dst.zip(&cols[at + inside.start..at + inside.end])
+                .for_each(|(d, v)| *d += v);
+        });
     }
 }
 
@@ -119,7 +116,7 @@ impl ConvGeometry {
     /// Samples lowered into one product. It depends on the shapes only, so batch sums are the
     /// same on any number of threads.
     fn chunk(&self) -> usize {
-        let per_sample = self.patch_len() * self.out.0 * self.out.1;
+        let per_sample = self.patch_len() * self.window.out.0 * self.window.out.1;
         (LOWERED_VALUES / per_sample.max(1)).clamp(1, MAX_CHUNK)
     }
 }
@@ -153,13 +150,13 @@ pub fn forward(
     bias: Option<ArrayView1<f32>>,
     mean_patch: bool,
 ) -> (Array4<f32>, Option<Array1<f32>>) {
-    let (ho, wo) = geo.out;
+    let (ho, wo) = geo.window.out;
     let p = ho * wo;
     let k = geo.patch_len();
     let mg = geo.c_out / geo.group;
     let x = x.as_standard_layout();
     let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
-    let sample_len = geo.c_in * geo.h * geo.w;
+    let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
     let xs = x.as_slice().expect("standard layout");
     let chunk_len = geo.chunk();
@@ -217,14 +214,14 @@ pub fn backward(
     dy: ArrayView4<f32>,
     want_dx: bool,
 ) -> (Option<Array4<f32>>, Vec<f32>, Vec<f32>) {
-    let p = geo.out.0 * geo.out.1;
+    let p = geo.window.out.0 * geo.window.out.1;
     let k = geo.patch_len();
     let mg = geo.c_out / geo.group;
     let x = x.as_standard_layout();
     let dy = dy.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let dys = dy.as_slice().expect("standard layout");
-    let sample_len = geo.c_in * geo.h * geo.w;
+    let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
 
     // One chunk of samples: its partial weight and bias gradients, and its input gradients
@@ -267,7 +264,8 @@ pub fn backward(
         (dw, db)
     };
 
-    let mut dx = want_dx.then(|| Array4::<f32>::zeros((geo.batch, geo.c_in, geo.h, geo.w)));
+    let mut dx =
+        want_dx.then(|| Array4::<f32>::zeros((geo.batch, geo.c_in, geo.window.h, geo.window.w)));
     let partial: Vec<(Vec<f32>, Vec<f32>)> = match dx.as_mut() {
         Some(dx) => dx
             .axis_chunks_iter_mut(Axis(0), chunk_len)
@@ -302,16 +300,18 @@ mod tests {
             // Two chunks, the second one partial.
             batch: MAX_CHUNK + 3,
             c_in: 4,
-            h,
-            w,
             c_out: 6,
             group,
-            kh,
-            kw,
-            stride: (stride, stride),
-            dilation: (dilation, dilation),
-            pad: (pad, pad),
-            out: (out(h, kh), out(w, kw)),
+            window: Window2d {
+                h,
+                w,
+                kh,
+                kw,
+                stride: (stride, stride),
+                dilation: (dilation, dilation),
+                pad: (pad, pad),
+                out: (out(h, kh), out(w, kw)),
+            },
         }
     }
 
@@ -323,19 +323,24 @@ mod tests {
     fn naive(geo: &ConvGeometry, x: &Array4<f32>, w: &[f32], b: &[f32]) -> Array4<f32> {
         let (cg, mg) = (geo.c_in / geo.group, geo.c_out / geo.group);
         Array4::from_shape_fn(
-            (geo.batch, geo.c_out, geo.out.0, geo.out.1),
+            (geo.batch, geo.c_out, geo.window.out.0, geo.window.out.1),
             |(n, m, oy, ox)| {
                 let g = m / mg;
                 let mut acc = b[m];
                 for c in 0..cg {
-                    for i in 0..geo.kh {
-                        for j in 0..geo.kw {
-                            let y = (oy * geo.stride.0 + i * geo.dilation.0) as isize
-                                - geo.pad.0 as isize;
-                            let xx = (ox * geo.stride.1 + j * geo.dilation.1) as isize
-                                - geo.pad.1 as isize;
-                            if y >= 0 && xx >= 0 && (y as usize) < geo.h && (xx as usize) < geo.w {
-                                acc += w[((m * cg + c) * geo.kh + i) * geo.kw + j]
+                    for i in 0..geo.window.kh {
+                        for j in 0..geo.window.kw {
+                            let y = (oy * geo.window.stride.0 + i * geo.window.dilation.0) as isize
+                                - geo.window.pad.0 as isize;
+                            let xx = (ox * geo.window.stride.1 + j * geo.window.dilation.1)
+                                as isize
+                                - geo.window.pad.1 as isize;
+                            if y >= 0
+                                && xx >= 0
+                                && (y as usize) < geo.window.h
+                                && (xx as usize) < geo.window.w
+                            {
+                                acc += w[((m * cg + c) * geo.window.kh + i) * geo.window.kw + j]
                                     * x[[n, g * cg + c, y as usize, xx as usize]];
                             }
                         }
@@ -357,7 +362,7 @@ mod tests {
         ] {
             let geo = geometry(group, stride, dilation, pad);
             let x = Array::from_shape_vec(
-                (geo.batch, geo.c_in, geo.h, geo.w),
+                (geo.batch, geo.c_in, geo.window.h, geo.window.w),
                 wave(geo.batch * 4 * 7 * 6, 1.0),
             )
             .unwrap();
@@ -375,15 +380,18 @@ mod tests {
         for (group, stride, dilation, pad) in [(1, 1, 1, 1), (2, 2, 2, 1), (1, 3, 1, 3)] {
             let geo = geometry(group, stride, dilation, pad);
             let x = Array::from_shape_vec(
-                (geo.batch, geo.c_in, geo.h, geo.w),
+                (geo.batch, geo.c_in, geo.window.h, geo.window.w),
                 wave(geo.batch * 4 * 7 * 6, 1.0),
             )
             .unwrap();
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
             let r = Array::from_shape_vec(
-                (geo.batch, geo.c_out, geo.out.0, geo.out.1),
-                wave(geo.batch * geo.c_out * geo.out.0 * geo.out.1, 4.0),
+                (geo.batch, geo.c_out, geo.window.out.0, geo.window.out.1),
+                wave(
+                    geo.batch * geo.c_out * geo.window.out.0 * geo.window.out.1,
+                    4.0,
+                ),
             )
             .unwrap();
             // loss = Σ y · r, so dy = r.
@@ -441,12 +449,12 @@ mod tests {
     #[test]
     fn the_mean_patch_averages_every_patch_with_its_zero_padding() {
         let geo = geometry(1, 1, 1, 1);
-        let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.h, geo.w));
+        let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.window.h, geo.window.w));
         let w = vec![0.0; geo.c_out * geo.patch_len()];
         let (_, mean) = forward(&geo, x.view(), &w, None, true);
         let mean = mean.unwrap();
         // Kernel row 0 sees the top padding in the first output row only: (ho-1)/ho of ones.
-        let (ho, wo) = geo.out;
+        let (ho, wo) = geo.window.out;
         let top_left = mean[0];
         let expected = ((ho - 1) * (wo - 1)) as f32 / (ho * wo) as f32;
         assert!(

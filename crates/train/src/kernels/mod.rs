@@ -8,4 +8,4 @@ pub mod linear;
 pub mod pool;
 #[cfg(test)]
 mod testing;
-mod window;
+pub mod window;

@@ -1,34 +1,10 @@
 //! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
 
-use super::window::{self, WindowAxis};
+use super::window::Window2d;
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
-/// The geometry of a pooling window over one plane.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PoolGeometry {
-    pub h: usize,
-    pub w: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: (usize, usize),
-    pub dilation: (usize, usize),
-    pub pad: (usize, usize),
-    pub out: (usize, usize),
-}
-
-impl PoolGeometry {
-    /// The window's (row, column) axes.
-    fn axes(&self) -> (WindowAxis, WindowAxis) {
-        window::axes(
-            (self.h, self.w),
-            self.out,
-            self.stride,
-            self.dilation,
-            self.pad,
-        )
-    }
-
+impl Window2d {
     /// Calls `f` with the flat index into the plane of each input position under output
     /// (oy, ox), row by row.
     fn for_each_cell(&self, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
@@ -57,7 +33,7 @@ impl PoolGeometry {
 }
 
 /// Max pooling; returns the output and, per output element, the flat input index it came from.
-pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u32>) {
+pub fn max_forward(geo: &Window2d, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u32>) {
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let x = x.as_standard_layout();
     let mut y = Array4::<f32>::zeros((n, c, geo.out.0, geo.out.1));
@@ -113,7 +89,7 @@ pub fn max_forward(geo: &PoolGeometry, x: ArrayView4<f32>) -> (Array4<f32>, Arra
 }
 
 /// Routes each output gradient to the input element that won the max.
-pub fn max_backward(geo: &PoolGeometry, arg: &Array4<u32>, dy: ArrayView4<f32>) -> Array4<f32> {
+pub fn max_backward(geo: &Window2d, arg: &Array4<u32>, dy: ArrayView4<f32>) -> Array4<f32> {
     let (n, c) = (dy.shape()[0], dy.shape()[1]);
     let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
     let dy = dy.as_standard_layout();
@@ -140,7 +116,7 @@ pub fn max_backward(geo: &PoolGeometry, arg: &Array4<u32>, dy: ArrayView4<f32>) 
 }
 
 /// Average pooling; `count_include_pad` divides by the whole window instead of its valid cells.
-pub fn avg_forward(geo: &PoolGeometry, x: ArrayView4<f32>, count_include_pad: bool) -> Array4<f32> {
+pub fn avg_forward(geo: &Window2d, x: ArrayView4<f32>, count_include_pad: bool) -> Array4<f32> {
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let x = x.as_standard_layout();
     let mut y = Array4::<f32>::zeros((n, c, geo.out.0, geo.out.1));
@@ -177,11 +153,7 @@ fn divisor(count_include_pad: bool, window: usize, inside: usize) -> usize {
 }
 
 /// Spreads each output gradient evenly over its window.
-pub fn avg_backward(
-    geo: &PoolGeometry,
-    dy: ArrayView4<f32>,
-    count_include_pad: bool,
-) -> Array4<f32> {
+pub fn avg_backward(geo: &Window2d, dy: ArrayView4<f32>, count_include_pad: bool) -> Array4<f32> {
     let (n, c) = (dy.shape()[0], dy.shape()[1]);
     let dy = dy.as_standard_layout();
     let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
@@ -217,8 +189,8 @@ mod tests {
     use super::*;
     use ndarray::Array;
 
-    fn geo(pad: usize, stride: usize, out: (usize, usize)) -> PoolGeometry {
-        PoolGeometry {
+    fn geo(pad: usize, stride: usize, out: (usize, usize)) -> Window2d {
+        Window2d {
             h: 5,
             w: 5,
             kh: 3,
@@ -263,7 +235,7 @@ mod tests {
         let x = input();
         for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1)] {
             let out = |n: usize| (n + 2 * pad - (2 * dilation + 1)) / stride + 1;
-            let g = PoolGeometry {
+            let g = Window2d {
                 dilation: (dilation, dilation),
                 ..geo(pad, stride, (out(5), out(5)))
             };

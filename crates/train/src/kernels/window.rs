@@ -1,5 +1,5 @@
-//! One spatial axis of a sliding window, shared by convolution and pooling: which input position
-//! each output position reads through each kernel tap. Pure index arithmetic, no data.
+//! The sliding window shared by convolution and pooling, and its index arithmetic: which input
+//! position each output position reads through each kernel tap. No data, no kernels.
 
 use std::ops::Range;
 
@@ -14,26 +14,49 @@ pub(crate) struct WindowAxis {
     pub pad: usize,
 }
 
-/// The (row, column) axes of a 2-d window over an (h, w) input, from its (row, column) output
-/// size, strides, dilations and leading pads.
-pub(crate) fn axes(
-    input: (usize, usize),
-    out: (usize, usize),
-    stride: (usize, usize),
-    dilation: (usize, usize),
-    pad: (usize, usize),
-) -> (WindowAxis, WindowAxis) {
-    let axis = |len, out, stride, dilation, pad| WindowAxis {
-        len,
-        out,
-        stride,
-        dilation,
-        pad,
-    };
-    (
-        axis(input.0, out.0, stride.0, dilation.0, pad.0),
-        axis(input.1, out.1, stride.1, dilation.1, pad.1),
-    )
+/// A 2-d sliding window (convolution or pooling) over an (h, w) plane: kernel size, strides,
+/// dilations, leading pads, and the output size, which carries the trailing padding and ceil
+/// mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window2d {
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    /// (top, left) padding; the bottom/right padding only shows in `out`.
+    pub pad: (usize, usize),
+    pub out: (usize, usize),
+}
+
+impl Window2d {
+    /// The window's (row, column) axes.
+    pub(crate) fn axes(&self) -> (WindowAxis, WindowAxis) {
+        let axis = |len, out, stride, dilation, pad| WindowAxis {
+            len,
+            out,
+            stride,
+            dilation,
+            pad,
+        };
+        (
+            axis(
+                self.h,
+                self.out.0,
+                self.stride.0,
+                self.dilation.0,
+                self.pad.0,
+            ),
+            axis(
+                self.w,
+                self.out.1,
+                self.stride.1,
+                self.dilation.1,
+                self.pad.1,
+            ),
+        )
+    }
 }
 
 impl WindowAxis {
