@@ -166,8 +166,9 @@ pub fn forward(
         .enumerate()
         .map(|(chunk, mut ys)| {
             let ys = ys.as_slice_mut().expect("fresh array");
-            let samples = ys.len() / out_len;
-            let xs = &xs[chunk * chunk_len * sample_len..][..samples * sample_len];
+            let first = chunk * chunk_len;
+            let samples = chunk_len.min(geo.batch - first);
+            let xs = &xs[first * sample_len..][..samples * sample_len];
             let n = samples * p;
             let mut sum = vec![0.0f32; if mean_patch { k } else { 0 }];
             with_scratch(k * n + mg * n, |scratch| {
