@@ -11,7 +11,14 @@ fn our_forward_pass_matches_tract_on_every_shipped_model() {
     let test = pare_data::load_dir(&mnist()).unwrap().test.head(256);
     for path in shipped_models() {
         let graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
-        let ours = forward(&graph, test.images.clone().into_dyn(), Mode::Eval, false).unwrap();
+        let ours = forward(
+            &graph,
+            test.images.clone().into_dyn(),
+            Mode::Eval,
+            false,
+            None,
+        )
+        .unwrap();
         let ours = ours
             .value(graph.outputs[0])
             .unwrap()

@@ -490,9 +490,14 @@ fn strategies_prune_the_depthwise_concat_and_se_graphs() {
                 .iter()
                 .any(|h| matches!(h.event, Event::Prune { .. })));
             let x = image(4, 3, 8);
-            let ours =
-                pare_train::forward(&graph, x.clone().into_dyn(), pare_train::Mode::Eval, false)
-                    .unwrap();
+            let ours = pare_train::forward(
+                &graph,
+                x.clone().into_dyn(),
+                pare_train::Mode::Eval,
+                false,
+                None,
+            )
+            .unwrap();
             let out = ours.value(graph.outputs[0]).unwrap().clone();
             let tract = run(&graph, dir.path(), "pruned.onnx", &x);
             let diff = out

@@ -134,7 +134,7 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
     let mut total = 0.0;
     for (i, (images, labels)) in batches.iter().cloned().enumerate() {
         let t = Instant::now();
-        train_step(&mut graph, opt.as_mut(), images, &labels, &config)?;
+        train_step(&mut graph, opt.as_mut(), images, &labels, &config, i as u64)?;
         if i >= WARMUP_STEPS {
             total += ms(t);
         }
@@ -147,7 +147,7 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
     for (i, (images, labels)) in batches.into_iter().enumerate() {
         let t = Instant::now();
         // train_step always records the RLS mean inputs, whatever the optimiser: so does this.
-        let tape = executor::forward(&graph, images, Mode::Train, true)?;
+        let tape = executor::forward(&graph, images, Mode::Train, true, Some(i as u64))?;
         let f = ms(t);
         let t = Instant::now();
         let scores = tape
@@ -325,7 +325,8 @@ fn convergence() -> Result<()> {
             let t = Instant::now();
             let order = pare_data::permutation(train.len(), SEED.wrapping_add(epoch as u64));
             let mut loss = 0.0;
-            for idx in order.chunks(BATCH) {
+            let batches = order.len().div_ceil(BATCH);
+            for (b, idx) in order.chunks(BATCH).enumerate() {
                 let (images, labels) = train.gather(idx);
                 let out = train_step(
                     &mut graph,
@@ -333,6 +334,7 @@ fn convergence() -> Result<()> {
                     images.into_dyn(),
                     &labels,
                     &config,
+                    (epoch * batches + b) as u64,
                 )?;
                 if !out.loss.is_finite() {
                     bail!("{name} diverged in epoch {}", epoch + 1);

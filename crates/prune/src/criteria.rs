@@ -66,7 +66,7 @@ pub fn calibrate(
     let mut sums: HashMap<ValueId, ArrayD<f32>> = HashMap::new();
     for _ in 0..batches {
         let (images, labels) = stream.next_batch();
-        let tape = pare_train::forward(graph, images, Mode::Eval, rls.is_some())?;
+        let tape = pare_train::forward(graph, images, Mode::Eval, rls.is_some(), None)?;
         let s = tape.value(target).expect("forward computed the scores");
         let scores = s
             .view()

@@ -303,7 +303,8 @@ impl<'a> Run<'a> {
         for _ in 0..steps {
             optimizer.set_step_scale(self.step_scale());
             let (images, labels) = self.stream.next_batch();
-            let out = pare_train::train_step(graph, optimizer, images, &labels, &self.train)?;
+            let step = self.step as u64;
+            let out = pare_train::train_step(graph, optimizer, images, &labels, &self.train, step)?;
             self.step += 1;
             if !out.loss.is_finite() {
                 return Err(TrainError::Diverged {

@@ -29,6 +29,8 @@ enum Saved {
     MaxPool(Window2d, Array4<u32>),
     AvgPool(Window2d, bool),
     BatchNorm(Option<BatchStats>),
+    /// The mask a training-mode Dropout multiplied by.
+    Dropout(ArrayD<f32>),
 }
 
 /// Activations and saved state of one forward pass.
@@ -203,11 +205,14 @@ fn reshape_target(shape: &[usize], target: &[i64], allowzero: bool) -> Option<Ve
 }
 
 /// Runs the graph on `input` (the first graph input). `mean_inputs` records the RLS input means.
+/// With `dropout: Some(seed)` Dropout nodes drop as in training, with masks drawn from the seed;
+/// with None they are the identity, as at inference.
 pub fn forward(
     graph: &Graph,
     input: ArrayD<f32>,
     mode: Mode,
     mean_inputs: bool,
+    dropout: Option<u64>,
 ) -> Result<Tape, TrainError> {
     let mut tape = Tape {
         values: vec![None; graph.values.len()],
@@ -220,7 +225,7 @@ pub fn forward(
         .ok_or(TrainError::OutputShape(vec![]))?;
     tape.values[first.0 as usize] = Some(input);
     for id in graph.node_ids() {
-        let (out, saved, mean) = forward_node(graph, &tape, id, mode, mean_inputs)?;
+        let (out, saved, mean) = forward_node(graph, &tape, id, mode, mean_inputs, dropout)?;
         let node = graph.node(id);
         tape.values[node.outputs[0].0 as usize] = Some(out);
         tape.saved[id.0 as usize] = saved;
@@ -237,6 +242,7 @@ fn forward_node(
     id: NodeId,
     mode: Mode,
     want_mean: bool,
+    dropout: Option<u64>,
 ) -> Result<NodeResult, TrainError> {
     let node = graph.node(id);
     let err = |p: String| node_err(graph, id, p);
@@ -422,7 +428,25 @@ fn forward_node(
                 None,
             )
         }
-        Op::Dropout { .. } | Op::Identity => (x.to_owned(), Saved::Nothing, None),
+        Op::Dropout { ratio } => {
+            // Opsets before 12 give the ratio as an attribute, later ones as input 1.
+            let ratio = ratio.unwrap_or_else(|| scalar_input(graph, tape, id, 1, 0.5));
+            if !(0.0..1.0).contains(&ratio) {
+                return Err(err(format!(
+                    "dropout ratio {ratio} is outside [0, 1); fix the model's ratio"
+                )));
+            }
+            match dropout {
+                Some(seed) if ratio > 0.0 => {
+                    // One stream per node, so two Dropouts of one pass drop independently.
+                    let seed = seed ^ (u64::from(id.0) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let mask = elementwise::dropout_mask(x.shape(), ratio, seed);
+                    (&x * &mask, Saved::Dropout(mask), None)
+                }
+                _ => (x.to_owned(), Saved::Nothing, None),
+            }
+        }
+        Op::Identity => (x.to_owned(), Saved::Nothing, None),
         Op::Softmax { axis } => (
             elementwise::softmax_forward(&x, softmax_axis(*axis, x.ndim())),
             Saved::Nothing,
@@ -613,6 +637,7 @@ fn backward_node(
                 })
                 .collect::<Result<_, TrainError>>()?
         }
+        (Op::Dropout { .. }, Saved::Dropout(mask)) => vec![Some(&dy * mask)],
         (Op::Dropout { .. } | Op::Identity, _) => vec![Some(dy.to_owned())],
         (Op::Softmax { axis }, _) => vec![Some(elementwise::softmax_backward(
             &y(),

@@ -9,7 +9,7 @@ use crate::loss::Loss;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::TrainError;
 use ndarray::{ArrayD, Ix2};
-use pare_data::Dataset;
+use pare_data::{Dataset, SplitMix64};
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
 
 /// Settings of one training run.
@@ -101,7 +101,7 @@ pub fn evaluate(
     let target = scores_value(graph)?;
     let (mut total_loss, mut correct) = (0.0f64, 0);
     for (images, labels) in data.batches(batch_size) {
-        let tape = executor::forward(graph, images.to_owned().into_dyn(), Mode::Eval, false)?;
+        let tape = executor::forward(graph, images.to_owned().into_dyn(), Mode::Eval, false, None)?;
         let s = scores(&tape, target)?;
         check_labels(data, s.ncols())?;
         let out = loss.evaluate(s, labels);
@@ -162,13 +162,16 @@ fn clip_grad_norm(graph: &Graph, grads: &mut executor::Gradients, max: f32) {
     }
 }
 
-/// One optimisation step on one batch; returns the batch's loss output.
+/// One optimisation step on one batch; returns the batch's loss output. `step` numbers the steps
+/// of a run: with the config's seed it draws the step's Dropout masks, so a seed gives the same
+/// weights every time.
 pub fn train_step(
     graph: &mut Graph,
     optimizer: &mut dyn Optimizer,
     images: ArrayD<f32>,
     labels: &[usize],
     config: &TrainConfig,
+    step: u64,
 ) -> Result<crate::loss::LossOutput, TrainError> {
     let target = scores_value(graph)?;
     let mode = if config.batchnorm_training {
@@ -176,7 +179,15 @@ pub fn train_step(
     } else {
         Mode::Eval
     };
-    let tape = executor::forward(graph, images, mode, optimizer.needs_mean_inputs())?;
+    let dropout_seed =
+        SplitMix64::new(config.seed ^ step.wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64();
+    let tape = executor::forward(
+        graph,
+        images,
+        mode,
+        optimizer.needs_mean_inputs(),
+        Some(dropout_seed),
+    )?;
     let s = scores(&tape, target)?;
     if let Some(&label) = labels.iter().find(|&&l| l >= s.ncols()) {
         return Err(TrainError::Label {
@@ -253,6 +264,7 @@ pub fn train(
     let mut optimizer = config.optimizer.build(graph);
     let batches = data.len().div_ceil(config.batch_size.max(1));
     let mut reports = Vec::new();
+    let mut step = 0u64;
     for epoch in 0..config.epochs {
         let order = epoch_order(data.len(), config.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0, 0);
@@ -264,7 +276,9 @@ pub fn train(
                 images.into_dyn(),
                 &labels,
                 config,
+                step,
             )?;
+            step += 1;
             if !out.loss.is_finite() {
                 return Err(TrainError::Diverged {
                     loss: out.loss,

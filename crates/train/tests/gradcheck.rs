@@ -100,8 +100,8 @@ fn graph() -> Graph {
     pare_ir::import(&b.build()).unwrap()
 }
 
-fn loss(graph: &Graph, x: &ArrayD<f32>, r: &ArrayD<f32>, mode: Mode) -> f64 {
-    let tape = forward(graph, x.clone(), mode, false).unwrap();
+fn loss(graph: &Graph, x: &ArrayD<f32>, r: &ArrayD<f32>, mode: Mode, dropout: Option<u64>) -> f64 {
+    let tape = forward(graph, x.clone(), mode, false, dropout).unwrap();
     let y = tape.value(graph.outputs[0]).unwrap();
     y.iter()
         .zip(r.iter())
@@ -114,8 +114,14 @@ fn every_op_back_propagates_like_finite_differences() {
     let graph = graph();
     let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 6, 6]), wave(216, 9.0, 1.5)).unwrap();
     let r = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.0, 0.5, 0.3, 1.1, -0.7]).unwrap();
-    for mode in [Mode::Train, Mode::Eval] {
-        let tape = forward(&graph, x.clone(), mode, false).unwrap();
+    // Training with Dropout drawing a mask (the same one for every pass: it depends on the seed
+    // only), training with Dropout as the identity, and inference.
+    for (mode, dropout) in [
+        (Mode::Train, Some(7)),
+        (Mode::Train, None),
+        (Mode::Eval, None),
+    ] {
+        let tape = forward(&graph, x.clone(), mode, false, dropout).unwrap();
         let grads = backward(&graph, &tape, graph.outputs[0], r.clone()).unwrap();
         let eps = 5e-3f32;
         let mut checked = 0;
@@ -139,16 +145,48 @@ fn every_op_back_propagates_like_finite_differences() {
                         a.as_slice_mut().unwrap()[i] += d;
                     }
                 }
-                let fd =
-                    (loss(&plus, &x, &r, mode) - loss(&minus, &x, &r, mode)) / (2.0 * eps as f64);
+                let fd = (loss(&plus, &x, &r, mode, dropout) - loss(&minus, &x, &r, mode, dropout))
+                    / (2.0 * eps as f64);
                 let got = g.as_slice().unwrap()[i] as f64;
                 assert!(
                     (fd - got).abs() < 2e-2 * fd.abs().max(0.02),
-                    "{mode:?} {name}[{i}]: finite difference {fd}, backward {got}"
+                    "{mode:?} dropout {dropout:?} {name}[{i}]: finite difference {fd}, backward {got}"
                 );
                 checked += 1;
             }
         }
         assert!(checked >= 30, "{checked}");
     }
+}
+
+#[test]
+fn dropout_drops_and_rescales_in_training_and_is_the_identity_otherwise() {
+    let graph = graph();
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 6, 6]), wave(216, 9.0, 1.5)).unwrap();
+    let value = |name: &str| {
+        graph
+            .value_ids()
+            .find(|&v| graph.value(v).name == name)
+            .unwrap()
+    };
+    let (before, after) = (value("cat"), value("d"));
+    let run = |dropout| {
+        let tape = forward(&graph, x.clone(), Mode::Train, false, dropout).unwrap();
+        let (b, a) = (tape.value(before).unwrap(), tape.value(after).unwrap());
+        b.iter()
+            .zip(a.iter())
+            .map(|(b, a)| (*b, *a))
+            .collect::<Vec<_>>()
+    };
+    // The node has no ratio, so ONNX's default 0.5 applies: kept values double.
+    let dropped = run(Some(3));
+    assert!(
+        dropped.iter().all(|&(b, a)| a == 0.0 || a == 2.0 * b),
+        "{dropped:?}"
+    );
+    assert!(dropped.iter().any(|&(b, a)| a == 0.0 && b != 0.0));
+    assert!(dropped.iter().any(|&(b, a)| a == 2.0 * b && b != 0.0));
+    assert_eq!(run(Some(3)), dropped, "the same seed draws the same mask");
+    assert_ne!(run(Some(4)), dropped, "another seed draws another mask");
+    assert!(run(None).iter().all(|&(b, a)| a == b));
 }

@@ -3,6 +3,7 @@
 //! each output element depends on its inputs only, so the results do not depend on the split.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use pare_data::SplitMix64;
 
 /// Sums `grad` down to `shape`, undoing a numpy broadcast.
 pub fn unbroadcast(grad: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
@@ -176,6 +177,22 @@ impl Activation {
     }
 }
 
+/// Training-mode dropout's mask over `shape`: each element is 1/(1 − ratio) with probability
+/// 1 − ratio and 0 otherwise, drawn from `seed` in element order (`ratio` in [0, 1)). The output
+/// is x·mask and the input gradient dy·mask.
+pub fn dropout_mask(shape: &[usize], ratio: f32, seed: u64) -> ArrayD<f32> {
+    let keep = 1.0 - ratio as f64;
+    let scale = (1.0 / keep) as f32;
+    let mut rng = SplitMix64::new(seed);
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        if rng.unit_f64() < keep {
+            scale
+        } else {
+            0.0
+        }
+    })
+}
+
 /// Softmax along `axis`.
 pub fn softmax_forward(x: &ArrayViewD<f32>, axis: usize) -> ArrayD<f32> {
     let mut y = x.to_owned();
@@ -207,6 +224,20 @@ pub fn softmax_backward(y: &ArrayViewD<f32>, dy: &ArrayViewD<f32>, axis: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dropout_mask_keeps_the_share_it_should_and_rescales() {
+        let mask = dropout_mask(&[100, 100], 0.3, 11);
+        let kept = mask.iter().filter(|&&v| v != 0.0).count();
+        // 7000 expected; the binomial standard deviation is about 46.
+        assert!((6800..7200).contains(&kept), "{kept}");
+        assert!(mask
+            .iter()
+            .all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        assert_eq!(dropout_mask(&[100, 100], 0.3, 11), mask);
+        assert_ne!(dropout_mask(&[100, 100], 0.3, 12), mask);
+        assert!(dropout_mask(&[5], 0.0, 1).iter().all(|&v| v == 1.0));
+    }
     use ndarray::Array;
 
     fn arr(shape: &[usize], seed: f32) -> ArrayD<f32> {
