@@ -146,7 +146,8 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
     let (mut forward, mut backward, mut optimizer) = (0.0, 0.0, 0.0);
     for (i, (images, labels)) in batches.into_iter().enumerate() {
         let t = Instant::now();
-        // train_step always records the RLS mean inputs, whatever the optimiser: so does this.
+        // Records the RLS mean inputs whatever the optimiser (train_step does so only for RLS),
+        // so SGD's forward figure includes that small cost.
         let tape = executor::forward(&graph, images, Mode::Train, true, Some(i as u64))?;
         let f = ms(t);
         let t = Instant::now();

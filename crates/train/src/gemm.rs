@@ -50,78 +50,39 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+/// matrixmultiply's `sgemm`/`dgemm` signature: (m, k, n, α, a, a's row and column strides, b,
+/// b's strides, β, c, c's strides).
+///
+/// Calling one is unsafe as matrixmultiply's are: every element addressed through the pointers
+/// and strides must be inside the buffers.
+pub type Kernel<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    T,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    *mut T,
+    isize,
+    isize,
+);
+
 /// An element type with a matrixmultiply kernel.
 pub trait Element: Copy + PartialEq + std::ops::MulAssign {
-    /// matrixmultiply's `sgemm`/`dgemm`, same arguments.
-    ///
-    /// # Safety
-    /// As matrixmultiply's: every element addressed through the pointers and strides must be
-    /// inside the buffers.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    const KERNEL: Kernel<Self>;
 }
 
 impl Element for f32 {
-    unsafe fn kernel(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded under the caller's guarantee.
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
-    }
+    const KERNEL: Kernel<f32> = matrixmultiply::sgemm;
 }
 
 impl Element for f64 {
-    unsafe fn kernel(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded under the caller's guarantee.
-        unsafe {
-            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
-    }
+    const KERNEL: Kernel<f64> = matrixmultiply::dgemm;
 }
 
 /// c = alpha · a · b + beta · c, with c a contiguous row-major `a.rows × b.cols` matrix.
@@ -146,7 +107,7 @@ pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
     // SAFETY: the asserts above keep every element the product reads inside `a.data`, `b.data`,
     // and every element it writes inside `c`.
     unsafe {
-        T::kernel(
+        (T::KERNEL)(
             m,
             k,
             n,

@@ -264,7 +264,6 @@ pub fn train(
     let mut optimizer = config.optimizer.build(graph);
     let batches = data.len().div_ceil(config.batch_size.max(1));
     let mut reports = Vec::new();
-    let mut step = 0u64;
     for epoch in 0..config.epochs {
         let order = epoch_order(data.len(), config.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0, 0);
@@ -276,9 +275,8 @@ pub fn train(
                 images.into_dyn(),
                 &labels,
                 config,
-                step,
+                (epoch * batches + batch) as u64,
             )?;
-            step += 1;
             if !out.loss.is_finite() {
                 return Err(TrainError::Diverged {
                     loss: out.loss,

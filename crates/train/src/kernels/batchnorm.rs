@@ -4,33 +4,9 @@
 //! Channels run in parallel; each channel's sums run over the batch in order, so results do not
 //! depend on the thread count.
 
+use crate::sums::slice_sums;
 use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
-
-/// Lanes of the per-slice sums: independent accumulators, so the loop vectorises while every
-/// sum still runs in a fixed order.
-const LANES: usize = 8;
-
-/// (Σ p, Σ q) over i of `f(a[i], b[i]) = (p, q)`, in f64, over `LANES` accumulators.
-fn slice_sums(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
-    let (mut p, mut q) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (a_body, b_body) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail = a_body.remainder().iter().zip(b_body.remainder());
-    for (ca, cb) in a_body.zip(b_body) {
-        for l in 0..LANES {
-            let (dp, dq) = f(ca[l] as f64, cb[l] as f64);
-            p[l] += dp;
-            q[l] += dq;
-        }
-    }
-    let (mut sp, mut sq) = (p.iter().sum::<f64>(), q.iter().sum::<f64>());
-    for (&va, &vb) in tail {
-        let (dp, dq) = f(va as f64, vb as f64);
-        sp += dp;
-        sq += dq;
-    }
-    (sp, sq)
-}
 
 /// Per channel, the sums `slice_sums` gives over each sample's plane of that channel, added in
 /// sample order.

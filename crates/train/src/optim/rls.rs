@@ -6,7 +6,8 @@
 use super::{param_mut, parameters, Optimizer, Sgd, SgdConfig};
 use crate::executor::{Gradients, Tape};
 use crate::gemm::{gemm, Mat};
-use ndarray::Array2;
+use crate::sums::slice_sums;
+use ndarray::{s, Array2};
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -90,7 +91,10 @@ impl RlsState {
             *e |= x != 0.0;
         }
         let p = self.p.as_slice().expect("standard layout");
-        let v: Vec<f64> = p.par_chunks(n).map(|row| dot(row, u)).collect();
+        let v: Vec<f64> = p
+            .par_chunks(n)
+            .map(|row| slice_sums(row, u, |a, b| (a * b, 0.0)).0)
+            .collect();
         let gamma = self.lambda + u.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
         if !(gamma > 0.0 && gamma.is_finite()) {
             self.p = Array2::eye(n) * self.alpha;
@@ -197,11 +201,10 @@ impl RlsState {
         let (m, n) = g.dim();
         let g = Mat::new(g.as_slice().expect("standard"), m, n);
         let p = self.p.as_slice().expect("standard");
-        let blocks: Vec<(usize, Vec<f64>)> = (0..n)
-            .step_by(COLUMNS)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|j0| {
+        let starts: Vec<usize> = (0..n).step_by(COLUMNS).collect();
+        let blocks: Vec<Vec<f64>> = starts
+            .par_iter()
+            .map(|&j0| {
                 let cols = COLUMNS.min(n - j0);
                 let block = Mat {
                     data: &p[j0..],
@@ -212,37 +215,17 @@ impl RlsState {
                 };
                 let mut out = vec![0.0; m * cols];
                 gemm(1.0, g, block, 0.0, &mut out);
-                (j0, out)
+                out
             })
             .collect();
         let mut out = Array2::<f64>::zeros((m, n));
-        for (j0, block) in blocks {
-            let cols = block.len() / m.max(1);
-            for (row, values) in out.rows_mut().into_iter().zip(block.chunks_exact(cols)) {
-                row.into_slice().expect("standard")[j0..j0 + cols].copy_from_slice(values);
-            }
+        for (&j0, block) in starts.iter().zip(blocks) {
+            let cols = COLUMNS.min(n - j0);
+            let block = Array2::from_shape_vec((m, cols), block).expect("m × cols product");
+            out.slice_mut(s![.., j0..j0 + cols]).assign(&block);
         }
         out
     }
-}
-
-/// Σ a_i·b_i over eight independent lanes, so it vectorises while the order stays fixed.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f64; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// The lower Cholesky factor of a symmetric positive definite matrix; None if it is not one.

@@ -1,0 +1,46 @@
+//! Sums over slices in f64 with several independent accumulators, so the loops vectorise while
+//! every sum still adds its terms in a fixed order (results do not depend on threads or on the
+//! CPU's vector width). Used by BatchNorm's statistics and RLS's P·u.
+
+/// Independent accumulators per sum.
+const LANES: usize = 8;
+
+/// (Σ p, Σ q) over i of `f(a[i], b[i]) = (p, q)`, in f64, over `LANES` accumulators.
+pub(crate) fn slice_sums<T: Copy + Into<f64>>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(f64, f64) -> (f64, f64),
+) -> (f64, f64) {
+    let (mut p, mut q) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (a_body, b_body) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = a_body.remainder().iter().zip(b_body.remainder());
+    for (ca, cb) in a_body.zip(b_body) {
+        for l in 0..LANES {
+            let (dp, dq) = f(ca[l].into(), cb[l].into());
+            p[l] += dp;
+            q[l] += dq;
+        }
+    }
+    let (mut sp, mut sq) = (p.iter().sum::<f64>(), q.iter().sum::<f64>());
+    for (&va, &vb) in tail {
+        let (dp, dq) = f(va.into(), vb.into());
+        sp += dp;
+        sq += dq;
+    }
+    (sp, sq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_over_lanes_and_tail_match_a_plain_loop() {
+        let a: Vec<f32> = (0..19).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..19).map(|i| (i as f32 * 0.91).cos()).collect();
+        let (p, q) = slice_sums(&a, &b, |x, y| (x * y, x));
+        let want_p: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        let want_q: f64 = a.iter().map(|&x| x as f64).sum();
+        assert!((p - want_p).abs() < 1e-12 && (q - want_q).abs() < 1e-12);
+    }
+}
