@@ -3,9 +3,12 @@
 //!
 //! Lowered to GEMM through im2col, a chunk of samples per product. Work is split over chunks;
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
-//! thread count.
+//! thread count. The 3×3 stride-1 shapes where `winograd::pays_off` go to `winograd` instead;
+//! the mean patch is computed the same way for both.
 
+use super::scratch::with_buffer;
 use super::window::Window2d;
+use super::winograd;
 use crate::gemm::{gemm, Mat};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
@@ -29,15 +32,14 @@ impl ConvGeometry {
         self.c_in / self.group * self.window.kh * self.window.kw
     }
 
-    /// Visits every output row of every patch element of group `g`, in `im2col`'s layout: the
-    /// input channel, where the row starts in a lowered matrix of leading dimension `ld`, the
-    /// input row it reads (None in the padding), and the output columns that read inside the
-    /// input with their offset (as `WindowAxis::inside` gives them).
+    /// Visits every output row of every patch element of group `g`: the patch element (the row
+    /// of `im2col`'s matrix), the input channel, the output row, the input row it reads (None in
+    /// the padding), and the output columns that read inside the input with their offset (as
+    /// `WindowAxis::inside` gives them).
     fn for_each_patch_row(
         &self,
         g: usize,
-        ld: usize,
-        mut visit: impl FnMut(usize, usize, Option<usize>, &Range<usize>, isize),
+        mut visit: impl FnMut(usize, usize, usize, Option<usize>, &Range<usize>, isize),
     ) {
         let cg = self.c_in / self.group;
         let Window2d { kh, kw, out, .. } = self.window;
@@ -45,16 +47,10 @@ impl ConvGeometry {
         for c in 0..cg {
             for i in 0..kh {
                 for j in 0..kw {
-                    let start = ((c * kh + i) * kw + j) * ld;
+                    let element = (c * kh + i) * kw + j;
                     let (inside, off) = columns.inside(j);
                     for oy in 0..out.0 {
-                        visit(
-                            g * cg + c,
-                            start + oy * out.1,
-                            rows.input(oy, i),
-                            &inside,
-                            off,
-                        );
+                        visit(element, g * cg + c, oy, rows.input(oy, i), &inside, off);
                     }
                 }
             }
@@ -67,8 +63,8 @@ impl ConvGeometry {
     fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
         let Window2d { h, w, stride, .. } = self.window;
         let wo = self.window.out.1;
-        self.for_each_patch_row(g, ld, |channel, at, y, inside, off| {
-            let out = &mut cols[at..][..wo];
+        self.for_each_patch_row(g, |element, channel, oy, y, inside, off| {
+            let out = &mut cols[element * ld + oy * wo..][..wo];
             let Some(y) = y else {
                 out.fill(0.0);
                 return;
@@ -91,10 +87,12 @@ impl ConvGeometry {
     /// back into that sample's input gradient `dx`.
     fn col2im(&self, cols: &[f32], ld: usize, g: usize, dx: &mut [f32]) {
         let Window2d { h, w, stride, .. } = self.window;
-        self.for_each_patch_row(g, ld, |channel, at, y, inside, off| {
+        let wo = self.window.out.1;
+        self.for_each_patch_row(g, |element, channel, oy, y, inside, off| {
             let Some(y) = y else {
                 return;
             };
+            let at = element * ld + oy * wo;
             let first = ((inside.start * stride.1) as isize + off) as usize;
             let dst = dx[(channel * h + y) * w..][..w][first..]
                 .iter_mut()
@@ -102,6 +100,41 @@ impl ConvGeometry {
             dst.zip(&cols[at + inside.start..at + inside.end])
                 .for_each(|(d, v)| *d += v);
         });
+    }
+
+    /// The mean patch of the NCHW batch `x` over samples, groups and output positions: the
+    /// average of `im2col`'s columns, with the padding's zeros.
+    fn mean_patch(&self, x: &[f32]) -> Array1<f32> {
+        let Window2d {
+            h, w, stride, out, ..
+        } = self.window;
+        // Patches are linear in the input, so the batch is summed first, in sample order.
+        let plane = h * w;
+        let sample_len = self.c_in * plane;
+        let mut total = vec![0.0f32; sample_len];
+        total.par_chunks_mut(plane).enumerate().for_each(|(c, t)| {
+            for xb in x.chunks_exact(sample_len) {
+                t.iter_mut()
+                    .zip(&xb[c * plane..][..plane])
+                    .for_each(|(a, v)| *a += v);
+            }
+        });
+        let mut sums = Array1::<f32>::zeros(self.patch_len());
+        for g in 0..self.group {
+            self.for_each_patch_row(g, |element, channel, _, y, inside, off| {
+                let Some(y) = y else {
+                    return;
+                };
+                let first = ((inside.start * stride.1) as isize + off) as usize;
+                let row = &total[(channel * h + y) * w..][..w];
+                sums[element] += row[first..]
+                    .iter()
+                    .step_by(stride.1)
+                    .take(inside.len())
+                    .sum::<f32>();
+            });
+        }
+        sums / (self.batch * self.group * out.0 * out.1) as f32
     }
 }
 
@@ -122,23 +155,8 @@ impl ConvGeometry {
 }
 
 thread_local! {
-    /// Each thread's lowering buffer, kept between calls: allocating megabytes per call costs
-    /// page faults on every training step.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on `len` values of this thread's scratch buffer, whose contents are arbitrary.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        // Only a kernel running inside another's call could find it taken; it gets its own.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
+    /// Each thread's lowering buffer.
+    static LOWERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// y = conv(x, w) + b. Also returns the mean patch over samples, groups and positions when
@@ -150,61 +168,51 @@ pub fn forward(
     bias: Option<ArrayView1<f32>>,
     mean_patch: bool,
 ) -> (Array4<f32>, Option<Array1<f32>>) {
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let bias = bias.map(|b| b.to_vec());
     let (ho, wo) = geo.window.out;
-    let p = ho * wo;
+    let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
+    let ys = y.as_slice_mut().expect("fresh array");
+    if winograd::pays_off(geo) {
+        winograd::forward(geo, xs, w, bias.as_deref(), ys);
+    } else {
+        lowered_forward(geo, xs, w, bias.as_deref(), ys);
+    }
+    (y, mean_patch.then(|| geo.mean_patch(xs)))
+}
+
+/// The forward pass through im2col and one GEMM per chunk of samples and group.
+fn lowered_forward(geo: &ConvGeometry, xs: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let p = geo.window.out.0 * geo.window.out.1;
     let k = geo.patch_len();
     let mg = geo.c_out / geo.group;
-    let x = x.as_standard_layout();
-    let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
     let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
-    let xs = x.as_slice().expect("standard layout");
     let chunk_len = geo.chunk();
-    let sums: Vec<Vec<f32>> = y
-        .axis_chunks_iter_mut(Axis(0), chunk_len)
-        .into_par_iter()
-        .enumerate()
-        .map(|(chunk, mut ys)| {
-            let ys = ys.as_slice_mut().expect("fresh array");
-            let first = chunk * chunk_len;
-            let samples = chunk_len.min(geo.batch - first);
-            let xs = &xs[first * sample_len..][..samples * sample_len];
-            let n = samples * p;
-            let mut sum = vec![0.0f32; if mean_patch { k } else { 0 }];
-            with_scratch(k * n + mg * n, |scratch| {
+    y.par_chunks_mut(chunk_len * out_len)
+        .zip(xs.par_chunks(chunk_len * sample_len))
+        .for_each(|(ys, xs)| {
+            let n = xs.len() / sample_len * p;
+            with_buffer(&LOWERED, k * n + mg * n, |scratch| {
                 let (cols, prod) = scratch.split_at_mut(k * n);
                 for g in 0..geo.group {
                     for (b, xb) in xs.chunks_exact(sample_len).enumerate() {
                         geo.im2col(xb, g, &mut cols[b * p..], n);
-                    }
-                    if mean_patch {
-                        for (s, row) in sum.iter_mut().zip(cols.chunks_exact(n)) {
-                            *s += row.iter().sum::<f32>();
-                        }
                     }
                     let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
                     gemm(1.0, wg, Mat::new(cols, k, n), 0.0, prod);
                     for (b, yb) in ys.chunks_exact_mut(out_len).enumerate() {
                         for (m, plane) in yb[g * mg * p..][..mg * p].chunks_exact_mut(p).enumerate()
                         {
-                            let shift = bias.as_ref().map_or(0.0, |bias| bias[g * mg + m]);
+                            let shift = bias.map_or(0.0, |bias| bias[g * mg + m]);
                             let src = &prod[m * n + b * p..][..p];
                             plane.iter_mut().zip(src).for_each(|(o, v)| *o = v + shift);
                         }
                     }
                 }
             });
-            sum
-        })
-        .collect();
-    let mean = mean_patch.then(|| {
-        let mut total = Array1::<f32>::zeros(k);
-        for s in &sums {
-            total.iter_mut().zip(s).for_each(|(t, v)| *t += v);
-        }
-        total / (geo.batch * geo.group * p) as f32
-    });
-    (y, mean)
+        });
 }
 
 /// Gradients of a convolution: (dx, dw, db) from the output gradient `dy`.
@@ -236,7 +244,7 @@ pub fn backward(
         let n = samples * p;
         let mut dw = vec![0.0f32; geo.c_out * k];
         let mut db = vec![0.0f32; geo.c_out];
-        with_scratch(k * n + mg * n, |scratch| {
+        with_buffer(&LOWERED, k * n + mg * n, |scratch| {
             let (cols, dyg) = scratch.split_at_mut(k * n);
             for g in 0..geo.group {
                 for (b, (xb, dyb)) in xs
@@ -267,6 +275,13 @@ pub fn backward(
 
     let mut dx =
         want_dx.then(|| Array4::<f32>::zeros((geo.batch, geo.c_in, geo.window.h, geo.window.w)));
+    if winograd::pays_off(geo) {
+        if let Some(dx) = dx.as_mut() {
+            winograd::input_gradient(geo, w, dys, dx.as_slice_mut().expect("fresh array"));
+        }
+        let dw = winograd::weight_gradient(geo, xs, dys);
+        return (dx, dw, channel_sums(dys, geo.c_out, p));
+    }
     let partial: Vec<(Vec<f32>, Vec<f32>)> = match dx.as_mut() {
         Some(dx) => dx
             .axis_chunks_iter_mut(Axis(0), chunk_len)
@@ -289,19 +304,47 @@ pub fn backward(
     (dx, dw, db)
 }
 
+/// The sum of each channel of the NCHW `y` (planes of `plane` values) over samples and
+/// positions, in sample order.
+fn channel_sums(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    (0..channels)
+        .into_par_iter()
+        .map(|k| {
+            y.chunks_exact(plane)
+                .skip(k)
+                .step_by(channels)
+                .map(|p| p.iter().sum::<f32>())
+                .sum()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::{conv_reference, wave};
     use ndarray::Array;
 
+    /// A 7×6 input with a 3×2 kernel and 4 → 6 channels, so the lowered path runs.
     fn geometry(group: usize, stride: usize, dilation: usize, pad: usize) -> ConvGeometry {
-        let (h, w, kh, kw) = (7, 6, 3, 2);
+        sized(group, stride, dilation, pad, (3, 2), (4, 6))
+    }
+
+    fn sized(
+        group: usize,
+        stride: usize,
+        dilation: usize,
+        pad: usize,
+        (kh, kw): (usize, usize),
+        (c_in, c_out): (usize, usize),
+    ) -> ConvGeometry {
+        let (h, w) = (7, 6);
         let out = |n: usize, k: usize| (n + 2 * pad - ((k - 1) * dilation + 1)) / stride + 1;
         ConvGeometry {
             // Two chunks, the second one partial.
             batch: MAX_CHUNK + 3,
-            c_in: 4,
-            c_out: 6,
+            c_in,
+            c_out,
             group,
             window: Window2d {
                 h,
@@ -316,88 +359,57 @@ mod tests {
         }
     }
 
-    fn wave(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 + seed) * 0.7123).sin()).collect()
-    }
-
-    /// The definition, one multiply at a time.
-    fn naive(geo: &ConvGeometry, x: &Array4<f32>, w: &[f32], b: &[f32]) -> Array4<f32> {
-        let (cg, mg) = (geo.c_in / geo.group, geo.c_out / geo.group);
-        Array4::from_shape_fn(
-            (geo.batch, geo.c_out, geo.window.out.0, geo.window.out.1),
-            |(n, m, oy, ox)| {
-                let g = m / mg;
-                let mut acc = b[m];
-                for c in 0..cg {
-                    for i in 0..geo.window.kh {
-                        for j in 0..geo.window.kw {
-                            let y = (oy * geo.window.stride.0 + i * geo.window.dilation.0) as isize
-                                - geo.window.pad.0 as isize;
-                            let xx = (ox * geo.window.stride.1 + j * geo.window.dilation.1)
-                                as isize
-                                - geo.window.pad.1 as isize;
-                            if y >= 0
-                                && xx >= 0
-                                && (y as usize) < geo.window.h
-                                && (xx as usize) < geo.window.w
-                            {
-                                acc += w[((m * cg + c) * geo.window.kh + i) * geo.window.kw + j]
-                                    * x[[n, g * cg + c, y as usize, xx as usize]];
-                            }
-                        }
-                    }
-                }
-                acc
-            },
-        )
+    fn input(geo: &ConvGeometry) -> Array4<f32> {
+        let shape = (geo.batch, geo.c_in, geo.window.h, geo.window.w);
+        Array::from_shape_vec(shape, wave(shape.0 * shape.1 * shape.2 * shape.3, 1.0)).unwrap()
     }
 
     #[test]
     fn forward_matches_the_definition() {
-        for (group, stride, dilation, pad) in [
-            (1, 1, 1, 0),
-            (2, 2, 1, 1),
-            (1, 1, 2, 2),
-            (2, 3, 2, 1),
-            (1, 2, 1, 3),
+        for geo in [
+            geometry(1, 1, 1, 0),
+            geometry(2, 2, 1, 1),
+            geometry(1, 1, 2, 2),
+            geometry(2, 3, 2, 1),
+            geometry(1, 2, 1, 3),
+            // The Winograd path.
+            sized(1, 1, 1, 1, (3, 3), (64, 64)),
         ] {
-            let geo = geometry(group, stride, dilation, pad);
-            let x = Array::from_shape_vec(
-                (geo.batch, geo.c_in, geo.window.h, geo.window.w),
-                wave(geo.batch * 4 * 7 * 6, 1.0),
-            )
-            .unwrap();
+            let x = input(&geo);
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
             let (y, _) = forward(&geo, x.view(), &w, Some(ArrayView1::from(&b)), false);
-            let want = naive(&geo, &x, &w, &b);
-            let diff = (&y - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-            assert!(diff < 1e-5, "{geo:?}: {diff}");
+            let want = conv_reference(&geo, x.as_slice().unwrap(), &w, &b);
+            // Relative to the value: Winograd rounds a little more than the lowered product.
+            let diff = y
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |d, (a, b)| d.max((a - b).abs() / (1.0 + b.abs())));
+            assert!(diff < 1e-4, "{geo:?}: {diff}");
         }
     }
 
     #[test]
     fn backward_matches_finite_differences() {
-        for (group, stride, dilation, pad) in [(1, 1, 1, 1), (2, 2, 2, 1), (1, 3, 1, 3)] {
-            let geo = geometry(group, stride, dilation, pad);
-            let x = Array::from_shape_vec(
-                (geo.batch, geo.c_in, geo.window.h, geo.window.w),
-                wave(geo.batch * 4 * 7 * 6, 1.0),
-            )
-            .unwrap();
+        for geo in [
+            geometry(1, 1, 1, 1),
+            geometry(2, 2, 2, 1),
+            geometry(1, 3, 1, 3),
+            // The Winograd path.
+            sized(1, 1, 1, 2, (3, 3), (64, 64)),
+        ] {
+            let x = input(&geo);
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
+            let (ho, wo) = geo.window.out;
             let r = Array::from_shape_vec(
-                (geo.batch, geo.c_out, geo.window.out.0, geo.window.out.1),
-                wave(
-                    geo.batch * geo.c_out * geo.window.out.0 * geo.window.out.1,
-                    4.0,
-                ),
+                (geo.batch, geo.c_out, ho, wo),
+                wave(geo.batch * geo.c_out * ho * wo, 4.0),
             )
             .unwrap();
             // loss = Σ y · r, so dy = r.
             let loss = |x: &Array4<f32>, w: &[f32], b: &[f32]| -> f64 {
-                let y = naive(&geo, x, w, b);
+                let y = conv_reference(&geo, x.as_slice().unwrap(), w, b);
                 y.iter()
                     .zip(r.iter())
                     .map(|(a, b)| (*a as f64) * (*b as f64))
@@ -449,19 +461,49 @@ mod tests {
 
     #[test]
     fn the_mean_patch_averages_every_patch_with_its_zero_padding() {
-        let geo = geometry(1, 1, 1, 1);
-        let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.window.h, geo.window.w));
-        let w = vec![0.0; geo.c_out * geo.patch_len()];
-        let (_, mean) = forward(&geo, x.view(), &w, None, true);
+        for geo in [geometry(1, 1, 1, 1), sized(1, 1, 1, 1, (3, 3), (64, 64))] {
+            let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.window.h, geo.window.w));
+            let w = vec![0.0; geo.c_out * geo.patch_len()];
+            let (_, mean) = forward(&geo, x.view(), &w, None, true);
+            let mean = mean.unwrap();
+            // Kernel tap (0, 0) sees the top padding in the first output row and the left
+            // padding in the first output column.
+            let (ho, wo) = geo.window.out;
+            let expected = ((ho - 1) * (wo - 1)) as f32 / (ho * wo) as f32;
+            assert!(
+                (mean[0] - expected).abs() < 1e-6,
+                "{} vs {expected}",
+                mean[0]
+            );
+            assert_eq!(mean.len(), geo.patch_len());
+        }
+    }
+
+    #[test]
+    fn the_mean_patch_is_the_mean_of_the_lowered_columns() {
+        let geo = geometry(2, 2, 2, 1);
+        let x = input(&geo);
+        let (_, mean) = forward(&geo, x.view(), &[0.0; 6 * 12], None, true);
         let mean = mean.unwrap();
-        // Kernel row 0 sees the top padding in the first output row only: (ho-1)/ho of ones.
-        let (ho, wo) = geo.window.out;
-        let top_left = mean[0];
-        let expected = ((ho - 1) * (wo - 1)) as f32 / (ho * wo) as f32;
-        assert!(
-            (top_left - expected).abs() < 1e-6,
-            "{top_left} vs {expected}"
-        );
-        assert_eq!(mean.len(), geo.patch_len());
+        let (p, k) = (geo.window.out.0 * geo.window.out.1, geo.patch_len());
+        let sample_len = geo.c_in * geo.window.h * geo.window.w;
+        let mut cols = vec![0.0f32; k * p];
+        let mut want = vec![0.0f64; k];
+        for xb in x.as_slice().unwrap().chunks_exact(sample_len) {
+            for g in 0..geo.group {
+                geo.im2col(xb, g, &mut cols, p);
+                for (s, row) in want.iter_mut().zip(cols.chunks_exact(p)) {
+                    *s += row.iter().map(|v| *v as f64).sum::<f64>();
+                }
+            }
+        }
+        let count = (geo.batch * geo.group * p) as f64;
+        for (got, want) in mean.iter().zip(&want) {
+            assert!(
+                (*got as f64 - want / count).abs() < 1e-5,
+                "{got} vs {}",
+                want / count
+            );
+        }
     }
 }

@@ -6,6 +6,8 @@ pub mod conv;
 pub mod elementwise;
 pub mod linear;
 pub mod pool;
+mod scratch;
 #[cfg(test)]
 mod testing;
 pub mod window;
+mod winograd;
