@@ -222,11 +222,19 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
         z.par_chunks_mut(POINTS * t)
             .enumerate()
             .for_each(|(ko, zk)| {
-                with_buffer(&TILES, M * M * t + tiling.batch * ph * pw, |buf| {
-                    let (d, padded) = buf.split_at_mut(M * M * t);
+                with_buffer(&TILES, tiling.batch * ph * pw, |padded| {
                     pad_planes(dy, ko, k, &dy_window, (ph, pw), padded);
-                    gather(padded, &starts, pw, M, t, d);
-                    transform2d::<OutputGradients>(d, t, t, zk);
+                    let tiles = Tiles {
+                        padded,
+                        starts: &starts,
+                        pw,
+                        side: M,
+                    };
+                    transform2d::<OutputGradients>(tiles, t, zk);
+                    // The sum over tiles must not see the reads past the last tile.
+                    for vector in zk.chunks_exact_mut(t) {
+                        vector[tiling.count()..].fill(0.0);
+                    }
                 });
             });
         du.par_chunks_mut(len).enumerate().for_each(|(q, duq)| {
@@ -239,7 +247,14 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
             );
         });
         let mut taps = vec![0.0f32; 9 * len];
-        transform2d::<KernelGradients>(du, len, len, &mut taps);
+        transform2d::<KernelGradients>(
+            Vectors {
+                data: du,
+                step: len,
+            },
+            len,
+            &mut taps,
+        );
         let mut dw = vec![0.0f32; 9 * kc];
         for (o, kernel) in dw.chunks_exact_mut(9).enumerate() {
             for (tap, v) in kernel.iter_mut().enumerate() {
@@ -274,7 +289,14 @@ fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
         }
     }
     let mut u = vec![0.0f32; POINTS * len];
-    transform2d::<Kernels>(&taps, len, len, &mut u);
+    transform2d::<Kernels>(
+        Vectors {
+            data: &taps,
+            step: len,
+        },
+        len,
+        &mut u,
+    );
     u
 }
 
@@ -311,16 +333,20 @@ impl Tiling {
         ((self.rows - 1) * M + side, (self.cols - 1) * M + side)
     }
 
-    /// Where each tile starts in a batch of planes padded for `side`.
+    /// Where each tile starts in a batch of planes padded for `side`, then, up to the vector
+    /// length, the first tile again: reads past the last tile stay inside the planes (and
+    /// their values are never used).
     fn starts(&self, side: usize) -> Vec<usize> {
         let (ph, pw) = self.padded(side);
         let (rows, cols) = (self.rows, self.cols);
-        (0..self.batch)
+        let mut starts: Vec<usize> = (0..self.batch)
             .flat_map(|n| {
                 (0..rows)
                     .flat_map(move |ty| (0..cols).map(move |tx| (n * ph + ty * M) * pw + tx * M))
             })
-            .collect()
+            .collect();
+        starts.resize(self.stride(), 0);
+        starts
     }
 }
 
@@ -365,8 +391,12 @@ fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [
                 .enumerate()
                 .for_each(|(ko, yk)| {
                     with_buffer(&TILES, M * M * t, |o| {
-                        transform2d::<OutputTiles>(&m[ko * t..], block, t, o);
-                        scatter(o, &starts, pw, yk);
+                        let products = Vectors {
+                            data: &m[ko * t..],
+                            step: block,
+                        };
+                        transform2d::<OutputTiles>(products, t, o);
+                        scatter(o, &starts[..tiling.count()], pw, yk);
                     });
                 });
             // Into NCHW order, without the padding.
@@ -392,11 +422,15 @@ fn transform_input(window: &Window2d, x: &[f32], channels: usize, tiling: Tiling
     v.par_chunks_mut(POINTS * t)
         .enumerate()
         .for_each(|(ch, vc)| {
-            with_buffer(&TILES, POINTS * t + tiling.batch * ph * pw, |buf| {
-                let (d, padded) = buf.split_at_mut(POINTS * t);
-                pad_planes(x, ch, channels, window, tiling.padded(A), padded);
-                gather(padded, &starts, pw, A, t, d);
-                transform2d::<InputTiles>(d, t, t, vc);
+            with_buffer(&TILES, tiling.batch * ph * pw, |padded| {
+                pad_planes(x, ch, channels, window, (ph, pw), padded);
+                let tiles = Tiles {
+                    padded,
+                    starts: &starts,
+                    pw,
+                    side: A,
+                };
+                transform2d::<InputTiles>(tiles, t, vc);
             });
         });
 }
@@ -427,20 +461,7 @@ fn pad_planes(
     }
 }
 
-/// Writes the `side` × `side` tiles of the padded planes (rows of `pw` values) starting at
-/// `starts` into `d`, as side² vectors of `t` values over the tiles, zero past the last tile.
-fn gather(padded: &[f32], starts: &[usize], pw: usize, side: usize, t: usize, d: &mut [f32]) {
-    for (rs, vector) in d.chunks_exact_mut(t).enumerate() {
-        let at = &padded[(rs / side) * pw + rs % side..];
-        let (tiles, tail) = vector.split_at_mut(starts.len());
-        for (value, start) in tiles.iter_mut().zip(starts) {
-            *value = at[*start];
-        }
-        tail.fill(0.0);
-    }
-}
-
-/// The inverse of `gather` for M×M output tiles: writes vector (a, b) of `o` (vectors of
+/// The inverse of `Tiles` for M×M output tiles: writes vector (a, b) of `o` (vectors of
 /// `stride` values, one per tile) into padded planes (rows of `pw` values) at `starts`.
 fn scatter(o: &[f32], starts: &[usize], pw: usize, padded: &mut [f32]) {
     let stride = o.len() / (M * M);
@@ -455,23 +476,61 @@ fn scatter(o: &[f32], starts: &[usize], pw: usize, padded: &mut [f32]) {
 /// Tiles per block of `transform2d`: one AVX-512 register of each vector.
 const LANES: usize = 16;
 
-/// y = T x Tᵀ for every tile, where each element is a vector of `len` values (a multiple of
-/// `LANES`): x's element (r, s) starts at x[(r·IN + s)·step] and y's (i, j) at
-/// y[(i·OUT + j)·len].
-fn transform2d<T: Transform>(x: &[f32], step: usize, len: usize, y: &mut [f32]) {
+/// Where a transform reads its input: `LANES` values of an element (a position in the tile)
+/// for consecutive tiles.
+trait Blocks: Copy {
+    fn block(&self, element: usize, first_tile: usize) -> Block;
+}
+
+/// Elements stored as vectors over the tiles, `step` values apart.
+#[derive(Clone, Copy)]
+struct Vectors<'a> {
+    data: &'a [f32],
+    step: usize,
+}
+
+impl Blocks for Vectors<'_> {
+    fn block(&self, element: usize, first_tile: usize) -> Block {
+        self.data[element * self.step + first_tile..][..LANES]
+            .try_into()
+            .expect("a block")
+    }
+}
+
+/// The `side` × `side` tiles of padded planes (rows of `pw` values), read where they lie:
+/// tile t's element (r, s) is at `starts[t] + r·pw + s`.
+#[derive(Clone, Copy)]
+struct Tiles<'a> {
+    padded: &'a [f32],
+    starts: &'a [usize],
+    pw: usize,
+    side: usize,
+}
+
+impl Blocks for Tiles<'_> {
+    fn block(&self, element: usize, first_tile: usize) -> Block {
+        let offset = (element / self.side) * self.pw + element % self.side;
+        let starts = &self.starts[first_tile..][..LANES];
+        std::array::from_fn(|l| self.padded[starts[l] + offset])
+    }
+}
+
+/// y = T x Tᵀ for every tile of `x`, `len` tiles (a multiple of `LANES`): y's element (i, j)
+/// is a vector starting at y[(i·OUT + j)·len].
+fn transform2d<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has the feature the function is compiled for.
-        unsafe { transform2d_avx512::<T>(x, step, len, y) };
+        unsafe { transform2d_avx512::<T>(x, len, y) };
         return;
     }
-    transform2d_blocks::<T>(x, step, len, y);
+    transform2d_blocks::<T>(x, len, y);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transform2d_avx512<T: Transform>(x: &[f32], step: usize, len: usize, y: &mut [f32]) {
-    transform2d_blocks::<T>(x, step, len, y);
+fn transform2d_avx512<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
+    transform2d_blocks::<T>(x, len, y);
 }
 
 /// A block of `LANES` tiles' values at one position.
@@ -480,16 +539,15 @@ type Block = [f32; LANES];
 /// `transform2d`, `LANES` tiles at a time: T applied to the columns, then to the rows, each a
 /// 1-d transform of six blocks that stays in registers.
 #[inline(always)]
-fn transform2d_blocks<T: Transform>(x: &[f32], step: usize, len: usize, y: &mut [f32]) {
+fn transform2d_blocks<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
     debug_assert_eq!(len % LANES, 0);
     let (n, k) = (T::OUT, T::IN);
-    let block = |at: usize| -> Block { x[at..][..LANES].try_into().expect("a block") };
     for start in (0..len).step_by(LANES) {
         let mut half = [[[0.0f32; LANES]; A]; A];
         for s in 0..k {
             let mut column = [[0.0f32; LANES]; A];
             for (r, value) in column.iter_mut().enumerate().take(k) {
-                *value = block((r * k + s) * step + start);
+                *value = x.block(r * k + s, start);
             }
             let column = transform1d::<T>(&column);
             for (row, value) in half.iter_mut().zip(column).take(n) {
