@@ -52,6 +52,9 @@ pub fn max_forward(geo: &Window2d, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u
         )
         .zip(planes)
         .for_each(|((yp, ap), xp)| {
+            if geo.is_plain_2x2() {
+                return max_2x2(geo, xp, yp, ap);
+            }
             let (rows, cols) = geo.axes();
             let wo = geo.out.1;
             // Kernel cells in row-major order, each over every output of the row at once: the
@@ -86,6 +89,43 @@ pub fn max_forward(geo: &Window2d, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u
             }
         });
     (y, arg)
+}
+
+impl Window2d {
+    /// A 2×2 window with stride 2, no padding or dilation, inside the input: the most common
+    /// pool in CNNs, which `max_forward` runs without its general index arithmetic.
+    fn is_plain_2x2(&self) -> bool {
+        (self.kh, self.kw, self.stride, self.dilation, self.pad) == (2, 2, (2, 2), (1, 1), (0, 0))
+            && 2 * self.out.0 <= self.h
+            && 2 * self.out.1 <= self.w
+    }
+}
+
+/// `max_forward` on one plane `xp` for a plain 2×2 window: the same first-maximum rule, cells
+/// in row-major order.
+fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
+    let (w, wo) = (geo.w, geo.out.1);
+    for (oy, (best, at)) in yp
+        .chunks_exact_mut(wo)
+        .zip(ap.chunks_exact_mut(wo))
+        .enumerate()
+    {
+        let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
+        for (ox, (best, at)) in best.iter_mut().zip(at).enumerate() {
+            let cells = [
+                top + 2 * ox,
+                top + 2 * ox + 1,
+                bottom + 2 * ox,
+                bottom + 2 * ox + 1,
+            ];
+            (*best, *at) = (f32::NEG_INFINITY, cells[0] as u32);
+            for cell in cells {
+                if xp[cell] > *best {
+                    (*best, *at) = (xp[cell], cell as u32);
+                }
+            }
+        }
+    }
 }
 
 /// Routes each output gradient to the input element that won the max.
@@ -232,28 +272,42 @@ mod tests {
 
     #[test]
     fn max_pool_matches_a_naive_loop_for_strides_dilations_and_padding() {
-        let x = input();
-        for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1)] {
-            let out = |n: usize| (n + 2 * pad - (2 * dilation + 1)) / stride + 1;
+        // Ties in the top-left corner: the first cell in row-major order wins.
+        let mut x = input();
+        x[[0, 0, 0, 1]] = x[[0, 0, 0, 0]];
+        x[[0, 0, 1, 0]] = x[[0, 0, 0, 0]];
+        for (kernel, stride, dilation, pad) in [
+            (3, 1, 1, 0),
+            (3, 2, 1, 1),
+            (3, 1, 2, 2),
+            (3, 3, 2, 1),
+            // The plain 2×2 path, on a 5×5 input whose last row and column no window reads.
+            (2, 2, 1, 0),
+        ] {
+            let out = |n: usize| (n + 2 * pad - ((kernel - 1) * dilation + 1)) / stride + 1;
             let g = Window2d {
+                kh: kernel,
+                kw: kernel,
                 dilation: (dilation, dilation),
                 ..geo(pad, stride, (out(5), out(5)))
             };
             let (y, arg) = max_forward(&g, x.view());
             for ((n, c, oy, ox), &got) in y.indexed_iter() {
-                let mut want = f32::NEG_INFINITY;
-                for i in 0..3 {
-                    for j in 0..3 {
+                let (mut want, mut first) = (f32::NEG_INFINITY, None);
+                for i in 0..kernel {
+                    for j in 0..kernel {
                         let r = (oy * stride + i * dilation) as isize - pad as isize;
                         let q = (ox * stride + j * dilation) as isize - pad as isize;
                         if (0..5).contains(&r) && (0..5).contains(&q) {
-                            want = want.max(x[[n, c, r as usize, q as usize]]);
+                            let v = x[[n, c, r as usize, q as usize]];
+                            if v > want {
+                                (want, first) = (v, Some(r as usize * 5 + q as usize));
+                            }
                         }
                     }
                 }
                 assert_eq!(got, want, "{g:?} at {:?}", (n, c, oy, ox));
-                let at = arg[[n, c, oy, ox]] as usize;
-                assert_eq!(x[[n, c, at / 5, at % 5]], want);
+                assert_eq!(Some(arg[[n, c, oy, ox]] as usize), first, "{g:?}");
             }
         }
     }
