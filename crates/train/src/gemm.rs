@@ -3,7 +3,8 @@
 //! The one place that calls into unsafe GEMM: every other kernel goes through these checked
 //! wrappers. Products whose operands both run contiguously along the inner dimension (a
 //! weight gradient: dy · patchesᵀ) are dot products of rows, which `row_dots` computes without
-//! matrixmultiply's packing when the CPU has AVX-512.
+//! matrixmultiply's packing when the CPU has AVX-512; so are thin products whose b has
+//! contiguous rows (`broadcast_rows`).
 
 /// A matrix view: rows × cols over `data`, element (r, c) at `r * row_stride + c * col_stride`.
 #[derive(Clone, Copy)]
@@ -102,15 +103,28 @@ impl Element for f32 {
         c: &mut [f32],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if a.col_stride == 1 && b.row_stride == 1 && std::arch::is_x86_feature_detected!("avx512f")
-        {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            unsafe { row_dots::row_dots(alpha, a, b, beta, c) };
-            return true;
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            if a.col_stride == 1 && b.row_stride == 1 {
+                // SAFETY: the CPU has the feature the function is compiled for.
+                unsafe { row_dots::row_dots(alpha, a, b, beta, c) };
+                return true;
+            }
+            // Few rows or a short inner dimension: packing b would cost about as much as the
+            // product.
+            if b.col_stride == 1 && (a.rows <= THIN || a.cols <= THIN) {
+                // SAFETY: as above.
+                unsafe { row_dots::broadcast_rows(alpha, a, b, beta, c) };
+                return true;
+            }
         }
         false
     }
 }
+
+/// The most rows of a, or the longest inner dimension, for which `broadcast_rows` beats
+/// matrixmultiply (LeNet-5's first convolution has 6 output channels, its second one's input
+/// gradient an inner dimension of 6).
+const THIN: usize = 8;
 
 impl Element for f64 {
     const KERNEL: Kernel<f64> = matrixmultiply::dgemm;
@@ -215,11 +229,83 @@ mod row_dots {
             }
         }
     }
+
+    /// Rows of c at a time.
+    const ROWS: usize = 8;
+
+    /// c = α·a·b + β·c for b with contiguous rows, without packing: each 8 × 16 block of c
+    /// accumulates a's values (broadcast) times b's rows, read where they lie.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn broadcast_rows(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let a_at = |i: usize, p: usize| {
+            a.data[(i as isize * a.row_stride + p as isize * a.col_stride) as usize]
+        };
+        let b_row = |p: usize| &b.data[p * b.row_stride as usize..][..n];
+        for i0 in (0..m).step_by(ROWS) {
+            let rows = ROWS.min(m - i0);
+            for j0 in (0..n).step_by(LANES) {
+                let width = LANES.min(n - j0);
+                let mask: __mmask16 = (1u32 << width).wrapping_sub(1) as __mmask16;
+                let mut acc = [_mm512_setzero_ps(); ROWS];
+                for p in 0..k {
+                    // SAFETY: the masked lanes are inside b's row: j0 + width ≤ n.
+                    let bv = unsafe { _mm512_maskz_loadu_ps(mask, b_row(p)[j0..].as_ptr()) };
+                    for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(a_at(i0 + r, p)), bv, *acc);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(rows) {
+                    let mut out = [0.0f32; LANES];
+                    // SAFETY: `out` holds LANES values.
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) };
+                    let dst = &mut c[(i0 + r) * n + j0..][..width];
+                    for (d, v) in dst.iter_mut().zip(out) {
+                        *d = if beta == 0.0 {
+                            alpha * v
+                        } else {
+                            alpha * v + beta * *d
+                        };
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks gemm(α, a, b, β, c) against a loop in f64, with β = 0 ignoring c's NaNs.
+    fn check(m: usize, n: usize, k: usize, a: Mat<f32>, b: Mat<f32>, beta: f32) {
+        let start = if beta == 0.0 { f32::NAN } else { 1.5 };
+        let mut c = vec![start; m * n];
+        gemm(2.0, a, b, beta, &mut c);
+        let at = |x: &Mat<f32>, i: usize, j: usize| {
+            x.data[(i as isize * x.row_stride + j as isize * x.col_stride) as usize] as f64
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|p| at(&a, i, p) * at(&b, p, j)).sum();
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    (beta * start) as f64
+                };
+                let want = 2.0 * dot + old;
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    fn values(n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|v| ((v as f32) * scale).sin()).collect()
+    }
 
     #[test]
     fn products_and_transposes_match_a_naive_loop() {
@@ -243,40 +329,31 @@ mod tests {
     #[test]
     fn dot_product_form_matches_a_naive_loop() {
         // a (m × k) row-major, b = bᵀ of an (n × k) row-major matrix: both contiguous along k.
-        // Sizes off the 4 × 4 blocks and 16 lanes; β = 0 must ignore what c held (NaN here).
+        // Sizes off the 4 × 4 blocks and 16 lanes.
         for (m, n, k, beta) in [
-            (5, 7, 37, 0.0f32),
+            (5, 7, 37, 0.0),
             (4, 4, 16, 0.5),
             (9, 2, 100, 0.0),
             (1, 1, 3, 2.0),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|v| ((v as f32) * 0.37).sin()).collect();
-            let bt: Vec<f32> = (0..n * k).map(|v| ((v as f32) * 0.71).cos()).collect();
-            let start = if beta == 0.0 { f32::NAN } else { 1.5 };
-            let mut c = vec![start; m * n];
-            gemm(
-                2.0,
-                Mat::new(&a, m, k),
-                Mat::new(&bt, n, k).t(),
-                beta,
-                &mut c,
-            );
-            for i in 0..m {
-                for j in 0..n {
-                    let dot: f64 = (0..k).map(|p| (a[i * k + p] * bt[j * k + p]) as f64).sum();
-                    let old = if beta == 0.0 {
-                        0.0
-                    } else {
-                        (beta * start) as f64
-                    };
-                    let want = 2.0 * dot + old;
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                        "{m}x{n}x{k} ({i}, {j}): {got} vs {want}"
-                    );
-                }
-            }
+            let (a, bt) = (values(m * k, 0.37), values(n * k, 0.71));
+            check(m, n, k, Mat::new(&a, m, k), Mat::new(&bt, n, k).t(), beta);
+        }
+    }
+
+    #[test]
+    fn thin_products_match_a_naive_loop() {
+        // Few rows of a, or a short inner dimension (a transposed as in an input gradient);
+        // widths off the 16 lanes.
+        for (m, n, k, beta) in [
+            (6, 37, 25, 0.0),
+            (3, 16, 40, 0.5),
+            (30, 50, 6, 0.0),
+            (9, 17, 3, 2.0),
+        ] {
+            let (a, b) = (values(m * k, 0.37), values(k * n, 0.71));
+            check(m, n, k, Mat::new(&a, m, k), Mat::new(&b, k, n), beta);
+            check(m, n, k, Mat::new(&a, k, m).t(), Mat::new(&b, k, n), beta);
         }
     }
 }
