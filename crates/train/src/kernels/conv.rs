@@ -190,8 +190,10 @@ fn lowered_forward(geo: &ConvGeometry, xs: &[f32], w: &[f32], bias: Option<&[f32
     let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
     let chunk_len = geo.chunk();
-    y.par_chunks_mut(chunk_len * out_len)
-        .zip(xs.par_chunks(chunk_len * sample_len))
+    // `max(1)`: an empty output (no channels) has nothing to compute, and chunks of zero
+    // values would panic.
+    y.par_chunks_mut((chunk_len * out_len).max(1))
+        .zip(xs.par_chunks((chunk_len * sample_len).max(1)))
         .for_each(|(ys, xs)| {
             let n = xs.len() / sample_len * p;
             with_buffer(&LOWERED, k * n + mg * n, |scratch| {
@@ -476,6 +478,20 @@ mod tests {
                 mean[0]
             );
             assert_eq!(mean.len(), geo.patch_len());
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_gives_empty_outputs_and_zero_gradients() {
+        for geo in [geometry(1, 1, 1, 1), sized(1, 1, 1, 1, (3, 3), (64, 64))] {
+            let geo = ConvGeometry { batch: 0, ..geo };
+            let x = Array4::<f32>::zeros((0, geo.c_in, geo.window.h, geo.window.w));
+            let w = wave(geo.c_out * geo.patch_len(), 2.0);
+            let (y, _) = forward(&geo, x.view(), &w, None, false);
+            assert_eq!(y.len(), 0);
+            let (dx, dw, db) = backward(&geo, x.view(), &w, y.view(), true);
+            assert_eq!(dx.unwrap().len(), 0);
+            assert!(dw.iter().chain(&db).all(|v| *v == 0.0));
         }
     }
 

@@ -128,7 +128,8 @@ thread_local! {
 }
 
 /// Whether this module can compute the convolution: a 3×3 kernel, stride 1, undilated,
-/// ungrouped, leading pads of at most 2 (the input gradient pads by 2 − pad).
+/// ungrouped, leading pads of at most 2 (the input gradient pads by 2 − pad), and something to
+/// compute (the lowered path handles empty batches and outputs).
 pub(crate) fn supports(geo: &ConvGeometry) -> bool {
     let Window2d {
         kh,
@@ -136,9 +137,13 @@ pub(crate) fn supports(geo: &ConvGeometry) -> bool {
         stride,
         dilation,
         pad,
+        out,
         ..
     } = geo.window;
-    (kh, kw) == (3, 3)
+    geo.batch > 0
+        && out.0 > 0
+        && out.1 > 0
+        && (kh, kw) == (3, 3)
         && stride == (1, 1)
         && dilation == (1, 1)
         && pad.0 <= 2
