@@ -214,7 +214,7 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
     with_buffer(&PRODUCTS, POINTS * ((c + k) * t + len), |buf| {
         let (v, rest) = buf.split_at_mut(POINTS * c * t);
         let (z, du) = rest.split_at_mut(POINTS * k * t);
-        transform_input(&geo.window, x, c, tiling, v);
+        transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
         // dy's planes as a convolution's input with no leading padding, in tiles of M.
         let dy_window = Window2d {
             h: geo.window.out.0,
@@ -222,26 +222,7 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
             pad: (0, 0),
             ..geo.window
         };
-        let (ph, pw) = tiling.padded(M);
-        let starts = tiling.starts(M);
-        z.par_chunks_mut(POINTS * t)
-            .enumerate()
-            .for_each(|(ko, zk)| {
-                with_buffer(&TILES, tiling.batch * ph * pw, |padded| {
-                    pad_planes(dy, ko, k, &dy_window, (ph, pw), padded);
-                    let tiles = Tiles {
-                        padded,
-                        starts: &starts,
-                        pw,
-                        side: M,
-                    };
-                    transform2d::<OutputGradients>(tiles, t, zk);
-                    // The sum over tiles must not see the reads past the last tile.
-                    for vector in zk.chunks_exact_mut(t) {
-                        vector[tiling.count()..].fill(0.0);
-                    }
-                });
-            });
+        transform_tiles::<OutputGradients>(&dy_window, dy, k, tiling, z);
         du.par_chunks_mut(len).enumerate().for_each(|(q, duq)| {
             gemm(
                 1.0,
@@ -339,8 +320,7 @@ impl Tiling {
     }
 
     /// Where each tile starts in a batch of planes padded for `side`, then, up to the vector
-    /// length, the first tile again: reads past the last tile stay inside the planes (and
-    /// their values are never used).
+    /// length, the first tile again, so that reads past the last tile stay inside the planes.
     fn starts(&self, side: usize) -> Vec<usize> {
         let (ph, pw) = self.padded(side);
         let (rows, cols) = (self.rows, self.cols);
@@ -385,7 +365,7 @@ fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [
         |buf| {
             let (v, rest) = buf.split_at_mut(POINTS * c * t);
             let (m, by_channel) = rest.split_at_mut(POINTS * block);
-            transform_input(&geo.window, x, c, tiling, v);
+            transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
             m.par_chunks_mut(block).enumerate().for_each(|(q, mq)| {
                 let uq = Mat::new(&u[q * vector_len(k * c)..][..k * c], k, c);
                 gemm(1.0, uq, point_rows(v, q, c, t), 0.0, mq);
@@ -418,25 +398,36 @@ fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [
     );
 }
 
-/// Writes Bᵀ d B for every 6×6 input tile d of every channel of the NCHW batch `x` into `v`,
-/// laid out as [channel][point][tile].
-fn transform_input(window: &Window2d, x: &[f32], channels: usize, tiling: Tiling, v: &mut [f32]) {
+/// Writes T d Tᵀ for every `T::IN` × `T::IN` tile d of every channel of the NCHW batch `x`
+/// (tiles placed by `window`'s leading padding) into `out`, laid out as [channel][point][tile],
+/// each vector zero past the last tile so that sums over tiles can include it.
+fn transform_tiles<T: Transform>(
+    window: &Window2d,
+    x: &[f32],
+    channels: usize,
+    tiling: Tiling,
+    out: &mut [f32],
+) {
     let t = tiling.stride();
-    let starts = tiling.starts(A);
-    let (ph, pw) = tiling.padded(A);
-    v.par_chunks_mut(POINTS * t)
+    let side = T::IN;
+    let starts = tiling.starts(side);
+    let (ph, pw) = tiling.padded(side);
+    out.par_chunks_mut(T::OUT * T::OUT * t)
         .enumerate()
-        .for_each(|(ch, vc)| {
+        .for_each(|(ch, vectors)| {
             with_buffer(&TILES, tiling.batch * ph * pw, |padded| {
                 pad_planes(x, ch, channels, window, (ph, pw), padded);
                 let tiles = Tiles {
                     padded,
                     starts: &starts,
                     pw,
-                    side: A,
+                    side,
                 };
-                transform2d::<InputTiles>(tiles, t, vc);
+                transform2d::<T>(tiles, t, vectors);
             });
+            for vector in vectors.chunks_exact_mut(t) {
+                vector[tiling.count()..].fill(0.0);
+            }
         });
 }
 
