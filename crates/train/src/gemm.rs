@@ -334,12 +334,13 @@ mod tests {
     #[test]
     fn dot_product_form_matches_a_naive_loop() {
         // a (m × k) row-major, b = bᵀ of an (n × k) row-major matrix: both contiguous along k.
-        // Sizes off the 4 × 4 blocks and 16 lanes.
+        // Sizes off the 4 × 4 blocks and 16 lanes, inner dimensions from `LONG_DOTS` on (the
+        // shorter ones go to matrixmultiply).
         for (m, n, k, beta) in [
-            (5, 7, 37, 0.0),
-            (4, 4, 16, 0.5),
-            (9, 2, 100, 0.0),
-            (1, 1, 3, 2.0),
+            (5, 7, LONG_DOTS + 37, 0.0),
+            (4, 4, LONG_DOTS, 0.5),
+            (9, 2, LONG_DOTS + 100, 0.0),
+            (1, 1, LONG_DOTS + 3, 2.0),
         ] {
             let (a, bt) = (values(m * k, 0.37), values(n * k, 0.71));
             check(m, n, k, Mat::new(&a, m, k), Mat::new(&bt, n, k).t(), beta);
