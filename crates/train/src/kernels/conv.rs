@@ -235,17 +235,16 @@ pub fn backward(
     let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
 
-    // One chunk of samples: its partial weight and bias gradients, and its input gradients
-    // written into `dx` (the chunk's rows of the full dx) when that is wanted.
+    // One chunk of samples: its partial weight gradient, and its input gradients written into
+    // `dx` (the chunk's rows of the full dx) when that is wanted.
     let chunk_len = geo.chunk();
-    let chunk = |chunk: usize, mut dx: Option<&mut [f32]>| -> (Vec<f32>, Vec<f32>) {
+    let chunk = |chunk: usize, mut dx: Option<&mut [f32]>| -> Vec<f32> {
         let first = chunk * chunk_len;
         let samples = chunk_len.min(geo.batch - first);
         let xs = &xs[first * sample_len..][..samples * sample_len];
         let dys = &dys[first * out_len..][..samples * out_len];
         let n = samples * p;
         let mut dw = vec![0.0f32; geo.c_out * k];
-        let mut db = vec![0.0f32; geo.c_out];
         with_buffer(&LOWERED, k * n + mg * n, |scratch| {
             let (cols, dyg) = scratch.split_at_mut(k * n);
             for g in 0..geo.group {
@@ -257,7 +256,6 @@ pub fn backward(
                     geo.im2col(xb, g, &mut cols[b * p..], n);
                     for (m, plane) in dyb[g * mg * p..][..mg * p].chunks_exact(p).enumerate() {
                         dyg[m * n + b * p..][..p].copy_from_slice(plane);
-                        db[g * mg + m] += plane.iter().sum::<f32>();
                     }
                 }
                 let dyg = Mat::new(dyg, mg, n);
@@ -272,7 +270,7 @@ pub fn backward(
                 }
             }
         });
-        (dw, db)
+        dw
     };
 
     let mut dx =
@@ -284,7 +282,7 @@ pub fn backward(
         let dw = winograd::weight_gradient(geo, xs, dys);
         return (dx, dw, channel_sums(dys, geo.c_out, p));
     }
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = match dx.as_mut() {
+    let partial: Vec<Vec<f32>> = match dx.as_mut() {
         Some(dx) => dx
             .axis_chunks_iter_mut(Axis(0), chunk_len)
             .into_par_iter()
@@ -298,12 +296,10 @@ pub fn backward(
     };
     // Summed in chunk order, whatever thread computed each part.
     let mut dw = vec![0.0f32; geo.c_out * k];
-    let mut db = vec![0.0f32; geo.c_out];
-    for (pw, pb) in &partial {
+    for pw in &partial {
         dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
-    (dx, dw, db)
+    (dx, dw, channel_sums(dys, geo.c_out, p))
 }
 
 /// The sum of each channel of the NCHW `y` (planes of `plane` values) over samples and
