@@ -6,12 +6,14 @@
 //! accepts (3×3, stride 1, undilated, ungrouped), and must not be called for any other; `conv`
 //! sends it those where `pays_off` and keeps its im2col path for the rest.
 //!
-//! The whole batch at once, in three steps that each run on the pool: the tiles of every channel
-//! are transformed into vectors over all the batch's tiles (Bᵀ d B), one product per transformed
-//! point multiplies them by the transformed weights (G g Gᵀ), and every output channel's products
-//! are transformed back (Aᵀ m A). Every transform is a pair of small matrices applied to whole
-//! vectors of tiles, so it runs at SIMD width; each value is computed in a fixed order, whatever
-//! the number of threads.
+//! The whole batch at once, in three steps that each run on the pool: every tile of every
+//! sample is transformed (Bᵀ d B), one product per transformed point multiplies the transformed
+//! tiles of the whole batch by the transformed weights (G g Gᵀ), and each sample's products are
+//! transformed back (Aᵀ m A) straight into the output. The transforms work on blocks of 16
+//! channels, read from a sample's planes interleaved 16 channels per position, so every load and
+//! store of a transform is one SIMD register; transformed tiles are stored as [tile][point]
+//! [channel] so that each sample's are contiguous. Each value is computed in a fixed order,
+//! whatever the number of threads.
 
 use super::conv::ConvGeometry;
 use super::scratch::with_buffer;
@@ -19,6 +21,7 @@ use super::window::Window2d;
 use crate::gemm::{gemm, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Output values per tile side.
 const M: usize = 4;
@@ -121,10 +124,10 @@ impl Transform for OutputGradients {
 }
 
 thread_local! {
-    /// The transformed inputs, products and outputs of the call this thread runs.
+    /// The transformed inputs and products of the call this thread runs.
     static PRODUCTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Gathered tiles and half-transformed vectors of one channel, in a task on the pool.
-    static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One sample's block of interleaved, padded planes, in a task on the pool.
+    static PLANES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether this module can compute the convolution: a 3×3 kernel, stride 1, undilated,
@@ -207,13 +210,13 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
 pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     debug_assert!(supports(geo));
     let (c, k) = (geo.c_in, geo.c_out);
+    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
     let tiling = Tiling::new(geo.batch, geo.window.out);
-    let t = tiling.stride();
-    let kc = k * c;
-    let len = vector_len(kc);
-    with_buffer(&PRODUCTS, POINTS * ((c + k) * t + len), |buf| {
-        let (v, rest) = buf.split_at_mut(POINTS * c * t);
-        let (z, du) = rest.split_at_mut(POINTS * k * t);
+    let t = tiling.count();
+    let point_len = vector_len(cp * kp);
+    with_buffer(&PRODUCTS, POINTS * (t * (cp + kp) + point_len), |buf| {
+        let (v, rest) = buf.split_at_mut(POINTS * t * cp);
+        let (z, du) = rest.split_at_mut(POINTS * t * kp);
         transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
         // dy's planes as a convolution's input with no leading padding, in tiles of M.
         let dy_window = Window2d {
@@ -223,65 +226,80 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
             ..geo.window
         };
         transform_tiles::<OutputGradients>(&dy_window, dy, k, tiling, z);
-        du.par_chunks_mut(len).enumerate().for_each(|(q, duq)| {
-            gemm(
-                1.0,
-                point_rows(z, q, k, t),
-                point_rows(v, q, c, t).t(),
-                0.0,
-                duq,
-            );
-        });
-        let mut taps = vec![0.0f32; 9 * len];
-        transform2d::<KernelGradients>(
-            Vectors {
-                data: du,
-                step: len,
+        // dUᵀ at each point, cp × kp.
+        du.par_chunks_mut(point_len)
+            .enumerate()
+            .for_each(|(q, duq)| {
+                let (vq, zq) = (point_rows(v, q, t, cp), point_rows(z, q, t, kp));
+                gemm(1.0, vq.t(), zq, 0.0, &mut duq[..cp * kp]);
+            });
+        let mut dw = vec![0.0f32; 9 * k * c];
+        with_simd(
+            #[inline(always)]
+            || {
+                for ci in 0..c {
+                    for kb in (0..k).step_by(LANES) {
+                        let lanes = LANES.min(k - kb);
+                        transform_tile::<KernelGradients>(
+                            #[inline(always)]
+                            |q| block(du, q * point_len + ci * kp + kb),
+                            #[inline(always)]
+                            |tap, value| {
+                                for (l, v) in value.iter().enumerate().take(lanes) {
+                                    dw[((kb + l) * c + ci) * 9 + tap] = *v;
+                                }
+                            },
+                        );
+                    }
+                }
             },
-            len,
-            &mut taps,
         );
-        let mut dw = vec![0.0f32; 9 * kc];
-        for (o, kernel) in dw.chunks_exact_mut(9).enumerate() {
-            for (tap, v) in kernel.iter_mut().enumerate() {
-                *v = taps[tap * len + o];
-            }
-        }
         dw
     })
 }
 
-/// Point `q`'s rows of a transformed buffer laid out as [row][point][tile]: a `rows` × `t`
-/// matrix.
-fn point_rows(buf: &[f32], q: usize, rows: usize, t: usize) -> Mat<'_, f32> {
+/// Point `q`'s rows of a transformed buffer laid out as [tile][point][channel], `width` channels
+/// each: a `tiles` × `width` matrix.
+fn point_rows(buf: &[f32], q: usize, tiles: usize, width: usize) -> Mat<'_, f32> {
     Mat {
-        data: &buf[q * t..],
-        rows,
-        cols: t,
-        row_stride: (POINTS * t) as isize,
+        data: &buf[q * width..],
+        rows: tiles,
+        cols: width,
+        row_stride: (POINTS * width) as isize,
         col_stride: 1,
     }
 }
 
-/// U[q] (k × c) = G g Gᵀ at point q for every 3×3 kernel g of the OIHW weights `w`: 36
-/// row-major matrices, `vector_len(k·c)` values apart.
+/// Uᵀ at each point q (c × k, padded to whole `LANES` blocks with zeros) = G g Gᵀ at q for every
+/// 3×3 kernel g of the OIHW weights `w`: 36 row-major matrices, `vector_len` of their size apart.
 fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
-    let len = vector_len(k * c);
-    // The nine taps, each a vector over (k, c), so the transform runs over whole vectors.
-    let mut taps = vec![0.0f32; 9 * len];
+    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
+    // The taps as [input channel][tap][output channel], so that each read is one block.
+    let mut taps = vec![0.0f32; c * 9 * kp];
     for (o, kernel) in w.chunks_exact(9).enumerate() {
+        let (ko, ci) = (o / c, o % c);
         for (tap, v) in kernel.iter().enumerate() {
-            taps[tap * len + o] = *v;
+            taps[(ci * 9 + tap) * kp + ko] = *v;
         }
     }
-    let mut u = vec![0.0f32; POINTS * len];
-    transform2d::<Kernels>(
-        Vectors {
-            data: &taps,
-            step: len,
+    let point_len = vector_len(cp * kp);
+    let mut u = vec![0.0f32; POINTS * point_len];
+    with_simd(
+        #[inline(always)]
+        || {
+            for ci in 0..c {
+                for kb in (0..kp).step_by(LANES) {
+                    transform_tile::<Kernels>(
+                        #[inline(always)]
+                        |tap| block(&taps, (ci * 9 + tap) * kp + kb),
+                        #[inline(always)]
+                        |q, value| {
+                            u[q * point_len + ci * kp + kb..][..LANES].copy_from_slice(value);
+                        },
+                    );
+                }
+            }
         },
-        len,
-        &mut u,
     );
     u
 }
@@ -304,13 +322,12 @@ impl Tiling {
         }
     }
 
-    fn count(&self) -> usize {
-        self.batch * self.rows * self.cols
+    fn per_sample(&self) -> usize {
+        self.rows * self.cols
     }
 
-    /// The length of a vector over the tiles.
-    fn stride(&self) -> usize {
-        vector_len(self.count())
+    fn count(&self) -> usize {
+        self.batch * self.per_sample()
     }
 
     /// The (rows, columns) of a plane padded so that every tile of `side` × `side` values reads
@@ -318,89 +335,80 @@ impl Tiling {
     fn padded(&self, side: usize) -> (usize, usize) {
         ((self.rows - 1) * M + side, (self.cols - 1) * M + side)
     }
-
-    /// Where each tile starts in a batch of planes padded for `side`, then, up to the vector
-    /// length, the first tile again, so that reads past the last tile stay inside the planes.
-    fn starts(&self, side: usize) -> Vec<usize> {
-        let (ph, pw) = self.padded(side);
-        let (rows, cols) = (self.rows, self.cols);
-        let mut starts: Vec<usize> = (0..self.batch)
-            .flat_map(|n| {
-                (0..rows)
-                    .flat_map(move |ty| (0..cols).map(move |tx| (n * ph + ty * M) * pw + tx * M))
-            })
-            .collect();
-        starts.resize(self.stride(), 0);
-        starts
-    }
 }
 
-/// The length of a vector of `n` values in the transforms' buffers: whole `LANES` blocks (the
-/// tail zero wherever it enters a sum), and never a multiple of 128 values (512 bytes). A
-/// transform reads and writes 36 vectors at once, and at such strides they would all fall in
-/// the same few cache sets.
+/// The length of a matrix in the buffers that hold one per point: never a multiple of 128 values
+/// (512 bytes), since a transform reads or writes the 36 of them at once, and at such strides
+/// they would all fall in the same few cache sets.
 fn vector_len(n: usize) -> usize {
-    let len = n.next_multiple_of(LANES);
-    if len.is_multiple_of(128) {
-        len + LANES
+    if n.is_multiple_of(128) {
+        n + LANES
     } else {
-        len
+        n
     }
 }
 
 /// The convolution of `x` (geometry `geo`) with the transformed weights `u`.
 fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (c, k) = (geo.c_in, geo.c_out);
+    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
     let out = geo.window.out;
     let tiling = Tiling::new(geo.batch, out);
-    let t = tiling.stride();
-    // Each output channel's planes, padded to whole tiles.
-    let (ph, pw) = tiling.padded(M);
-    let channel_len = geo.batch * ph * pw;
-    // The product at each point, k × t, in blocks spaced like vectors.
-    let block = vector_len(k * t);
-    with_buffer(
-        &PRODUCTS,
-        POINTS * (c * t + block) + k * channel_len,
-        |buf| {
-            let (v, rest) = buf.split_at_mut(POINTS * c * t);
-            let (m, by_channel) = rest.split_at_mut(POINTS * block);
-            transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
-            m.par_chunks_mut(block).enumerate().for_each(|(q, mq)| {
-                let uq = Mat::new(&u[q * vector_len(k * c)..][..k * c], k, c);
-                gemm(1.0, uq, point_rows(v, q, c, t), 0.0, mq);
+    let t = tiling.count();
+    let weights_len = vector_len(cp * kp);
+    // The product at each point, t × kp.
+    let product_len = vector_len(t * kp);
+    with_buffer(&PRODUCTS, POINTS * (t * cp + product_len), |buf| {
+        let (v, m) = buf.split_at_mut(POINTS * t * cp);
+        transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
+        m.par_chunks_mut(product_len)
+            .enumerate()
+            .for_each(|(q, mq)| {
+                let uq = Mat::new(&u[q * weights_len..][..cp * kp], cp, kp);
+                gemm(1.0, point_rows(v, q, t, cp), uq, 0.0, &mut mq[..t * kp]);
             });
-            let starts = tiling.starts(M);
-            by_channel
-                .par_chunks_mut(channel_len)
-                .enumerate()
-                .for_each(|(ko, yk)| {
-                    with_buffer(&TILES, M * M * t, |o| {
-                        let products = Vectors {
-                            data: &m[ko * t..],
-                            step: block,
-                        };
-                        transform2d::<OutputTiles>(products, t, o);
-                        scatter(o, &starts[..tiling.count()], pw, yk);
-                    });
-                });
-            // Into NCHW order, without the padding.
-            let plane = out.0 * out.1;
-            y.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-                let (n, ko) = (i / k, i % k);
-                let shift = bias.map_or(0.0, |b| b[ko]);
-                let src = &by_channel[ko * channel_len + n * ph * pw..];
-                for (row, src) in dst.chunks_exact_mut(out.1).zip(src.chunks(pw)) {
-                    row.iter_mut().zip(src).for_each(|(y, v)| *y = v + shift);
-                }
-            });
-        },
-    );
+        let m = &*m;
+        let plane = out.0 * out.1;
+        y.par_chunks_mut(k * plane).enumerate().for_each(|(n, yn)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for kb in (0..k).step_by(LANES) {
+                        let lanes = LANES.min(k - kb);
+                        let shift: Block = std::array::from_fn(|l| match bias {
+                            Some(b) if kb + l < k => b[kb + l],
+                            _ => 0.0,
+                        });
+                        for ty in 0..tiling.rows {
+                            for tx in 0..tiling.cols {
+                                let tile = (n * tiling.rows + ty) * tiling.cols + tx;
+                                transform_tile::<OutputTiles>(
+                                    #[inline(always)]
+                                    |q| block(m, q * product_len + tile * kp + kb),
+                                    #[inline(always)]
+                                    |ab, value| {
+                                        let (oy, ox) = (ty * M + ab / M, tx * M + ab % M);
+                                        if oy >= out.0 || ox >= out.1 {
+                                            return;
+                                        }
+                                        for l in 0..lanes {
+                                            yn[((kb + l) * out.0 + oy) * out.1 + ox] =
+                                                value[l] + shift[l];
+                                        }
+                                    },
+                                );
+                            }
+                        }
+                    }
+                },
+            );
+        });
+    });
 }
 
-/// Writes T d Tᵀ for every `T::IN` × `T::IN` tile d of every channel of the NCHW batch `x`
-/// (tiles placed by `window`'s leading padding) into `out`, laid out as [channel][point][tile],
-/// each vector zero past the last tile so that sums over tiles can include it.
+/// Writes T d Tᵀ for every `T::IN` × `T::IN` tile d of the NCHW batch `x` (`channels` channels,
+/// tiles placed by `window`'s leading padding) into `out`, laid out as [tile][point][channel]
+/// with the channels padded by zeros to whole `LANES` blocks.
 fn transform_tiles<T: Transform>(
     window: &Window2d,
     x: &[f32],
@@ -408,153 +416,117 @@ fn transform_tiles<T: Transform>(
     tiling: Tiling,
     out: &mut [f32],
 ) {
-    let t = tiling.stride();
     let side = T::IN;
-    let starts = tiling.starts(side);
+    let width = channels.next_multiple_of(LANES);
     let (ph, pw) = tiling.padded(side);
-    out.par_chunks_mut(T::OUT * T::OUT * t)
-        .enumerate()
-        .for_each(|(ch, vectors)| {
-            with_buffer(&TILES, tiling.batch * ph * pw, |padded| {
-                pad_planes(x, ch, channels, window, (ph, pw), padded);
-                let tiles = Tiles {
-                    padded,
-                    starts: &starts,
-                    pw,
-                    side,
-                };
-                transform2d::<T>(tiles, t, vectors);
+    let sample_len = channels * window.h * window.w;
+    out.par_chunks_mut(tiling.per_sample() * POINTS * width)
+        .zip(x.par_chunks(sample_len))
+        .for_each(|(out, xn)| {
+            with_buffer(&PLANES, ph * pw * LANES, |planes| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for cb in (0..channels).step_by(LANES) {
+                            interleave(xn, cb..channels.min(cb + LANES), window, pw, planes);
+                            for ty in 0..tiling.rows {
+                                for tx in 0..tiling.cols {
+                                    let origin = ty * M * pw + tx * M;
+                                    let tile = ty * tiling.cols + tx;
+                                    transform_tile::<T>(
+                                        #[inline(always)]
+                                        |e| {
+                                            block(
+                                                planes,
+                                                (origin + (e / side) * pw + e % side) * LANES,
+                                            )
+                                        },
+                                        #[inline(always)]
+                                        |q, value| {
+                                            out[(tile * POINTS + q) * width + cb..][..LANES]
+                                                .copy_from_slice(value);
+                                        },
+                                    );
+                                }
+                            }
+                        }
+                    },
+                );
             });
-            for vector in vectors.chunks_exact_mut(t) {
-                vector[tiling.count()..].fill(0.0);
-            }
         });
 }
 
-/// Copies channel `channel` of every sample of the NCHW batch `x` (planes of `window`'s size)
-/// into `padded`, planes of `size`, at `window`'s leading padding, with zeros around.
-fn pad_planes(
-    x: &[f32],
-    channel: usize,
-    channels: usize,
-    window: &Window2d,
-    (ph, pw): (usize, usize),
-    padded: &mut [f32],
-) {
+/// Copies `channels` (at most `LANES`) of the sample `x` (planes of `window`'s size) into
+/// `planes`, rows of `pw` positions each holding `LANES` channels, at `window`'s leading
+/// padding, with zeros around and in the lanes past the last channel.
+fn interleave(x: &[f32], channels: Range<usize>, window: &Window2d, pw: usize, planes: &mut [f32]) {
     let Window2d { h, w, pad, .. } = *window;
+    let ph = planes.len() / (pw * LANES);
     let (rows, cols) = (h.min(ph - pad.0), w.min(pw - pad.1));
-    for (n, dst) in padded.chunks_exact_mut(ph * pw).enumerate() {
-        let plane = &x[(n * channels + channel) * h * w..][..h * w];
-        // Only the border is zeroed: the rest is overwritten.
-        dst[..pad.0 * pw].fill(0.0);
-        dst[(pad.0 + rows) * pw..].fill(0.0);
+    planes.fill(0.0);
+    for (l, channel) in channels.enumerate() {
+        let plane = &x[channel * h * w..][..h * w];
         for (y, src) in plane.chunks_exact(w).take(rows).enumerate() {
-            let row = &mut dst[(y + pad.0) * pw..][..pw];
-            row[..pad.1].fill(0.0);
-            row[pad.1..][..cols].copy_from_slice(&src[..cols]);
-            row[pad.1 + cols..].fill(0.0);
+            let row = &mut planes[((y + pad.0) * pw + pad.1) * LANES..][..cols * LANES];
+            for (dst, v) in row.chunks_exact_mut(LANES).zip(src) {
+                dst[l] = *v;
+            }
         }
     }
 }
 
-/// The inverse of `Tiles` for M×M output tiles: writes vector (a, b) of `o` (vectors of
-/// `stride` values, one per tile) into padded planes (rows of `pw` values) at `starts`.
-fn scatter(o: &[f32], starts: &[usize], pw: usize, padded: &mut [f32]) {
-    let stride = o.len() / (M * M);
-    for (ab, vector) in o.chunks_exact(stride).enumerate() {
-        let offset = (ab / M) * pw + ab % M;
-        for (value, start) in vector.iter().zip(starts) {
-            padded[start + offset] = *value;
-        }
-    }
-}
-
-/// Tiles per block of `transform2d`: one AVX-512 register of each vector.
+/// Tiles' channels per transform: one AVX-512 register.
 const LANES: usize = 16;
 
-/// Where a transform reads its input: `LANES` values of an element (a position in the tile)
-/// for consecutive tiles.
-trait Blocks: Copy {
-    fn block(&self, element: usize, first_tile: usize) -> Block;
-}
-
-/// Elements stored as vectors over the tiles, `step` values apart.
-#[derive(Clone, Copy)]
-struct Vectors<'a> {
-    data: &'a [f32],
-    step: usize,
-}
-
-impl Blocks for Vectors<'_> {
-    fn block(&self, element: usize, first_tile: usize) -> Block {
-        self.data[element * self.step + first_tile..][..LANES]
-            .try_into()
-            .expect("a block")
-    }
-}
-
-/// The `side` × `side` tiles of padded planes (rows of `pw` values), read where they lie:
-/// tile t's element (r, s) is at `starts[t] + r·pw + s`.
-#[derive(Clone, Copy)]
-struct Tiles<'a> {
-    padded: &'a [f32],
-    starts: &'a [usize],
-    pw: usize,
-    side: usize,
-}
-
-impl Blocks for Tiles<'_> {
-    fn block(&self, element: usize, first_tile: usize) -> Block {
-        let offset = (element / self.side) * self.pw + element % self.side;
-        let starts = &self.starts[first_tile..][..LANES];
-        std::array::from_fn(|l| self.padded[starts[l] + offset])
-    }
-}
-
-/// y = T x Tᵀ for every tile of `x`, `len` tiles (a multiple of `LANES`): y's element (i, j)
-/// is a vector starting at y[(i·OUT + j)·len].
-fn transform2d<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        unsafe { transform2d_avx512::<T>(x, len, y) };
-        return;
-    }
-    transform2d_blocks::<T>(x, len, y);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transform2d_avx512<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
-    transform2d_blocks::<T>(x, len, y);
-}
-
-/// A block of `LANES` tiles' values at one position.
+/// `LANES` channels' values at one position of a tile.
 type Block = [f32; LANES];
 
-/// `transform2d`, `LANES` tiles at a time: T applied to the columns, then to the rows, each a
-/// 1-d transform of six blocks that stays in registers.
+/// The block at `at` in `buf`.
 #[inline(always)]
-fn transform2d_blocks<T: Transform>(x: impl Blocks, len: usize, y: &mut [f32]) {
-    debug_assert_eq!(len % LANES, 0);
-    let (n, k) = (T::OUT, T::IN);
-    for start in (0..len).step_by(LANES) {
-        let mut half = [[[0.0f32; LANES]; A]; A];
-        for s in 0..k {
-            let mut column = [[0.0f32; LANES]; A];
-            for (r, value) in column.iter_mut().enumerate().take(k) {
-                *value = x.block(r * k + s, start);
-            }
-            let column = transform1d::<T>(&column);
-            for (row, value) in half.iter_mut().zip(column).take(n) {
-                row[s] = value;
-            }
+fn block(buf: &[f32], at: usize) -> Block {
+    buf[at..][..LANES].try_into().expect("a block")
+}
+
+/// Runs `f` compiled for AVX-512 when the CPU has it, so that the transforms inlined into it
+/// work on whole registers.
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
-        for (i, row) in half.iter().enumerate().take(n) {
-            let row = transform1d::<T>(row);
-            for (j, value) in row.iter().enumerate().take(n) {
-                y[(i * n + j) * len + start..][..LANES].copy_from_slice(value);
-            }
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { avx512(f) };
+    }
+    f()
+}
+
+/// y = T x Tᵀ for one tile of blocks: x's element (r, s) is `read(r·IN + s)`, y's element (i, j)
+/// goes to `write(i·OUT + j, ..)`. T is applied to the columns, then to the rows, each a 1-d
+/// transform of six blocks.
+#[inline(always)]
+fn transform_tile<T: Transform>(
+    read: impl Fn(usize) -> Block,
+    mut write: impl FnMut(usize, &Block),
+) {
+    let (n, k) = (T::OUT, T::IN);
+    let mut half = [[[0.0f32; LANES]; A]; A];
+    for s in 0..k {
+        let mut column = [[0.0f32; LANES]; A];
+        for (r, value) in column.iter_mut().enumerate().take(k) {
+            *value = read(r * k + s);
+        }
+        let column = transform1d::<T>(&column);
+        for (row, value) in half.iter_mut().zip(column).take(n) {
+            row[s] = value;
+        }
+    }
+    for (i, row) in half.iter().enumerate().take(n) {
+        let row = transform1d::<T>(row);
+        for (j, value) in row.iter().enumerate().take(n) {
+            write(i * n + j, value);
         }
     }
 }
