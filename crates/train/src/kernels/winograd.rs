@@ -234,26 +234,19 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
                 gemm(1.0, vq.t(), zq, 0.0, &mut duq[..cp * kp]);
             });
         let mut dw = vec![0.0f32; 9 * k * c];
-        with_simd(
-            #[inline(always)]
-            || {
-                for ci in 0..c {
-                    for kb in (0..k).step_by(LANES) {
-                        let lanes = LANES.min(k - kb);
-                        transform_tile::<KernelGradients>(
-                            #[inline(always)]
-                            |q| block(du, q * point_len + ci * kp + kb),
-                            #[inline(always)]
-                            |tap, value| {
-                                for (l, v) in value.iter().enumerate().take(lanes) {
-                                    dw[((kb + l) * c + ci) * 9 + tap] = *v;
-                                }
-                            },
-                        );
-                    }
-                }
-            },
-        );
+        for ci in 0..c {
+            for kb in (0..k).step_by(LANES) {
+                let lanes = LANES.min(k - kb);
+                transform_tile::<KernelGradients>(
+                    |q| block(du, q * point_len + ci * kp + kb),
+                    |tap, value| {
+                        for (l, v) in value.iter().enumerate().take(lanes) {
+                            dw[((kb + l) * c + ci) * 9 + tap] = *v;
+                        }
+                    },
+                );
+            }
+        }
         dw
     })
 }
@@ -284,23 +277,16 @@ fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
     }
     let point_len = vector_len(cp * kp);
     let mut u = vec![0.0f32; POINTS * point_len];
-    with_simd(
-        #[inline(always)]
-        || {
-            for ci in 0..c {
-                for kb in (0..kp).step_by(LANES) {
-                    transform_tile::<Kernels>(
-                        #[inline(always)]
-                        |tap| block(&taps, (ci * 9 + tap) * kp + kb),
-                        #[inline(always)]
-                        |q, value| {
-                            u[q * point_len + ci * kp + kb..][..LANES].copy_from_slice(value);
-                        },
-                    );
-                }
-            }
-        },
-    );
+    for ci in 0..c {
+        for kb in (0..kp).step_by(LANES) {
+            transform_tile::<Kernels>(
+                |tap| block(&taps, (ci * 9 + tap) * kp + kb),
+                |q, value| {
+                    u[q * point_len + ci * kp + kb..][..LANES].copy_from_slice(value);
+                },
+            );
+        }
+    }
     u
 }
 
@@ -370,38 +356,30 @@ fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [
         let m = &*m;
         let plane = out.0 * out.1;
         y.par_chunks_mut(k * plane).enumerate().for_each(|(n, yn)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for kb in (0..k).step_by(LANES) {
-                        let lanes = LANES.min(k - kb);
-                        let shift: Block = std::array::from_fn(|l| match bias {
-                            Some(b) if kb + l < k => b[kb + l],
-                            _ => 0.0,
-                        });
-                        for ty in 0..tiling.rows {
-                            for tx in 0..tiling.cols {
-                                let tile = (n * tiling.rows + ty) * tiling.cols + tx;
-                                transform_tile::<OutputTiles>(
-                                    #[inline(always)]
-                                    |q| block(m, q * product_len + tile * kp + kb),
-                                    #[inline(always)]
-                                    |ab, value| {
-                                        let (oy, ox) = (ty * M + ab / M, tx * M + ab % M);
-                                        if oy >= out.0 || ox >= out.1 {
-                                            return;
-                                        }
-                                        for l in 0..lanes {
-                                            yn[((kb + l) * out.0 + oy) * out.1 + ox] =
-                                                value[l] + shift[l];
-                                        }
-                                    },
-                                );
-                            }
-                        }
+            for kb in (0..k).step_by(LANES) {
+                let lanes = LANES.min(k - kb);
+                let shift: Block = std::array::from_fn(|l| match bias {
+                    Some(b) if kb + l < k => b[kb + l],
+                    _ => 0.0,
+                });
+                for ty in 0..tiling.rows {
+                    for tx in 0..tiling.cols {
+                        let tile = (n * tiling.rows + ty) * tiling.cols + tx;
+                        transform_tile::<OutputTiles>(
+                            |q| block(m, q * product_len + tile * kp + kb),
+                            |ab, value| {
+                                let (oy, ox) = (ty * M + ab / M, tx * M + ab % M);
+                                if oy >= out.0 || ox >= out.1 {
+                                    return;
+                                }
+                                for l in 0..lanes {
+                                    yn[((kb + l) * out.0 + oy) * out.1 + ox] = value[l] + shift[l];
+                                }
+                            },
+                        );
                     }
-                },
-            );
+                }
+            }
         });
     });
 }
@@ -424,34 +402,22 @@ fn transform_tiles<T: Transform>(
         .zip(x.par_chunks(sample_len))
         .for_each(|(out, xn)| {
             with_buffer(&PLANES, ph * pw * LANES, |planes| {
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        for cb in (0..channels).step_by(LANES) {
-                            interleave(xn, cb..channels.min(cb + LANES), window, pw, planes);
-                            for ty in 0..tiling.rows {
-                                for tx in 0..tiling.cols {
-                                    let origin = ty * M * pw + tx * M;
-                                    let tile = ty * tiling.cols + tx;
-                                    transform_tile::<T>(
-                                        #[inline(always)]
-                                        |e| {
-                                            block(
-                                                planes,
-                                                (origin + (e / side) * pw + e % side) * LANES,
-                                            )
-                                        },
-                                        #[inline(always)]
-                                        |q, value| {
-                                            out[(tile * POINTS + q) * width + cb..][..LANES]
-                                                .copy_from_slice(value);
-                                        },
-                                    );
-                                }
-                            }
+                for cb in (0..channels).step_by(LANES) {
+                    interleave(xn, cb..channels.min(cb + LANES), window, pw, planes);
+                    for ty in 0..tiling.rows {
+                        for tx in 0..tiling.cols {
+                            let origin = ty * M * pw + tx * M;
+                            let tile = ty * tiling.cols + tx;
+                            transform_tile::<T>(
+                                |e| block(planes, (origin + (e / side) * pw + e % side) * LANES),
+                                |q, value| {
+                                    out[(tile * POINTS + q) * width + cb..][..LANES]
+                                        .copy_from_slice(value);
+                                },
+                            );
                         }
-                    },
-                );
+                    }
+                }
             });
         });
 }
@@ -483,69 +449,107 @@ type Block = [f32; LANES];
 
 /// The block at `at` in `buf`.
 #[inline(always)]
-fn block(buf: &[f32], at: usize) -> Block {
+fn block(buf: &[f32], at: usize) -> &Block {
     buf[at..][..LANES].try_into().expect("a block")
 }
 
-/// Runs `f` compiled for AVX-512 when the CPU has it, so that the transforms inlined into it
-/// work on whole registers.
+/// y = T x Tᵀ for one tile of blocks: x's element (r, s) is `read(r·IN + s)`, y's element (i, j)
+/// goes to `write(i·OUT + j, ..)`. T is applied to the columns, then to the rows.
 #[inline(always)]
-fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+fn transform_tile<'a, T: Transform>(
+    read: impl Fn(usize) -> &'a Block,
+    mut write: impl FnMut(usize, &Block),
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
         // SAFETY: the CPU has the feature the function is compiled for.
-        return unsafe { avx512(f) };
+        unsafe { avx512::transform_tile::<T>(read, write) };
+        return;
     }
-    f()
+    portable_transform_tile::<T>(read, write);
 }
 
-/// y = T x Tᵀ for one tile of blocks: x's element (r, s) is `read(r·IN + s)`, y's element (i, j)
-/// goes to `write(i·OUT + j, ..)`. T is applied to the columns, then to the rows, each a 1-d
-/// transform of six blocks.
+/// `transform_tile` in plain Rust, for CPUs without AVX-512.
 #[inline(always)]
-fn transform_tile<T: Transform>(
-    read: impl Fn(usize) -> Block,
+fn portable_transform_tile<'a, T: Transform>(
+    read: impl Fn(usize) -> &'a Block,
     mut write: impl FnMut(usize, &Block),
 ) {
     let (n, k) = (T::OUT, T::IN);
-    let mut half = [[[0.0f32; LANES]; A]; A];
+    let mut half = [[0.0f32; LANES]; POINTS];
     for s in 0..k {
-        let mut column = [[0.0f32; LANES]; A];
-        for (r, value) in column.iter_mut().enumerate().take(k) {
-            *value = read(r * k + s);
-        }
-        let column = transform1d::<T>(&column);
-        for (row, value) in half.iter_mut().zip(column).take(n) {
-            row[s] = value;
+        for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+            half[i * A + s] = combine(coefficients, k, |r| read(r * k + s));
         }
     }
-    for (i, row) in half.iter().enumerate().take(n) {
-        let row = transform1d::<T>(row);
-        for (j, value) in row.iter().enumerate().take(n) {
-            write(i * n + j, value);
+    for i in 0..n {
+        for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+            write(i * n + j, &combine(coefficients, k, |s| &half[i * A + s]));
         }
     }
 }
 
-/// T v for six blocks v (the first `T::IN` of them used, the first `T::OUT` of the result
-/// meaningful). The matrix is constant, so this unrolls into adds and multiplies by the
-/// nonzero coefficients only.
+/// Σ coefficients[r] · v(r) over r < len, skipping the zero coefficients.
 #[inline(always)]
-fn transform1d<T: Transform>(v: &[Block; A]) -> [Block; A] {
-    let mut out = [[0.0f32; LANES]; A];
-    for (i, acc) in out.iter_mut().enumerate().take(T::OUT) {
-        for (r, value) in v.iter().enumerate().take(T::IN) {
-            let c = T::MATRIX[i][r];
-            if c != 0.0 {
-                acc.iter_mut().zip(value).for_each(|(a, v)| *a += c * v);
+fn combine<'a>(coefficients: &[f32; A], len: usize, v: impl Fn(usize) -> &'a Block) -> Block {
+    let mut acc = [0.0f32; LANES];
+    for (r, c) in coefficients.iter().enumerate().take(len) {
+        if *c != 0.0 {
+            acc.iter_mut().zip(v(r)).for_each(|(a, v)| *a += c * v);
+        }
+    }
+    acc
+}
+
+/// `transform_tile` with each block in one AVX-512 register, written with intrinsics: the
+/// compiler's own vectorisation of the portable version splits the blocks into partial-width
+/// pieces and round-trips them through the stack.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Block, Transform, A, LANES, POINTS};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transform_tile<'a, T: Transform>(
+        read: impl Fn(usize) -> &'a Block,
+        mut write: impl FnMut(usize, &Block),
+    ) {
+        let (n, k) = (T::OUT, T::IN);
+        let mut half = [_mm512_setzero_ps(); POINTS];
+        for s in 0..k {
+            let mut column = [_mm512_setzero_ps(); A];
+            for (r, value) in column.iter_mut().enumerate().take(k) {
+                // SAFETY: a block is LANES values.
+                *value = unsafe { _mm512_loadu_ps(read(r * k + s).as_ptr()) };
+            }
+            for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+                half[i * A + s] = combine(coefficients, k, &column);
+            }
+        }
+        for i in 0..n {
+            let mut row = [_mm512_setzero_ps(); A];
+            row[..k].copy_from_slice(&half[i * A..][..k]);
+            for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+                let mut out = [0.0f32; LANES];
+                // SAFETY: `out` is LANES values.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), combine(coefficients, k, &row)) };
+                write(i * n + j, &out);
             }
         }
     }
-    out
+
+    /// Σ coefficients[r] · v[r] over r < len, skipping the zero coefficients.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn combine(coefficients: &[f32; A], len: usize, v: &[__m512; A]) -> __m512 {
+        let mut acc = _mm512_setzero_ps();
+        for (c, v) in coefficients.iter().zip(v).take(len) {
+            if *c != 0.0 {
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(*c), *v, acc);
+            }
+        }
+        acc
+    }
 }
 
 #[cfg(test)]
@@ -597,6 +601,42 @@ mod tests {
             .zip(want)
             .map(|(a, b)| (*a as f64 - b).abs() / (1.0 + b.abs()))
             .fold(0.0, f64::max)
+    }
+
+    /// Every transform through `transform_tile` (AVX-512 where the CPU has it) and the portable
+    /// version, against T x Tᵀ computed from its definition.
+    #[test]
+    fn tile_transforms_match_their_definition() {
+        fn check<T: Transform>() {
+            let (n, k) = (T::OUT, T::IN);
+            let x: Vec<Block> = (0..k * k)
+                .map(|e| std::array::from_fn(|l| ((e * LANES + l) as f32 * 0.37).sin()))
+                .collect();
+            let mut want = vec![[0.0f64; LANES]; n * n];
+            for (ij, want) in want.iter_mut().enumerate() {
+                let (i, j) = (ij / n, ij % n);
+                for (rs, x) in x.iter().enumerate() {
+                    let c = T::MATRIX[i][rs / k] as f64 * T::MATRIX[j][rs % k] as f64;
+                    want.iter_mut()
+                        .zip(x)
+                        .for_each(|(w, x)| *w += c * *x as f64);
+                }
+            }
+            let mut fast = vec![[f32::NAN; LANES]; n * n];
+            transform_tile::<T>(|e| &x[e], |ij, v| fast[ij] = *v);
+            let mut portable = vec![[f32::NAN; LANES]; n * n];
+            portable_transform_tile::<T>(|e| &x[e], |ij, v| portable[ij] = *v);
+            for got in [fast, portable] {
+                let got: Vec<f32> = got.concat();
+                let err = max_error(&got, want.concat().into_iter());
+                assert!(err < 1e-5, "{}: {err}", std::any::type_name::<T>());
+            }
+        }
+        check::<InputTiles>();
+        check::<Kernels>();
+        check::<KernelGradients>();
+        check::<OutputTiles>();
+        check::<OutputGradients>();
     }
 
     #[test]
