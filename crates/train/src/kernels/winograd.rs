@@ -458,7 +458,7 @@ fn block(buf: &[f32], at: usize) -> &Block {
 #[inline(always)]
 fn transform_tile<'a, T: Transform>(
     read: impl Fn(usize) -> &'a Block,
-    mut write: impl FnMut(usize, &Block),
+    write: impl FnMut(usize, &Block),
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
