@@ -461,15 +461,23 @@ fn transform_tile<'a, T: Transform>(
     write: impl FnMut(usize, &Block),
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        unsafe { avx512::transform_tile::<T>(read, write) };
-        return;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { x86::transform_tile_avx512::<T>(read, write) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            unsafe { x86::transform_tile_avx2::<T>(read, write) };
+            return;
+        }
     }
     portable_transform_tile::<T>(read, write);
 }
 
-/// `transform_tile` in plain Rust, for CPUs without AVX-512.
+/// `transform_tile` in plain Rust, for CPUs without AVX2.
 #[inline(always)]
 fn portable_transform_tile<'a, T: Transform>(
     read: impl Fn(usize) -> &'a Block,
@@ -501,54 +509,141 @@ fn combine<'a>(coefficients: &[f32; A], len: usize, v: impl Fn(usize) -> &'a Blo
     acc
 }
 
-/// `transform_tile` with each block in one AVX-512 register, written with intrinsics: the
-/// compiler's own vectorisation of the portable version splits the blocks into partial-width
-/// pieces and round-trips them through the stack.
+/// `transform_tile` with each block in registers, written with intrinsics: the compiler's own
+/// vectorisation of the portable version splits the blocks into partial-width pieces and
+/// round-trips them through the stack. One generic body, compiled once for AVX-512 (a block in
+/// one register) and once for AVX2 with FMA (a block in two).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod x86 {
     use super::{Block, Transform, A, LANES, POINTS};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
-    pub(super) fn transform_tile<'a, T: Transform>(
+    pub(super) fn transform_tile_avx512<'a, T: Transform>(
+        read: impl Fn(usize) -> &'a Block,
+        write: impl FnMut(usize, &Block),
+    ) {
+        // SAFETY: this function is compiled for the features `Zmm` needs.
+        unsafe { transform_tile::<Zmm, T>(read, write) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn transform_tile_avx2<'a, T: Transform>(
+        read: impl Fn(usize) -> &'a Block,
+        write: impl FnMut(usize, &Block),
+    ) {
+        // SAFETY: this function is compiled for the features `Ymm2` needs.
+        unsafe { transform_tile::<Ymm2, T>(read, write) }
+    }
+
+    /// A block held in registers. Every method must be inlined into a function compiled for the
+    /// implementation's CPU features (hence unsafe), so that the intrinsics inline too.
+    trait Registers: Copy {
+        unsafe fn zero() -> Self;
+        unsafe fn load(block: &Block) -> Self;
+        unsafe fn store(self) -> Block;
+        /// acc + c · v.
+        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self;
+    }
+
+    /// One AVX-512 register.
+    #[derive(Clone, Copy)]
+    struct Zmm(__m512);
+
+    impl Registers for Zmm {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Zmm(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(block: &Block) -> Self {
+            Zmm(unsafe { _mm512_loadu_ps(block.as_ptr()) })
+        }
+        #[inline(always)]
+        unsafe fn store(self) -> Block {
+            let mut out = [0.0f32; LANES];
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) };
+            out
+        }
+        #[inline(always)]
+        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self {
+            Zmm(_mm512_fmadd_ps(_mm512_set1_ps(c), v.0, acc.0))
+        }
+    }
+
+    /// Two AVX registers.
+    #[derive(Clone, Copy)]
+    struct Ymm2(__m256, __m256);
+
+    impl Registers for Ymm2 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Ymm2(_mm256_setzero_ps(), _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(block: &Block) -> Self {
+            let p = block.as_ptr();
+            unsafe { Ymm2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES / 2))) }
+        }
+        #[inline(always)]
+        unsafe fn store(self) -> Block {
+            let mut out = [0.0f32; LANES];
+            let p = out.as_mut_ptr();
+            unsafe {
+                _mm256_storeu_ps(p, self.0);
+                _mm256_storeu_ps(p.add(LANES / 2), self.1);
+            }
+            out
+        }
+        #[inline(always)]
+        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self {
+            let c = _mm256_set1_ps(c);
+            Ymm2(
+                _mm256_fmadd_ps(c, v.0, acc.0),
+                _mm256_fmadd_ps(c, v.1, acc.1),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn transform_tile<'a, R: Registers, T: Transform>(
         read: impl Fn(usize) -> &'a Block,
         mut write: impl FnMut(usize, &Block),
     ) {
         let (n, k) = (T::OUT, T::IN);
-        let mut half = [_mm512_setzero_ps(); POINTS];
-        for s in 0..k {
-            let mut column = [_mm512_setzero_ps(); A];
-            for (r, value) in column.iter_mut().enumerate().take(k) {
-                // SAFETY: a block is LANES values.
-                *value = unsafe { _mm512_loadu_ps(read(r * k + s).as_ptr()) };
+        unsafe {
+            let mut half = [R::zero(); POINTS];
+            for s in 0..k {
+                let mut column = [R::zero(); A];
+                for (r, value) in column.iter_mut().enumerate().take(k) {
+                    *value = R::load(read(r * k + s));
+                }
+                for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+                    half[i * A + s] = combine(coefficients, k, &column);
+                }
             }
-            for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-                half[i * A + s] = combine(coefficients, k, &column);
-            }
-        }
-        for i in 0..n {
-            let mut row = [_mm512_setzero_ps(); A];
-            row[..k].copy_from_slice(&half[i * A..][..k]);
-            for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-                let mut out = [0.0f32; LANES];
-                // SAFETY: `out` is LANES values.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), combine(coefficients, k, &row)) };
-                write(i * n + j, &out);
+            for i in 0..n {
+                let mut row = [R::zero(); A];
+                row[..k].copy_from_slice(&half[i * A..][..k]);
+                for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
+                    write(i * n + j, &combine(coefficients, k, &row).store());
+                }
             }
         }
     }
 
     /// Σ coefficients[r] · v[r] over r < len, skipping the zero coefficients.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn combine(coefficients: &[f32; A], len: usize, v: &[__m512; A]) -> __m512 {
-        let mut acc = _mm512_setzero_ps();
-        for (c, v) in coefficients.iter().zip(v).take(len) {
-            if *c != 0.0 {
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(*c), *v, acc);
+    #[inline(always)]
+    unsafe fn combine<R: Registers>(coefficients: &[f32; A], len: usize, v: &[R; A]) -> R {
+        unsafe {
+            let mut acc = R::zero();
+            for (c, v) in coefficients.iter().zip(v).take(len) {
+                if *c != 0.0 {
+                    acc = R::mul_add(*c, *v, acc);
+                }
             }
+            acc
         }
-        acc
     }
 }
 
@@ -603,8 +698,11 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
-    /// Every transform through `transform_tile` (AVX-512 where the CPU has it) and the portable
-    /// version, against T x Tᵀ computed from its definition.
+    /// Where a transform under test writes its blocks.
+    type Sink<'a> = dyn FnMut(usize, &Block) + 'a;
+
+    /// Every transform, in every version the CPU can run, against T x Tᵀ computed from its
+    /// definition.
     #[test]
     fn tile_transforms_match_their_definition() {
         fn check<T: Transform>() {
@@ -622,14 +720,33 @@ mod tests {
                         .for_each(|(w, x)| *w += c * *x as f64);
                 }
             }
-            let mut fast = vec![[f32::NAN; LANES]; n * n];
-            transform_tile::<T>(|e| &x[e], |ij, v| fast[ij] = *v);
-            let mut portable = vec![[f32::NAN; LANES]; n * n];
-            portable_transform_tile::<T>(|e| &x[e], |ij, v| portable[ij] = *v);
-            for got in [fast, portable] {
-                let got: Vec<f32> = got.concat();
+            let collect = |f: &dyn Fn(&mut Sink)| {
+                let mut out = vec![[f32::NAN; LANES]; n * n];
+                f(&mut |ij, v| out[ij] = *v);
+                out.concat()
+            };
+            let mut versions = vec![(
+                "portable",
+                collect(&|w| portable_transform_tile::<T>(|e| &x[e], w)),
+            )];
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") {
+                    // SAFETY: the CPU has the features.
+                    let f = |w: &mut Sink| unsafe { x86::transform_tile_avx512::<T>(|e| &x[e], w) };
+                    versions.push(("avx512", collect(&f)));
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has the features.
+                    let f = |w: &mut Sink| unsafe { x86::transform_tile_avx2::<T>(|e| &x[e], w) };
+                    versions.push(("avx2", collect(&f)));
+                }
+            }
+            for (version, got) in versions {
                 let err = max_error(&got, want.concat().into_iter());
-                assert!(err < 1e-5, "{}: {err}", std::any::type_name::<T>());
+                let transform = std::any::type_name::<T>();
+                assert!(err < 1e-5, "{transform}, {version}: {err}");
             }
         }
         check::<InputTiles>();
