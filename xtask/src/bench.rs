@@ -102,7 +102,7 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Mean milliseconds per step, in total and split into forward, loss + backward, optimiser.
+/// Median milliseconds per step, in total and split into forward, loss + backward, optimiser.
 struct StepTime {
     total: f64,
     forward: f64,
@@ -111,7 +111,8 @@ struct StepTime {
 }
 
 /// Times `TIMED_STEPS` steps after `WARMUP_STEPS` untimed ones, on distinct batches in the
-/// training loop's order.
+/// training loop's order, and keeps the median of each figure: a step slowed by another process
+/// on the machine moves it far less than it moves the mean.
 ///
 /// The total comes from `train_step`, exactly what `train` runs per batch (the batches are
 /// gathered beforehand, so copying images is not counted). The split comes from a second run of
@@ -131,19 +132,19 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
 
     let mut graph = load_graph(file)?;
     let mut opt = config.optimizer.build(&graph);
-    let mut total = 0.0;
+    let mut total = Vec::new();
     for (i, (images, labels)) in batches.iter().cloned().enumerate() {
         let t = Instant::now();
         train_step(&mut graph, opt.as_mut(), images, &labels, &config, i as u64)?;
         if i >= WARMUP_STEPS {
-            total += ms(t);
+            total.push(ms(t));
         }
     }
 
     let mut graph = load_graph(file)?;
     let mut opt = config.optimizer.build(&graph);
     let target = scores_value(&graph)?;
-    let (mut forward, mut backward, mut optimizer) = (0.0, 0.0, 0.0);
+    let (mut forward, mut backward, mut optimizer) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (images, labels)) in batches.into_iter().enumerate() {
         let t = Instant::now();
         // Records the RLS mean inputs whatever the optimiser (train_step does so only for RLS),
@@ -162,18 +163,23 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
         opt.step(&mut graph, &tape, &grads);
         let o = ms(t);
         if i >= WARMUP_STEPS {
-            forward += f;
-            backward += b;
-            optimizer += o;
+            forward.push(f);
+            backward.push(b);
+            optimizer.push(o);
         }
     }
-    let n = TIMED_STEPS as f64;
     Ok(StepTime {
-        total: total / n,
-        forward: forward / n,
-        backward: backward / n,
-        optimizer: optimizer / n,
+        total: median(total),
+        forward: median(forward),
+        backward: median(backward),
+        optimizer: median(optimizer),
     })
+}
+
+/// The median of some timings.
+pub fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn images_per_s(step_ms: f64) -> f64 {
@@ -224,7 +230,7 @@ fn torch_speeds() -> Result<HashMap<String, f64>, String> {
 fn train_speed() -> Result<()> {
     let data = mnist()?.train;
     println!(
-        "training speed: batch {BATCH}, {THREADS} threads, mean of {TIMED_STEPS} steps after \
+        "training speed: batch {BATCH}, {THREADS} threads, median of {TIMED_STEPS} steps after \
          {WARMUP_STEPS} warm-up steps, MNIST subset (models/mnist5k)"
     );
     let optimizers = [

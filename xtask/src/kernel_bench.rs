@@ -28,15 +28,14 @@ fn wave(n: usize, seed: f32) -> Vec<f32> {
 /// Median milliseconds of `RUNS` calls of `f`, after one untimed call.
 fn median_ms(mut f: impl FnMut()) -> f64 {
     f();
-    let mut times: Vec<f64> = (0..RUNS)
+    let times = (0..RUNS)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    times[RUNS / 2]
+    crate::bench::median(times)
 }
 
 pub fn conv_speed() -> Result<()> {
