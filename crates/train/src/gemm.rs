@@ -1,10 +1,14 @@
-//! Dense matrix products on strided slices (row-major by default), over matrixmultiply.
+//! Dense matrix products on strided slices (row-major by default).
 //!
 //! The one place that calls into unsafe GEMM: every other kernel goes through these checked
-//! wrappers. Products whose operands both run contiguously along the inner dimension (a
-//! weight gradient: dy · patchesᵀ) are dot products of rows, which `row_dots` computes without
-//! matrixmultiply's packing when the CPU has AVX-512; so are thin products whose b has
-//! contiguous rows (`broadcast_rows`).
+//! wrappers. On CPUs with AVX-512, f32 products run on this crate's kernels: products whose
+//! operands both run contiguously along a long inner dimension (a weight gradient: dy ·
+//! patchesᵀ) are dot products of rows (`row_dots`), thin products whose b has contiguous rows
+//! skip packing (`broadcast_rows`), and the rest go through packed panels and a 12 × 32
+//! register tile (`packed`). Everything else (f64, other CPUs) goes to matrixmultiply.
+
+#[cfg(target_arch = "x86_64")]
+mod packed;
 
 /// A matrix view: rows × cols over `data`, element (r, c) at `r * row_stride + c * col_stride`.
 #[derive(Clone, Copy)]
@@ -79,9 +83,9 @@ pub type Kernel<T> = unsafe fn(
 pub trait Element: Copy + PartialEq + std::ops::MulAssign {
     const KERNEL: Kernel<Self>;
 
-    /// Computes the product itself when it has a faster way than matrixmultiply's for these
-    /// operands; false leaves `c` untouched.
-    fn product_without_packing(
+    /// Computes the product with this crate's own kernels when it has them for this CPU and
+    /// these operands; false leaves `c` untouched (and matrixmultiply computes it).
+    fn own_product(
         _alpha: Self,
         _a: Mat<Self>,
         _b: Mat<Self>,
@@ -95,13 +99,7 @@ pub trait Element: Copy + PartialEq + std::ops::MulAssign {
 impl Element for f32 {
     const KERNEL: Kernel<f32> = matrixmultiply::sgemm;
 
-    fn product_without_packing(
-        alpha: f32,
-        a: Mat<f32>,
-        b: Mat<f32>,
-        beta: f32,
-        c: &mut [f32],
-    ) -> bool {
+    fn own_product(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             if a.col_stride == 1 && b.row_stride == 1 && a.cols >= LONG_DOTS {
@@ -116,6 +114,9 @@ impl Element for f32 {
                 unsafe { row_dots::broadcast_rows(alpha, a, b, beta, c) };
                 return true;
             }
+            // SAFETY: as above.
+            unsafe { packed::gemm(alpha, a, b, beta, c) };
+            return true;
         }
         false
     }
@@ -154,7 +155,7 @@ pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
     }
     assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
     assert!(a.row_stride >= 0 && a.col_stride >= 0 && b.row_stride >= 0 && b.col_stride >= 0);
-    if T::product_without_packing(alpha, a, b, beta, c) {
+    if T::own_product(alpha, a, b, beta, c) {
         return;
     }
     // SAFETY: the asserts above keep every element the product reads inside `a.data`, `b.data`,
@@ -360,6 +361,30 @@ mod tests {
             let (a, b) = (values(m * k, 0.37), values(k * n, 0.71));
             check(m, n, k, Mat::new(&a, m, k), Mat::new(&b, k, n), beta);
             check(m, n, k, Mat::new(&a, k, m).t(), Mat::new(&b, k, n), beta);
+        }
+    }
+
+    #[test]
+    fn packed_products_match_a_naive_loop() {
+        // Sizes off the 12 × 32 tiles and across the packed blocks (192 rows, 128 inner, 1024
+        // columns), so that edge tiles, several inner blocks adding up and several column
+        // blocks all run; b row-major and transposed, a transposed.
+        for (m, n, k, beta) in [
+            (13, 33, 129, 0.0),
+            (200, 40, 300, 0.5),
+            (25, 1030, 20, 0.0),
+            (12, 32, 128, 2.0),
+        ] {
+            let (a, b) = (values(m * k, 0.37), values(k * n, 0.71));
+            check(m, n, k, Mat::new(&a, m, k), Mat::new(&b, k, n), beta);
+            check(
+                m,
+                n,
+                k,
+                Mat::new(&a, k, m).t(),
+                Mat::new(&b, n, k).t(),
+                beta,
+            );
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod loss;
 pub mod memory;
 pub mod optim;
+mod scratch;
 mod sums;
 mod trainer;
 

@@ -6,10 +6,10 @@
 //! thread count. The 3×3 stride-1 shapes where `winograd::pays_off` go to `winograd` instead;
 //! the mean patch is computed the same way for both.
 
-use super::scratch::with_buffer;
 use super::window::Window2d;
 use super::winograd;
 use crate::gemm::{gemm, Mat};
+use crate::scratch::with_buffer;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
 use std::cell::RefCell;

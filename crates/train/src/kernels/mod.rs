@@ -6,7 +6,6 @@ pub mod conv;
 pub mod elementwise;
 pub mod linear;
 pub mod pool;
-mod scratch;
 #[cfg(test)]
 mod testing;
 pub mod window;

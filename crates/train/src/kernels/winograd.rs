@@ -16,9 +16,9 @@
 //! whatever the number of threads.
 
 use super::conv::ConvGeometry;
-use super::scratch::with_buffer;
 use super::window::Window2d;
 use crate::gemm::{gemm, Mat};
+use crate::scratch::with_buffer;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -355,16 +355,22 @@ fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [
             });
         let m = &*m;
         let plane = out.0 * out.1;
-        y.par_chunks_mut(k * plane).enumerate().for_each(|(n, yn)| {
-            for kb in (0..k).step_by(LANES) {
-                let lanes = LANES.min(k - kb);
-                let shift: Block = std::array::from_fn(|l| match bias {
+        let shifts: Vec<Block> = (0..kp)
+            .step_by(LANES)
+            .map(|kb| {
+                std::array::from_fn(|l| match bias {
                     Some(b) if kb + l < k => b[kb + l],
                     _ => 0.0,
-                });
-                for ty in 0..tiling.rows {
-                    for tx in 0..tiling.cols {
-                        let tile = (n * tiling.rows + ty) * tiling.cols + tx;
+                })
+            })
+            .collect();
+        y.par_chunks_mut(k * plane).enumerate().for_each(|(n, yn)| {
+            // Tile by tile, so that each point's products are read in order.
+            for ty in 0..tiling.rows {
+                for tx in 0..tiling.cols {
+                    let tile = (n * tiling.rows + ty) * tiling.cols + tx;
+                    for (kb, shift) in (0..k).step_by(LANES).zip(&shifts) {
+                        let lanes = LANES.min(k - kb);
                         transform_tile::<OutputTiles>(
                             |q| block(m, q * product_len + tile * kp + kb),
                             |ab, value| {

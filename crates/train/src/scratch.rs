@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 /// One thread-local buffer; each use site declares its own, so a kernel can hold one while the
-/// tasks it spawns on the same thread use another.
+/// tasks it spawns on the same thread (or the products it calls) use another.
 pub(crate) type Buffer = LocalKey<RefCell<Vec<f32>>>;
 
 /// Runs `f` on `len` values of this thread's `buffer`, whose contents are arbitrary.
