@@ -90,14 +90,28 @@ fn pack_a(a: &Mat<f32>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [f
         .enumerate()
     {
         let rows = MR.min(mc - p * MR);
-        for (kk, column) in panel.chunks_exact_mut(MR).enumerate() {
-            let first = (ic + p * MR) * rs + (pc + kk) * cs;
-            for (i, v) in column.iter_mut().enumerate() {
-                *v = if i < rows {
-                    a.data[first + i * rs]
-                } else {
-                    0.0
-                };
+        let first = (ic + p * MR) * rs + pc * cs;
+        if rows < MR {
+            panel.fill(0.0);
+        }
+        if cs == 1 {
+            // Rows run contiguously: read each once, in order.
+            for i in 0..rows {
+                let row = &a.data[first + i * rs..][..kc];
+                for (column, v) in panel.chunks_exact_mut(MR).zip(row) {
+                    column[i] = *v;
+                }
+            }
+        } else if rs == 1 && rows == MR {
+            // Columns run contiguously (a transposed): each column is one copy.
+            for (kk, column) in panel.chunks_exact_mut(MR).enumerate() {
+                column.copy_from_slice(&a.data[first + kk * cs..][..MR]);
+            }
+        } else {
+            for (kk, column) in panel.chunks_exact_mut(MR).enumerate() {
+                for (i, v) in column.iter_mut().enumerate().take(rows) {
+                    *v = a.data[first + kk * cs + i * rs];
+                }
             }
         }
     }
@@ -113,16 +127,29 @@ fn pack_b(b: &Mat<f32>, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f
         .enumerate()
     {
         let cols = NR.min(nc - p * NR);
-        for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-            let first = (pc + kk) * rs + (jc + p * NR) * cs;
-            if cs == 1 {
-                row[..cols].copy_from_slice(&b.data[first..][..cols]);
-            } else {
-                for (j, v) in row[..cols].iter_mut().enumerate() {
-                    *v = b.data[first + j * cs];
+        let first = pc * rs + (jc + p * NR) * cs;
+        if cols < NR {
+            panel.fill(0.0);
+        }
+        if cs == 1 && cols == NR {
+            // Rows run contiguously: each row of the panel is one copy.
+            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                row.copy_from_slice(&b.data[first + kk * rs..][..NR]);
+            }
+        } else if rs == 1 {
+            // Columns run contiguously (b transposed): read each once, in order.
+            for j in 0..cols {
+                let column = &b.data[first + j * cs..][..kc];
+                for (row, v) in panel.chunks_exact_mut(NR).zip(column) {
+                    row[j] = *v;
                 }
             }
-            row[cols..].fill(0.0);
+        } else {
+            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (j, v) in row.iter_mut().enumerate().take(cols) {
+                    *v = b.data[first + kk * rs + j * cs];
+                }
+            }
         }
     }
 }
