@@ -45,12 +45,12 @@ pub(super) unsafe fn gemm(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &m
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack_b(&b, pc, kc, jc, nc, pb);
+                pack::<NR>(&b.t(), (jc, nc), (pc, kc), pb);
                 // The first block of the inner dimension applies β; the others add to it.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    pack_a(&a, ic, mc, pc, kc, pa);
+                    pack::<MR>(&a, (ic, mc), (pc, kc), pa);
                     for jr in (0..nc).step_by(NR) {
                         let b_panel = &pb[jr * kc..][..NR * kc];
                         for ir in (0..mc).step_by(MR) {
@@ -80,74 +80,43 @@ struct Tile {
     cols: usize,
 }
 
-/// Copies a[ic.., pc..] (mc × kc) into panels of MR rows, each laid out column after column
-/// (MR values per column), rows past mc zero.
-fn pack_a(a: &Mat<f32>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [f32]) {
-    let (rs, cs) = (a.row_stride as usize, a.col_stride as usize);
+/// Copies m[row.., col..] (rows × cols) into panels of W rows, each laid out column after column
+/// (W values per column), rows past the last zero. a packs into panels of MR rows; b packs as
+/// bᵀ into panels of NR, which lays each panel out row after row of b.
+fn pack<const W: usize>(
+    m: &Mat<f32>,
+    (row, rows): (usize, usize),
+    (col, cols): (usize, usize),
+    out: &mut [f32],
+) {
+    let (rs, cs) = (m.row_stride as usize, m.col_stride as usize);
     for (p, panel) in out
-        .chunks_exact_mut(MR * kc)
-        .take(mc.div_ceil(MR))
+        .chunks_exact_mut(W * cols)
+        .take(rows.div_ceil(W))
         .enumerate()
     {
-        let rows = MR.min(mc - p * MR);
-        let first = (ic + p * MR) * rs + pc * cs;
-        if rows < MR {
+        let height = W.min(rows - p * W);
+        let first = (row + p * W) * rs + col * cs;
+        if height < W {
             panel.fill(0.0);
         }
         if cs == 1 {
             // Rows run contiguously: read each once, in order.
-            for i in 0..rows {
-                let row = &a.data[first + i * rs..][..kc];
-                for (column, v) in panel.chunks_exact_mut(MR).zip(row) {
+            for i in 0..height {
+                let values = &m.data[first + i * rs..][..cols];
+                for (column, v) in panel.chunks_exact_mut(W).zip(values) {
                     column[i] = *v;
                 }
             }
-        } else if rs == 1 && rows == MR {
-            // Columns run contiguously (a transposed): each column is one copy.
-            for (kk, column) in panel.chunks_exact_mut(MR).enumerate() {
-                column.copy_from_slice(&a.data[first + kk * cs..][..MR]);
+        } else if rs == 1 && height == W {
+            // Columns run contiguously: each column of the panel is one copy.
+            for (j, column) in panel.chunks_exact_mut(W).enumerate() {
+                column.copy_from_slice(&m.data[first + j * cs..][..W]);
             }
         } else {
-            for (kk, column) in panel.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in column.iter_mut().enumerate().take(rows) {
-                    *v = a.data[first + kk * cs + i * rs];
-                }
-            }
-        }
-    }
-}
-
-/// Copies b[pc.., jc..] (kc × nc) into panels of NR columns, each laid out row after row (NR
-/// values per row), columns past nc zero.
-fn pack_b(b: &Mat<f32>, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
-    let (rs, cs) = (b.row_stride as usize, b.col_stride as usize);
-    for (p, panel) in out
-        .chunks_exact_mut(NR * kc)
-        .take(nc.div_ceil(NR))
-        .enumerate()
-    {
-        let cols = NR.min(nc - p * NR);
-        let first = pc * rs + (jc + p * NR) * cs;
-        if cols < NR {
-            panel.fill(0.0);
-        }
-        if cs == 1 && cols == NR {
-            // Rows run contiguously: each row of the panel is one copy.
-            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-                row.copy_from_slice(&b.data[first + kk * rs..][..NR]);
-            }
-        } else if rs == 1 {
-            // Columns run contiguously (b transposed): read each once, in order.
-            for j in 0..cols {
-                let column = &b.data[first + j * cs..][..kc];
-                for (row, v) in panel.chunks_exact_mut(NR).zip(column) {
-                    row[j] = *v;
-                }
-            }
-        } else {
-            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-                for (j, v) in row.iter_mut().enumerate().take(cols) {
-                    *v = b.data[first + kk * rs + j * cs];
+            for (j, column) in panel.chunks_exact_mut(W).enumerate() {
+                for (i, v) in column.iter_mut().enumerate().take(height) {
+                    *v = m.data[first + j * cs + i * rs];
                 }
             }
         }
