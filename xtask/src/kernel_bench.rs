@@ -1,9 +1,11 @@
 //! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
-//! the VGG-style net's layers (batch 64, two threads), forward and backward apart; and of its max
-//! pools, BatchNorms and ReLUs.
+//! the VGG-style net's layers (batch 64, two threads), forward and backward apart; of its GEMM
+//! beside matrixmultiply's on the convolutions' products (one thread); and of its max pools,
+//! BatchNorms and ReLUs.
 
 use anyhow::Result;
 use ndarray::{Array4, ArrayD};
+use pare_train::gemm::{self, Mat};
 use pare_train::kernels::batchnorm;
 use pare_train::kernels::conv::{self, ConvGeometry};
 use pare_train::kernels::elementwise::Activation;
@@ -89,6 +91,7 @@ pub fn conv_speed() -> Result<()> {
         );
     }
     println!("| all four | {fwd_total:.2} | {bwd_total:.2} |");
+    gemm_table();
     activation_table("2×2 max pool", |x| {
         let side = x.shape()[2];
         let geo = Window2d {
@@ -137,6 +140,54 @@ pub fn conv_speed() -> Result<()> {
         Ok((fwd, bwd))
     })?;
     Ok(())
+}
+
+/// GFLOP/s of `pare_train::gemm` and of matrixmultiply's sgemm on one thread, on the products
+/// the convolutions run: (label, m, k, n), all row-major.
+fn gemm_table() {
+    const PRODUCTS: [(&str, usize, usize, usize); 4] = [
+        ("conv2 forward, 4 samples", 64, 288, 784),
+        ("conv2 input gradient, 4 samples", 288, 64, 784),
+        ("conv4 Winograd point", 256, 128, 128),
+        ("conv2 as Winograd point", 1024, 32, 64),
+    ];
+    println!();
+    println!("| GEMM m × k × n, one thread | pare-train GFLOP/s | matrixmultiply GFLOP/s |");
+    println!("|---|---|---|");
+    for (label, m, k, n) in PRODUCTS {
+        let (a, b) = (wave(m * k, 1.0), wave(k * n, 2.0));
+        let mut c = vec![0.0f32; m * n];
+        let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+        let ours = median_ms(|| {
+            gemm::gemm(1.0, Mat::new(&a, m, k), Mat::new(&b, k, n), 0.0, &mut c);
+        });
+        let theirs = median_ms(|| {
+            // SAFETY: a, b and c hold m × k, k × n and m × n values, row-major.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+        });
+        println!(
+            "| {label}: {m} × {k} × {n} | {:.0} | {:.0} |",
+            gflop / ours * 1e3,
+            gflop / theirs * 1e3
+        );
+    }
 }
 
 /// A table of forward and backward milliseconds of `time` on the activations after each of the

@@ -4,7 +4,7 @@
 //!   so no protoc is needed. A test below fails when the committed file is stale.
 //! - `bench train`: training images per second (SGD and RLS, beside PyTorch when it is installed).
 //! - `bench convergence`: LeNet-5 from scratch with RLS, Adam and SGD, test accuracy per epoch.
-//! - `bench kernels`: the convolution kernels alone, per layer of the VGG-style net.
+//! - `bench kernels`: the convolution kernels alone, per layer of the VGG-style net, and GEMM.
 //! - `bench prune [model]`: `compress` at 50% and 25% of the MACs, RLS beside one-shot L2.
 //!
 //! This crate is for maintainers; nothing in the tool depends on it.

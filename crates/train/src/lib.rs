@@ -6,7 +6,7 @@
 
 mod error;
 pub mod executor;
-mod gemm;
+pub mod gemm;
 pub mod init;
 pub mod kernels;
 pub mod loss;
