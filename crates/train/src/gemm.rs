@@ -368,12 +368,15 @@ mod tests {
     fn packed_products_match_a_naive_loop() {
         // Sizes off the 12 × 32 tiles and across the packed blocks (192 rows, 128 inner, 1024
         // columns), so that edge tiles, several inner blocks adding up and several column
-        // blocks all run; b row-major and transposed, a transposed.
+        // blocks all run, down to one column and (with b transposed) one row; b row-major and
+        // transposed, a transposed.
         for (m, n, k, beta) in [
             (13, 33, 129, 0.0),
             (200, 40, 300, 0.5),
             (25, 1030, 20, 0.0),
             (12, 32, 128, 2.0),
+            (20, 1, 40, 0.5),
+            (1, 5, 40, 0.0),
         ] {
             let (a, b) = (values(m * k, 0.37), values(k * n, 0.71));
             check(m, n, k, Mat::new(&a, m, k), Mat::new(&b, k, n), beta);

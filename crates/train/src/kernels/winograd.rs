@@ -684,13 +684,16 @@ mod tests {
     }
 
     /// Sizes that fill whole tiles and sizes that do not, every leading pad, trailing pads from
-    /// 0 to 2 (and one that leaves input unread), more output channels than input and fewer.
+    /// 0 to 2 (and one that leaves input unread), more output channels than input and fewer,
+    /// channel counts off the 16-channel blocks.
     fn geometries() -> Vec<ConvGeometry> {
         vec![
             geometry(3, (16, 16), (8, 8), (1, 1), (8, 8)),
             geometry(2, (16, 24), (6, 9), (0, 2), (4, 11)),
             geometry(5, (17, 16), (5, 8), (2, 0), (7, 6)),
             geometry(4, (16, 16), (7, 6), (1, 0), (6, 3)),
+            // One sample, and fewer channels than one block on each side.
+            geometry(1, (3, 5), (5, 5), (1, 1), (5, 5)),
         ]
     }
 
