@@ -122,14 +122,15 @@ impl Element for f32 {
     }
 }
 
-/// The shortest inner dimension for which `row_dots` beats matrixmultiply: a lowered weight
-/// gradient sums over thousands of positions and wins (`cargo xtask bench kernels`, conv1 and
-/// conv2 backward 30% and 10% faster); Winograd's 128 × 128 products over 272 tiles lost 20%.
+/// The shortest inner dimension for which `row_dots` beats packing: a lowered weight gradient
+/// sums over thousands of positions and wins (`cargo xtask bench kernels`: against
+/// matrixmultiply, conv1 and conv2 backward 30% and 10% faster; against `packed`, conv1 backward
+/// twice as fast); Winograd's 128 × 128 products over 272 tiles lost 20%.
 const LONG_DOTS: usize = 512;
 
-/// The most rows of a, or the longest inner dimension, for which `broadcast_rows` beats
-/// matrixmultiply (LeNet-5's first convolution has 6 output channels, its second one's input
-/// gradient an inner dimension of 6).
+/// The most rows of a, or the longest inner dimension, for which `broadcast_rows` beats packing
+/// (LeNet-5's first convolution has 6 output channels, its second one's input gradient an inner
+/// dimension of 6; at an inner dimension of 9, conv1's forward, `packed` was twice as fast).
 const THIN: usize = 8;
 
 impl Element for f64 {
@@ -180,14 +181,41 @@ pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
     }
 }
 
+/// Values in an AVX-512 register.
+#[cfg(target_arch = "x86_64")]
+const LANES: usize = 16;
+
+/// A mask of the first `n` (at most `LANES`) lanes.
+#[cfg(target_arch = "x86_64")]
+fn lanes_mask(n: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+}
+
+/// dst = α·v + β·dst over dst's values (at most `LANES`, the first lanes of v); β = 0 never
+/// reads dst. How every AVX-512 kernel here writes its results into c.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store_scaled(dst: &mut [f32], v: std::arch::x86_64::__m512, alpha: f32, beta: f32) {
+    use std::arch::x86_64::*;
+    let mask = lanes_mask(dst.len());
+    let mut r = _mm512_mul_ps(_mm512_set1_ps(alpha), v);
+    // SAFETY: the mask covers only dst's values.
+    unsafe {
+        if beta != 0.0 {
+            let old = _mm512_maskz_loadu_ps(mask, dst.as_ptr());
+            r = _mm512_fmadd_ps(_mm512_set1_ps(beta), old, r);
+        }
+        _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, r);
+    }
+}
+
 /// c = α·a·b + β·c where a's rows and b's columns are contiguous: every value is a dot product
 /// of two contiguous runs, 4 × 4 of them at a time in AVX-512 registers.
 #[cfg(target_arch = "x86_64")]
 mod row_dots {
-    use super::Mat;
+    use super::{lanes_mask, store_scaled, Mat, LANES};
     use std::arch::x86_64::*;
-
-    const LANES: usize = 16;
 
     #[target_feature(enable = "avx512f")]
     pub(super) fn row_dots(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
@@ -197,7 +225,7 @@ mod row_dots {
         let a_row = |i: usize| &a.data[i * a.row_stride as usize..][..k];
         let b_col = |j: usize| &b.data[j * b.col_stride as usize..][..k];
         let full = k - k % LANES;
-        let tail: __mmask16 = (1u32 << (k % LANES)).wrapping_sub(1) as __mmask16;
+        let tail = lanes_mask(k % LANES);
         for i0 in (0..m).step_by(4) {
             let rows: [Option<&[f32]>; 4] =
                 std::array::from_fn(|r| (i0 + r < m).then(|| a_row(i0 + r)));
@@ -252,7 +280,7 @@ mod row_dots {
             let rows = ROWS.min(m - i0);
             for j0 in (0..n).step_by(LANES) {
                 let width = LANES.min(n - j0);
-                let mask: __mmask16 = (1u32 << width).wrapping_sub(1) as __mmask16;
+                let mask = lanes_mask(width);
                 let mut acc = [_mm512_setzero_ps(); ROWS];
                 for p in 0..k {
                     // SAFETY: the masked lanes are inside b's row: j0 + width ≤ n.
@@ -262,17 +290,7 @@ mod row_dots {
                     }
                 }
                 for (r, acc) in acc.iter().enumerate().take(rows) {
-                    let mut out = [0.0f32; LANES];
-                    // SAFETY: `out` holds LANES values.
-                    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) };
-                    let dst = &mut c[(i0 + r) * n + j0..][..width];
-                    for (d, v) in dst.iter_mut().zip(out) {
-                        *d = if beta == 0.0 {
-                            alpha * v
-                        } else {
-                            alpha * v + beta * *d
-                        };
-                    }
+                    store_scaled(&mut c[(i0 + r) * n + j0..][..width], *acc, alpha, beta);
                 }
             }
         }
@@ -336,7 +354,7 @@ mod tests {
     fn dot_product_form_matches_a_naive_loop() {
         // a (m × k) row-major, b = bᵀ of an (n × k) row-major matrix: both contiguous along k.
         // Sizes off the 4 × 4 blocks and 16 lanes, inner dimensions from `LONG_DOTS` on (the
-        // shorter ones go to matrixmultiply).
+        // shorter ones are packed).
         for (m, n, k, beta) in [
             (5, 7, LONG_DOTS + 37, 0.0),
             (4, 4, LONG_DOTS, 0.5),

@@ -7,7 +7,7 @@
 //! Single-threaded: the kernels that call GEMM split their work over the pool themselves. Must
 //! only be called on CPUs with AVX-512F; `gemm` checks.
 
-use super::Mat;
+use super::{store_scaled, Mat, LANES};
 use crate::scratch::with_buffer;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -15,7 +15,7 @@ use std::cell::RefCell;
 /// Rows of c per micro-kernel tile: each is one broadcast of a value of a.
 const MR: usize = 12;
 /// Columns of c per tile: two AVX-512 registers.
-const NR: usize = 32;
+const NR: usize = 2 * LANES;
 /// The inner dimension per packed block: a 32 × KC panel of b (16 KiB) stays in L1 while the
 /// panels of a stream past it.
 const KC: usize = 128;
@@ -144,7 +144,7 @@ fn micro_kernel(
         // SAFETY: the assert above keeps kc steps of MR values of a and NR of b in the panels.
         unsafe {
             let b0 = _mm512_loadu_ps(pb);
-            let b1 = _mm512_loadu_ps(pb.add(16));
+            let b1 = _mm512_loadu_ps(pb.add(LANES));
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*pa.add(i));
                 row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
@@ -154,32 +154,10 @@ fn micro_kernel(
             pb = pb.add(NR);
         }
     }
-    let masks = [
-        lanes_mask(tile.cols.min(16)),
-        lanes_mask(tile.cols.saturating_sub(16)),
-    ];
-    let alpha = _mm512_set1_ps(alpha);
-    let beta_v = _mm512_set1_ps(beta);
     for (i, row) in acc.iter().enumerate().take(tile.rows) {
         let out = &mut c[(tile.row + i) * ldc + tile.col..][..tile.cols];
-        for (h, (v, mask)) in row.iter().zip(masks).enumerate() {
-            if mask == 0 {
-                continue;
-            }
-            // SAFETY: the mask covers only columns inside `out`.
-            unsafe {
-                let p = out.as_mut_ptr().add(16 * h);
-                let mut r = _mm512_mul_ps(alpha, *v);
-                if beta != 0.0 {
-                    r = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, p), r);
-                }
-                _mm512_mask_storeu_ps(p, mask, r);
-            }
+        for (half, v) in out.chunks_mut(LANES).zip(row) {
+            store_scaled(half, *v, alpha, beta);
         }
     }
-}
-
-/// A mask of the first `n` of 16 lanes.
-fn lanes_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
 }
