@@ -210,10 +210,10 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
 pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     debug_assert!(supports(geo));
     let (c, k) = (geo.c_in, geo.c_out);
-    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
+    let (cp, kp) = (in_blocks(c), in_blocks(k));
     let tiling = Tiling::new(geo.batch, geo.window.out);
     let t = tiling.count();
-    let point_len = vector_len(cp * kp);
+    let point_len = point_spacing(cp * kp);
     with_buffer(&PRODUCTS, POINTS * (t * (cp + kp) + point_len), |buf| {
         let (v, rest) = buf.split_at_mut(POINTS * t * cp);
         let (z, du) = rest.split_at_mut(POINTS * t * kp);
@@ -264,9 +264,9 @@ fn point_rows(buf: &[f32], q: usize, tiles: usize, width: usize) -> Mat<'_, f32>
 }
 
 /// Uᵀ at each point q (c × k, padded to whole `LANES` blocks with zeros) = G g Gᵀ at q for every
-/// 3×3 kernel g of the OIHW weights `w`: 36 row-major matrices, `vector_len` of their size apart.
+/// 3×3 kernel g of the OIHW weights `w`: 36 row-major matrices, `point_spacing` of their size apart.
 fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
-    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
+    let (cp, kp) = (in_blocks(c), in_blocks(k));
     // The taps as [input channel][tap][output channel], so that each read is one block.
     let mut taps = vec![0.0f32; c * 9 * kp];
     for (o, kernel) in w.chunks_exact(9).enumerate() {
@@ -275,7 +275,7 @@ fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
             taps[(ci * 9 + tap) * kp + ko] = *v;
         }
     }
-    let point_len = vector_len(cp * kp);
+    let point_len = point_spacing(cp * kp);
     let mut u = vec![0.0f32; POINTS * point_len];
     for ci in 0..c {
         for kb in (0..kp).step_by(LANES) {
@@ -323,10 +323,10 @@ impl Tiling {
     }
 }
 
-/// The length of a matrix in the buffers that hold one per point: never a multiple of 128 values
-/// (512 bytes), since a transform reads or writes the 36 of them at once, and at such strides
-/// they would all fall in the same few cache sets.
-fn vector_len(n: usize) -> usize {
+/// How far apart the matrices of `n` values sit in the buffers that hold one per point: never a
+/// multiple of 128 values (512 bytes), since a transform reads or writes the 36 of them at once,
+/// and at such strides they would all fall in the same few cache sets.
+fn point_spacing(n: usize) -> usize {
     if n.is_multiple_of(128) {
         n + LANES
     } else {
@@ -337,13 +337,13 @@ fn vector_len(n: usize) -> usize {
 /// The convolution of `x` (geometry `geo`) with the transformed weights `u`.
 fn run(geo: &ConvGeometry, x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (c, k) = (geo.c_in, geo.c_out);
-    let (cp, kp) = (c.next_multiple_of(LANES), k.next_multiple_of(LANES));
+    let (cp, kp) = (in_blocks(c), in_blocks(k));
     let out = geo.window.out;
     let tiling = Tiling::new(geo.batch, out);
     let t = tiling.count();
-    let weights_len = vector_len(cp * kp);
+    let weights_len = point_spacing(cp * kp);
     // The product at each point, t × kp.
-    let product_len = vector_len(t * kp);
+    let product_len = point_spacing(t * kp);
     with_buffer(&PRODUCTS, POINTS * (t * cp + product_len), |buf| {
         let (v, m) = buf.split_at_mut(POINTS * t * cp);
         transform_tiles::<InputTiles>(&geo.window, x, c, tiling, v);
@@ -401,7 +401,7 @@ fn transform_tiles<T: Transform>(
     out: &mut [f32],
 ) {
     let side = T::IN;
-    let width = channels.next_multiple_of(LANES);
+    let width = in_blocks(channels);
     let (ph, pw) = tiling.padded(side);
     let sample_len = channels * window.h * window.w;
     out.par_chunks_mut(tiling.per_sample() * POINTS * width)
@@ -452,6 +452,11 @@ const LANES: usize = 16;
 
 /// `LANES` channels' values at one position of a tile.
 type Block = [f32; LANES];
+
+/// `channels` padded to whole blocks: the width of every transformed buffer.
+fn in_blocks(channels: usize) -> usize {
+    channels.next_multiple_of(LANES)
+}
 
 /// The block at `at` in `buf`.
 #[inline(always)]
