@@ -36,7 +36,7 @@ const SPEED_MODELS: [(&str, &str); 3] = [
     ("VGG-style, BN folded", "vggbn_opset17.onnx"),
 ];
 
-pub const USAGE: &str = "cargo xtask bench train|convergence|kernels|prune [model]";
+pub const USAGE: &str = "cargo xtask bench train|convergence|kernels [layer]|prune [model]";
 
 /// Runs one benchmark by name.
 pub fn run(what: Option<&str>) -> Result<()> {

@@ -1,7 +1,8 @@
-//! `cargo xtask bench kernels`: milliseconds and GFLOP/s of pare-train's convolution kernels on
-//! the VGG-style net's layers (batch 64, two threads), forward and backward apart; of its GEMM
-//! beside matrixmultiply's on the convolutions' products (one thread); and of its max pools,
-//! BatchNorms and ReLUs.
+//! `cargo xtask bench kernels [layer]`: milliseconds and GFLOP/s of pare-train's convolution
+//! kernels on the VGG-style net's and LeNet-5's layers (batch 64, two threads), forward and
+//! backward apart; of its GEMM beside matrixmultiply's on the convolutions' products (one
+//! thread); and of its max pools, BatchNorms and ReLUs. With a layer name, only the layers whose
+//! label contains it, for profiling one.
 
 use anyhow::Result;
 use ndarray::{Array4, ArrayD};
@@ -13,12 +14,63 @@ use pare_train::kernels::pool;
 use pare_train::kernels::window::Window2d;
 use std::time::Instant;
 
-/// (label, c_in, side, c_out): 3×3 convolutions, stride 1, padding 1, as in the VGG-style net.
-const LAYERS: [(&str, usize, usize, usize); 4] = [
-    ("conv1 1→32, 28×28", 1, 28, 32),
-    ("conv2 32→64, 14×14", 32, 14, 64),
-    ("conv3 64→128, 7×7", 64, 7, 128),
-    ("conv4 128→128, 7×7", 128, 7, 128),
+/// A convolution layer of the benchmarked nets: square input and kernel, stride 1.
+struct Layer {
+    label: &'static str,
+    c_in: usize,
+    c_out: usize,
+    side: usize,
+    kernel: usize,
+    pad: usize,
+}
+
+impl Layer {
+    fn geometry(&self) -> ConvGeometry {
+        let out = self.side + 2 * self.pad + 1 - self.kernel;
+        ConvGeometry {
+            batch: BATCH,
+            c_in: self.c_in,
+            c_out: self.c_out,
+            group: 1,
+            window: Window2d {
+                h: self.side,
+                w: self.side,
+                kh: self.kernel,
+                kw: self.kernel,
+                stride: (1, 1),
+                dilation: (1, 1),
+                pad: (self.pad, self.pad),
+                out: (out, out),
+            },
+        }
+    }
+}
+
+const fn layer(
+    label: &'static str,
+    (c_in, c_out): (usize, usize),
+    side: usize,
+    kernel: usize,
+    pad: usize,
+) -> Layer {
+    Layer {
+        label,
+        c_in,
+        c_out,
+        side,
+        kernel,
+        pad,
+    }
+}
+
+/// The VGG-style net's convolutions (3×3, padding 1), then LeNet-5's (5×5).
+const LAYERS: [Layer; 6] = [
+    layer("conv1 1→32, 28×28", (1, 32), 28, 3, 1),
+    layer("conv2 32→64, 14×14", (32, 64), 14, 3, 1),
+    layer("conv3 64→128, 7×7", (64, 128), 7, 3, 1),
+    layer("conv4 128→128, 7×7", (128, 128), 7, 3, 1),
+    layer("LeNet-5 conv1 1→6, 28×28", (1, 6), 28, 5, 2),
+    layer("LeNet-5 conv2 6→16, 14×14", (6, 16), 14, 5, 0),
 ];
 const BATCH: usize = 64;
 const RUNS: usize = 21;
@@ -40,57 +92,50 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     crate::bench::median(times)
 }
 
-pub fn conv_speed() -> Result<()> {
+pub fn conv_speed(only: Option<&str>) -> Result<()> {
     println!(
         "convolution kernels, batch {BATCH}, {} threads, median of {RUNS} runs: ms (GFLOP/s)",
         rayon::current_num_threads()
     );
     println!();
-    println!("| layer | forward | backward (weights and inputs) |");
+    println!("| layer | forward | backward (weights, and inputs after the first layer) |");
     println!("|---|---|---|");
-    let (mut fwd_total, mut bwd_total) = (0.0, 0.0);
-    for (label, c_in, side, c_out) in LAYERS {
-        let geo = ConvGeometry {
-            batch: BATCH,
-            c_in,
-            c_out,
-            group: 1,
-            window: Window2d {
-                h: side,
-                w: side,
-                kh: 3,
-                kw: 3,
-                stride: (1, 1),
-                dilation: (1, 1),
-                pad: (1, 1),
-                out: (side, side),
-            },
-        };
+    for layer in LAYERS
+        .iter()
+        .filter(|l| only.is_none_or(|name| l.label.contains(name)))
+    {
+        let geo = layer.geometry();
+        let (c_in, c_out, side) = (layer.c_in, layer.c_out, layer.side);
+        let out = geo.window.out.0;
         let x = Array4::from_shape_vec(
             (BATCH, c_in, side, side),
             wave(BATCH * c_in * side * side, 1.0),
         )?;
         let w = wave(c_out * geo.patch_len(), 2.0);
         let dy = Array4::from_shape_vec(
-            (BATCH, c_out, side, side),
-            wave(BATCH * c_out * side * side, 3.0),
+            (BATCH, c_out, out, out),
+            wave(BATCH * c_out * out * out, 3.0),
         )?;
-        let gflop = 2.0 * (BATCH * c_out * geo.patch_len() * side * side) as f64 / 1e9;
+        // As in training: the first layer's input needs no gradient.
+        let want_dx = c_in > 1;
+        let gflop = 2.0 * (BATCH * c_out * geo.patch_len() * out * out) as f64 / 1e9;
         let fwd = median_ms(|| {
             conv::forward(&geo, x.view(), &w, None, false);
         });
         let bwd = median_ms(|| {
-            conv::backward(&geo, x.view(), &w, dy.view(), true);
+            conv::backward(&geo, x.view(), &w, dy.view(), want_dx);
         });
-        fwd_total += fwd;
-        bwd_total += bwd;
+        let bwd_gflop = if want_dx { 2.0 * gflop } else { gflop };
         println!(
-            "| {label} | {fwd:.2} ({:.0}) | {bwd:.2} ({:.0}) |",
+            "| {} | {fwd:.2} ({:.0}) | {bwd:.2} ({:.0}) |",
+            layer.label,
             gflop / fwd * 1e3,
-            2.0 * gflop / bwd * 1e3
+            bwd_gflop / bwd * 1e3
         );
     }
-    println!("| all four | {fwd_total:.2} | {bwd_total:.2} |");
+    if only.is_some() {
+        return Ok(());
+    }
     gemm_table();
     activation_table("2×2 max pool", |x| {
         let side = x.shape()[2];

@@ -4,7 +4,8 @@
 //!   so no protoc is needed. A test below fails when the committed file is stale.
 //! - `bench train`: training images per second (SGD and RLS, beside PyTorch when it is installed).
 //! - `bench convergence`: LeNet-5 from scratch with RLS, Adam and SGD, test accuracy per epoch.
-//! - `bench kernels`: the convolution kernels alone, per layer of the VGG-style net, and GEMM.
+//! - `bench kernels [layer]`: the convolution kernels alone, per layer of the VGG-style net and
+//!   LeNet-5, and GEMM.
 //! - `bench prune [model]`: `compress` at 50% and 25% of the MACs, RLS beside one-shot L2.
 //!
 //! This crate is for maintainers; nothing in the tool depends on it.
@@ -28,7 +29,7 @@ fn main() -> Result<()> {
             prune_bench::quality(args.get(2).map(String::as_str))
         }
         Some("bench") if args.get(1).is_some_and(|a| a == "kernels") => {
-            bench::with_pool(kernel_bench::conv_speed)
+            bench::with_pool(|| kernel_bench::conv_speed(args.get(2).map(String::as_str)))
         }
         Some("bench") => bench::run(args.get(1).map(String::as_str)),
         _ => bail!("usage: cargo xtask gen-proto | {}", bench::USAGE),

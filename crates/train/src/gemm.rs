@@ -6,6 +6,9 @@
 //! patchesᵀ) are dot products of rows (`row_dots`), thin products whose b has contiguous rows
 //! skip packing (`broadcast_rows`), and the rest go through packed panels and a 12 × 32
 //! register tile (`packed`). Everything else (f64, other CPUs) goes to matrixmultiply.
+//!
+//! `ShiftedRows` is a b whose rows start anywhere in one slice: an implicit-GEMM convolution's
+//! patch matrix, read in place by the same kernels (copied out first where they do not run).
 
 #[cfg(target_arch = "x86_64")]
 mod packed;
@@ -57,6 +60,43 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+/// A matrix whose row r is the `cols` contiguous values of `data` from `starts[r]` on. An
+/// implicit-GEMM convolution's patch matrix is one: row (channel, tap) is the zero-padded input
+/// shifted by the tap, so the patches are read where they lie instead of being copied out.
+#[derive(Clone, Copy)]
+pub struct ShiftedRows<'a> {
+    data: &'a [f32],
+    starts: &'a [usize],
+    cols: usize,
+}
+
+impl<'a> ShiftedRows<'a> {
+    pub fn new(data: &'a [f32], starts: &'a [usize], cols: usize) -> Self {
+        assert!(
+            starts.iter().all(|s| s + cols <= data.len()),
+            "rows of {cols} values from {starts:?} over {} values",
+            data.len()
+        );
+        ShiftedRows { data, starts, cols }
+    }
+
+    fn rows(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn row(&self, r: usize) -> &'a [f32] {
+        &self.data[self.starts[r]..][..self.cols]
+    }
+
+    /// The rows copied into a contiguous row-major matrix, for the kernels that need strides.
+    fn gathered(&self) -> Vec<f32> {
+        (0..self.rows())
+            .flat_map(|r| self.row(r))
+            .copied()
+            .collect()
+    }
+}
+
 /// matrixmultiply's `sgemm`/`dgemm` signature: (m, k, n, α, a, a's row and column strides, b,
 /// b's strides, β, c, c's strides).
 ///
@@ -102,20 +142,23 @@ impl Element for f32 {
     fn own_product(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            if a.col_stride == 1 && b.row_stride == 1 && a.cols >= LONG_DOTS {
+            let (k, n) = (a.cols, b.cols);
+            if a.col_stride == 1 && b.row_stride == 1 && k >= LONG_DOTS {
+                let b_col = |j: usize| &b.data[j * b.col_stride as usize..][..k];
                 // SAFETY: the CPU has the feature the function is compiled for.
-                unsafe { row_dots::row_dots(alpha, a, b, beta, c) };
+                unsafe { row_dots::row_dots(alpha, a, n, b_col, beta, c) };
                 return true;
             }
             // Few rows or a short inner dimension: packing b would cost about as much as the
             // product.
-            if b.col_stride == 1 && (a.rows <= THIN || a.cols <= THIN) {
+            if b.col_stride == 1 && (a.rows <= THIN || k <= THIN) {
+                let b_row = |p: usize| &b.data[p * b.row_stride as usize..][..n];
                 // SAFETY: as above.
-                unsafe { row_dots::broadcast_rows(alpha, a, b, beta, c) };
+                unsafe { row_dots::broadcast_rows(alpha, a, n, b_row, beta, c) };
                 return true;
             }
             // SAFETY: as above.
-            unsafe { packed::gemm(alpha, a, b, beta, c) };
+            unsafe { packed::gemm(alpha, a, &b, beta, c) };
             return true;
         }
         false
@@ -139,28 +182,16 @@ impl Element for f64 {
 
 /// c = alpha · a · b + beta · c, with c a contiguous row-major `a.rows × b.cols` matrix.
 pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "inner dimensions {k} and {}", b.rows);
-    assert!(
-        c.len() >= m * n,
-        "output holds {} values, needs {}",
-        c.len(),
-        m * n
-    );
-    if m == 0 || n == 0 {
+    if settled(&a, b.rows, b.cols, beta, c) {
         return;
     }
-    if k == 0 {
-        c[..m * n].iter_mut().for_each(|v| *v *= beta);
-        return;
-    }
-    assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len());
-    assert!(a.row_stride >= 0 && a.col_stride >= 0 && b.row_stride >= 0 && b.col_stride >= 0);
+    assert!(b.last_index() < b.data.len() && b.row_stride >= 0 && b.col_stride >= 0);
     if T::own_product(alpha, a, b, beta, c) {
         return;
     }
-    // SAFETY: the asserts above keep every element the product reads inside `a.data`, `b.data`,
-    // and every element it writes inside `c`.
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    // SAFETY: the asserts here and in `settled` keep every element the product reads inside
+    // `a.data`, `b.data`, and every element it writes inside `c`.
     unsafe {
         (T::KERNEL)(
             m,
@@ -179,6 +210,70 @@ pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
             1,
         );
     }
+}
+
+/// c = α·a·b + β·c for b given as shifted rows, with c a contiguous row-major
+/// `a.rows × b.cols` matrix: a convolution's output or input gradient from its patches.
+pub fn gemm_shifted(alpha: f32, a: Mat<f32>, b: ShiftedRows, beta: f32, c: &mut [f32]) {
+    if settled(&a, b.rows(), b.cols, beta, c) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        if a.rows <= THIN || a.cols <= THIN {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            unsafe { row_dots::broadcast_rows(alpha, a, b.cols, |p| b.row(p), beta, c) };
+        } else {
+            // SAFETY: as above.
+            unsafe { packed::gemm(alpha, a, &b, beta, c) };
+        }
+        return;
+    }
+    let rows = b.gathered();
+    gemm(alpha, a, Mat::new(&rows, b.rows(), b.cols), beta, c);
+}
+
+/// c = α·a·bᵀ + β·c for b given as shifted rows, with c a contiguous row-major
+/// `a.rows × b.rows` matrix: a convolution's weight gradient, a sum along the patches.
+pub fn gemm_shifted_t(alpha: f32, a: Mat<f32>, b: ShiftedRows, beta: f32, c: &mut [f32]) {
+    if settled(&a, b.cols, b.rows(), beta, c) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        if a.col_stride == 1 && b.cols >= LONG_DOTS {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            unsafe { row_dots::row_dots(alpha, a, b.rows(), |j| b.row(j), beta, c) };
+        } else {
+            // SAFETY: as above.
+            unsafe { packed::gemm(alpha, a, &packed::Transposed(b), beta, c) };
+        }
+        return;
+    }
+    let rows = b.gathered();
+    gemm(alpha, a, Mat::new(&rows, b.rows(), b.cols).t(), beta, c);
+}
+
+/// Checks the shapes of c = α·a·b + β·c for a b of `k × n`, and settles the products with
+/// nothing to sum: true when c is empty or, with k = 0, has been scaled by β.
+fn settled<T: Element>(a: &Mat<T>, k: usize, n: usize, beta: T, c: &mut [T]) -> bool {
+    let m = a.rows;
+    assert_eq!(a.cols, k, "inner dimensions {} and {k}", a.cols);
+    assert!(
+        c.len() >= m * n,
+        "output holds {} values, needs {}",
+        c.len(),
+        m * n
+    );
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|v| *v *= beta);
+        return true;
+    }
+    assert!(a.last_index() < a.data.len() && a.row_stride >= 0 && a.col_stride >= 0);
+    false
 }
 
 /// Values in an AVX-512 register.
@@ -217,13 +312,20 @@ mod row_dots {
     use super::{lanes_mask, store_scaled, Mat, LANES};
     use std::arch::x86_64::*;
 
+    /// `b_col(j)` is b's column j, `a.cols` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn row_dots(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        // Row i of a and column j of b, each k contiguous values (checked by the caller's
-        // bounds asserts and by slicing here).
+    pub(super) fn row_dots<'b>(
+        alpha: f32,
+        a: Mat<f32>,
+        n: usize,
+        b_col: impl Fn(usize) -> &'b [f32],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        let (m, k) = (a.rows, a.cols);
+        // Row i of a: k contiguous values (checked by the caller's bounds asserts and by
+        // slicing here).
         let a_row = |i: usize| &a.data[i * a.row_stride as usize..][..k];
-        let b_col = |j: usize| &b.data[j * b.col_stride as usize..][..k];
         let full = k - k % LANES;
         let tail = lanes_mask(k % LANES);
         for i0 in (0..m).step_by(4) {
@@ -268,14 +370,21 @@ mod row_dots {
     const ROWS: usize = 8;
 
     /// c = α·a·b + β·c for b with contiguous rows, without packing: each 8 × 16 block of c
-    /// accumulates a's values (broadcast) times b's rows, read where they lie.
+    /// accumulates a's values (broadcast) times b's rows, read where they lie. `b_row(p)` is
+    /// b's row p, n values.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn broadcast_rows(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
-        let (m, k, n) = (a.rows, a.cols, b.cols);
+    pub(super) fn broadcast_rows<'b>(
+        alpha: f32,
+        a: Mat<f32>,
+        n: usize,
+        b_row: impl Fn(usize) -> &'b [f32],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        let (m, k) = (a.rows, a.cols);
         let a_at = |i: usize, p: usize| {
             a.data[(i as isize * a.row_stride + p as isize * a.col_stride) as usize]
         };
-        let b_row = |p: usize| &b.data[p * b.row_stride as usize..][..n];
         for i0 in (0..m).step_by(ROWS) {
             let rows = ROWS.min(m - i0);
             for j0 in (0..n).step_by(LANES) {
@@ -379,6 +488,58 @@ mod tests {
             let (a, b) = (values(m * k, 0.37), values(k * n, 0.71));
             check(m, n, k, Mat::new(&a, m, k), Mat::new(&b, k, n), beta);
             check(m, n, k, Mat::new(&a, k, m).t(), Mat::new(&b, k, n), beta);
+        }
+    }
+
+    #[test]
+    fn products_with_shifted_rows_match_a_naive_loop() {
+        // Rows that overlap and start anywhere, as a padded image's shifted views do; shapes for
+        // each kernel: few rows of a (broadcast), packed tiles with edges, and for a·bᵀ long
+        // rows (row dots) and short ones (packed with bᵀ gathered).
+        for (m, rows, cols, beta) in [
+            (6, 25, 70, 0.0),
+            (30, 9, 37, 0.5),
+            (13, 40, 150, 0.0),
+            (20, 33, LONG_DOTS + 21, 2.0),
+        ] {
+            let data = values(cols + 3 * rows + 7, 0.53);
+            let starts: Vec<usize> = (0..rows).map(|r| (r * 7) % (3 * rows + 7)).collect();
+            let b = ShiftedRows::new(&data, &starts, cols);
+            let at = |r: usize, j: usize| data[starts[r] + j] as f64;
+            let start = if beta == 0.0 { f32::NAN } else { 1.5 };
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                (beta * start) as f64
+            };
+
+            // a (m × rows) · b
+            let a = values(m * rows, 0.37);
+            let mut c = vec![start; m * cols];
+            gemm_shifted(2.0, Mat::new(&a, m, rows), b, beta, &mut c);
+            for (i, j) in (0..m).flat_map(|i| (0..cols).map(move |j| (i, j))) {
+                let dot: f64 = (0..rows).map(|r| a[i * rows + r] as f64 * at(r, j)).sum();
+                let want = 2.0 * dot + old;
+                let got = c[i * cols + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "a·b {m}x{rows}x{cols} ({i}, {j}): {got} vs {want}"
+                );
+            }
+
+            // a (m × cols) · bᵀ
+            let a = values(m * cols, 0.29);
+            let mut c = vec![start; m * rows];
+            gemm_shifted_t(2.0, Mat::new(&a, m, cols), b, beta, &mut c);
+            for (i, r) in (0..m).flat_map(|i| (0..rows).map(move |r| (i, r))) {
+                let dot: f64 = (0..cols).map(|j| a[i * cols + j] as f64 * at(r, j)).sum();
+                let want = 2.0 * dot + old;
+                let got = c[i * rows + r] as f64;
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "a·bᵀ {m}x{cols}x{rows} ({i}, {r}): {got} vs {want}"
+                );
+            }
         }
     }
 

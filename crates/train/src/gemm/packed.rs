@@ -7,7 +7,7 @@
 //! Single-threaded: the kernels that call GEMM split their work over the pool themselves. Must
 //! only be called on CPUs with AVX-512F; `gemm` checks.
 
-use super::{store_scaled, Mat, LANES};
+use super::{store_scaled, Mat, ShiftedRows, LANES};
 use crate::scratch::with_buffer;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -29,13 +29,74 @@ thread_local! {
     static PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// c = α·a·b + β·c with c contiguous row-major (a.rows × b.cols) and any strides for a and b.
-/// β = 0 never reads c.
+/// b as the product reads it: its columns, and panels of NR of them.
+pub(super) trait RightOperand {
+    fn cols(&self) -> usize;
+
+    /// Packs b[rows, cols] as `pack` packs its transpose: panels of NR columns of b, each laid
+    /// out row after row of b, columns past the last zero.
+    fn pack_panels(&self, cols: (usize, usize), rows: (usize, usize), out: &mut [f32]);
+}
+
+impl RightOperand for Mat<'_, f32> {
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn pack_panels(&self, cols: (usize, usize), rows: (usize, usize), out: &mut [f32]) {
+        pack::<NR>(&self.t(), cols, rows, out);
+    }
+}
+
+impl RightOperand for ShiftedRows<'_> {
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn pack_panels(
+        &self,
+        (col, cols): (usize, usize),
+        (row, rows): (usize, usize),
+        out: &mut [f32],
+    ) {
+        // A panel's row of NR values is one piece of a shifted row.
+        pack_columns::<NR>(cols, rows, out, |first, j, height| {
+            &self.row(row + j)[col + first..][..height]
+        });
+    }
+}
+
+/// b = sᵀ for shifted rows s.
+pub(super) struct Transposed<'a>(pub ShiftedRows<'a>);
+
+impl RightOperand for Transposed<'_> {
+    fn cols(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn pack_panels(
+        &self,
+        (col, cols): (usize, usize),
+        (row, rows): (usize, usize),
+        out: &mut [f32],
+    ) {
+        pack_rows::<NR>(cols, rows, out, |i| &self.0.row(col + i)[row..][..rows]);
+    }
+}
+
+/// c = α·a·b + β·c with c contiguous row-major (a.rows × b.cols) and any strides for a. β = 0
+/// never reads c.
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
-pub(super) unsafe fn gemm(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+pub(super) unsafe fn gemm(
+    alpha: f32,
+    a: Mat<f32>,
+    b: &impl RightOperand,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols());
     let c = &mut c[..m * n];
     let a_len = MC * KC;
     let b_len = NC.min(n.next_multiple_of(NR)) * KC;
@@ -45,7 +106,7 @@ pub(super) unsafe fn gemm(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &m
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack::<NR>(&b.t(), (jc, nc), (pc, kc), pb);
+                b.pack_panels((jc, nc), (pc, kc), pb);
                 // The first block of the inner dimension applies β; the others add to it.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(MC) {
@@ -90,36 +151,74 @@ fn pack<const W: usize>(
     out: &mut [f32],
 ) {
     let (rs, cs) = (m.row_stride as usize, m.col_stride as usize);
+    let at = |i: usize, j: usize| (row + i) * rs + (col + j) * cs;
+    if cs == 1 {
+        pack_rows::<W>(rows, cols, out, |i| &m.data[at(i, 0)..][..cols]);
+    } else if rs == 1 {
+        pack_columns::<W>(rows, cols, out, |first, j, height| {
+            &m.data[at(first, j)..][..height]
+        });
+    } else {
+        for_each_panel::<W>(rows, cols, out, |first, height, panel| {
+            for (j, column) in panel.chunks_exact_mut(W).enumerate() {
+                for (i, v) in column.iter_mut().enumerate().take(height) {
+                    *v = m.data[at(first + i, j)];
+                }
+            }
+        });
+    }
+}
+
+/// `pack` for a matrix whose rows run contiguously: `row(i)` is row i's `cols` values, each
+/// read once, in order.
+fn pack_rows<'m, const W: usize>(
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    row: impl Fn(usize) -> &'m [f32],
+) {
+    for_each_panel::<W>(rows, cols, out, |first, height, panel| {
+        for i in 0..height {
+            for (column, v) in panel.chunks_exact_mut(W).zip(row(first + i)) {
+                column[i] = *v;
+            }
+        }
+    });
+}
+
+/// `pack` for a matrix whose columns run contiguously: `column(first, j, height)` is the
+/// `height` values of column j from row `first` on, each panel column one copy.
+fn pack_columns<'m, const W: usize>(
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    column: impl Fn(usize, usize, usize) -> &'m [f32],
+) {
+    for_each_panel::<W>(rows, cols, out, |first, height, panel| {
+        for (j, values) in panel.chunks_exact_mut(W).enumerate() {
+            values[..height].copy_from_slice(column(first, j, height));
+        }
+    });
+}
+
+/// Calls `fill(first row, rows in the panel, panel)` for each panel of W rows of a rows × cols
+/// block, after zeroing a last panel that is not full.
+fn for_each_panel<const W: usize>(
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    mut fill: impl FnMut(usize, usize, &mut [f32]),
+) {
     for (p, panel) in out
         .chunks_exact_mut(W * cols)
         .take(rows.div_ceil(W))
         .enumerate()
     {
         let height = W.min(rows - p * W);
-        let first = (row + p * W) * rs + col * cs;
         if height < W {
             panel.fill(0.0);
         }
-        if cs == 1 {
-            // Rows run contiguously: read each once, in order.
-            for i in 0..height {
-                let values = &m.data[first + i * rs..][..cols];
-                for (column, v) in panel.chunks_exact_mut(W).zip(values) {
-                    column[i] = *v;
-                }
-            }
-        } else if rs == 1 && height == W {
-            // Columns run contiguously: each column of the panel is one copy.
-            for (j, column) in panel.chunks_exact_mut(W).enumerate() {
-                column.copy_from_slice(&m.data[first + j * cs..][..W]);
-            }
-        } else {
-            for (j, column) in panel.chunks_exact_mut(W).enumerate() {
-                for (i, v) in column.iter_mut().enumerate().take(height) {
-                    *v = m.data[first + j * cs + i * rs];
-                }
-            }
-        }
+        fill(p * W, height, panel);
     }
 }
 

@@ -1,13 +1,15 @@
 //! 2-D convolution (NCHW) with stride, padding, dilation and groups: forward, backward, and the
 //! mean input patch RLS needs.
 //!
-//! Lowered to GEMM through im2col, a chunk of samples per product. Work is split over chunks;
+//! Three ways to compute one, chosen by shape: the 3×3 stride-1 shapes where
+//! `winograd::pays_off` go to `winograd`, the other stride-1 shapes `implicit::applies` to go to
+//! `implicit` (GEMM over shifted views of the padded input), and the rest are lowered to GEMM
+//! here through im2col, a chunk of samples per product. Lowered work is split over chunks;
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
-//! thread count. The 3×3 stride-1 shapes where `winograd::pays_off` go to `winograd` instead;
-//! the mean patch is computed the same way for both.
+//! thread count. The mean patch is computed here for all three.
 
 use super::window::Window2d;
-use super::winograd;
+use super::{implicit, winograd};
 use crate::gemm::{gemm, Mat};
 use crate::scratch::with_buffer;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
@@ -176,6 +178,8 @@ pub fn forward(
     let ys = y.as_slice_mut().expect("fresh array");
     if winograd::pays_off(geo) {
         winograd::forward(geo, xs, w, bias.as_deref(), ys);
+    } else if implicit::applies(geo) {
+        implicit::forward(geo, xs, w, bias.as_deref(), ys);
     } else {
         lowered_forward(geo, xs, w, bias.as_deref(), ys);
     }
@@ -282,6 +286,13 @@ pub fn backward(
         let dw = winograd::weight_gradient(geo, xs, dys);
         return (dx, dw, channel_sums(dys, geo.c_out, p));
     }
+    if implicit::applies(geo) {
+        if let Some(dx) = dx.as_mut() {
+            implicit::input_gradient(geo, w, dys, dx.as_slice_mut().expect("fresh array"));
+        }
+        let dw = implicit::weight_gradient(geo, xs, dys);
+        return (dx, dw, channel_sums(dys, geo.c_out, p));
+    }
     let partial: Vec<Vec<f32>> = match dx.as_mut() {
         Some(dx) => dx
             .axis_chunks_iter_mut(Axis(0), chunk_len)
@@ -323,7 +334,8 @@ mod tests {
     use crate::kernels::testing::{conv_reference, wave};
     use ndarray::Array;
 
-    /// A 7×6 input with a 3×2 kernel and 4 → 6 channels, so the lowered path runs.
+    /// A 7×6 input with a 3×2 kernel and 4 → 6 channels: stride 1 runs `implicit` (unless the
+    /// padding is wider than the kernel), other strides the lowered path.
     fn geometry(group: usize, stride: usize, dilation: usize, pad: usize) -> ConvGeometry {
         sized(group, stride, dilation, pad, (3, 2), (4, 6))
     }
@@ -362,17 +374,33 @@ mod tests {
         Array::from_shape_vec(shape, wave(shape.0 * shape.1 * shape.2 * shape.3, 1.0)).unwrap()
     }
 
+    /// Which of the three ways computes the convolution.
+    fn path(geo: &ConvGeometry) -> &'static str {
+        if winograd::pays_off(geo) {
+            "winograd"
+        } else if implicit::applies(geo) {
+            "implicit"
+        } else {
+            "lowered"
+        }
+    }
+
     #[test]
     fn forward_matches_the_definition() {
-        for geo in [
-            geometry(1, 1, 1, 0),
-            geometry(2, 2, 1, 1),
-            geometry(1, 1, 2, 2),
-            geometry(2, 3, 2, 1),
-            geometry(1, 2, 1, 3),
-            // The Winograd path.
-            sized(1, 1, 1, 1, (3, 3), (64, 64)),
+        for (geo, way) in [
+            (geometry(1, 1, 1, 0), "implicit"),
+            (geometry(2, 1, 1, 1), "implicit"),
+            (geometry(1, 1, 2, 2), "implicit"),
+            // Depthwise.
+            (sized(4, 1, 1, 1, (3, 3), (4, 4)), "implicit"),
+            // Padding wider than the 3×2 kernel.
+            (geometry(1, 1, 1, 3), "lowered"),
+            (geometry(2, 2, 1, 1), "lowered"),
+            (geometry(2, 3, 2, 1), "lowered"),
+            (geometry(1, 2, 1, 3), "lowered"),
+            (sized(1, 1, 1, 1, (3, 3), (64, 64)), "winograd"),
         ] {
+            assert_eq!(path(&geo), way, "{geo:?}");
             let x = input(&geo);
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
@@ -389,13 +417,16 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        for geo in [
-            geometry(1, 1, 1, 1),
-            geometry(2, 2, 2, 1),
-            geometry(1, 3, 1, 3),
-            // The Winograd path.
-            sized(1, 1, 1, 2, (3, 3), (64, 64)),
+        for (geo, way) in [
+            (geometry(1, 1, 1, 1), "implicit"),
+            (geometry(2, 1, 2, 2), "implicit"),
+            (sized(4, 1, 1, 1, (3, 3), (4, 4)), "implicit"),
+            (geometry(1, 1, 1, 3), "lowered"),
+            (geometry(2, 2, 2, 1), "lowered"),
+            (geometry(1, 3, 1, 3), "lowered"),
+            (sized(1, 1, 1, 2, (3, 3), (64, 64)), "winograd"),
         ] {
+            assert_eq!(path(&geo), way, "{geo:?}");
             let x = input(&geo);
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);

@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+mod implicit;
 pub mod linear;
 pub mod pool;
 #[cfg(test)]
