@@ -4,7 +4,7 @@
 //! wrappers. On CPUs with AVX-512, f32 products run on this crate's kernels: products whose
 //! operands both run contiguously along a long inner dimension (a weight gradient: dy ·
 //! patchesᵀ) are dot products of rows (`row_dots`), thin products whose b has contiguous rows
-//! skip packing (`broadcast_rows`), and the rest go through packed panels and a 12 × 32
+//! skip packing (`broadcast_rows`), and the rest go through packed panels and a 12- or 8-row
 //! register tile (`packed`). Everything else (f64, other CPUs) goes to matrixmultiply.
 //!
 //! `ShiftedRows` is a b whose rows start anywhere in one slice: an implicit-GEMM convolution's
@@ -545,13 +545,14 @@ mod tests {
 
     #[test]
     fn packed_products_match_a_naive_loop() {
-        // Sizes off the 12 × 32 tiles and across the packed blocks (192 rows, 128 inner, 1024
-        // columns), so that edge tiles, several inner blocks adding up and several column
-        // blocks all run, down to one column and (with b transposed) one row; b row-major and
-        // transposed, a transposed.
+        // Sizes off the 8- and 12-row tiles (the row count picks one), the 32 columns and the
+        // packed blocks (16 tiles of rows, 128 inner, 1024 columns), so that edge tiles, several
+        // inner blocks adding up and several column blocks all run, down to one column and
+        // (with b transposed) one row; b row-major and transposed, a transposed.
         for (m, n, k, beta) in [
             (13, 33, 129, 0.0),
             (200, 40, 300, 0.5),
+            (203, 40, 300, 0.5),
             (25, 1030, 20, 0.0),
             (12, 32, 128, 2.0),
             (20, 1, 40, 0.5),

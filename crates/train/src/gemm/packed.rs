@@ -1,26 +1,29 @@
 //! c = α·a·b + β·c for f32 on AVX-512, the way BLIS does it: blocks of a and b are copied
 //! ("packed") into panels laid out in the order a register-blocked micro-kernel reads them, and
-//! the micro-kernel keeps a 12 × 32 tile of c in 24 registers while it runs down the inner
-//! dimension. On the convolutions' products it ran at 70–77 GFLOP/s on one Cascade Lake core,
-//! where matrixmultiply ran at 57–67 and PyTorch's MKL at 72–78 (docs/BENCHMARKS.md).
+//! the micro-kernel keeps a 12 × 32 (or 8 × 32) tile of c in registers while it runs down the
+//! inner dimension. On the convolutions' products it ran at 70–77 GFLOP/s on one Cascade Lake
+//! core, where matrixmultiply ran at 57–67 and PyTorch's MKL at 72–78 (docs/BENCHMARKS.md).
 //!
 //! Single-threaded: the kernels that call GEMM split their work over the pool themselves. Must
 //! only be called on CPUs with AVX-512F; `gemm` checks.
 
-use super::{store_scaled, Mat, ShiftedRows, LANES};
+use super::{lanes_mask, store_scaled, Mat, ShiftedRows, LANES};
 use crate::scratch::with_buffer;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Rows of c per micro-kernel tile: each is one broadcast of a value of a.
-const MR: usize = 12;
+/// Rows of c per micro-kernel tile, each one broadcast of a value of a: 12 rows keep 24 of the 32
+/// registers busy, 8 rows fit the channel counts that are multiples of 8 but not of 12 (16, 32,
+/// 64), where 12-row tiles would compute up to a third more rows than c has. `gemm` picks.
+const TALL_MR: usize = 12;
+const SHORT_MR: usize = 8;
 /// Columns of c per tile: two AVX-512 registers.
 const NR: usize = 2 * LANES;
 /// The inner dimension per packed block: a 32 × KC panel of b (16 KiB) stays in L1 while the
 /// panels of a stream past it.
 const KC: usize = 128;
-/// Rows of a per packed block (in L2).
-const MC: usize = 16 * MR;
+/// Tiles of rows of a per packed block (in L2).
+const MC_TILES: usize = 16;
 /// Columns of b per packed block.
 const NC: usize = 32 * NR;
 
@@ -80,7 +83,8 @@ impl RightOperand for Transposed<'_> {
         (row, rows): (usize, usize),
         out: &mut [f32],
     ) {
-        pack_rows::<NR>(cols, rows, out, |i| &self.0.row(col + i)[row..][..rows]);
+        // SAFETY: this module only runs on AVX-512F (`gemm`'s contract).
+        unsafe { pack_rows::<NR>(cols, rows, out, |i| &self.0.row(col + i)[row..][..rows]) };
     }
 }
 
@@ -96,9 +100,29 @@ pub(super) unsafe fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
+    // SAFETY (both): the caller guarantees AVX-512F.
+    if a.rows.next_multiple_of(SHORT_MR) < a.rows.next_multiple_of(TALL_MR) {
+        unsafe { tiled::<SHORT_MR>(alpha, a, b, beta, c) }
+    } else {
+        unsafe { tiled::<TALL_MR>(alpha, a, b, beta, c) }
+    }
+}
+
+/// `gemm` with tiles of MR rows.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+unsafe fn tiled<const MR: usize>(
+    alpha: f32,
+    a: Mat<f32>,
+    b: &impl RightOperand,
+    beta: f32,
+    c: &mut [f32],
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols());
     let c = &mut c[..m * n];
-    let a_len = MC * KC;
+    let mc_max = MC_TILES * MR;
+    let a_len = mc_max * KC;
     let b_len = NC.min(n.next_multiple_of(NR)) * KC;
     with_buffer(&PANELS, a_len + b_len, |panels| {
         let (pa, pb) = panels.split_at_mut(a_len);
@@ -109,8 +133,8 @@ pub(super) unsafe fn gemm(
                 b.pack_panels((jc, nc), (pc, kc), pb);
                 // The first block of the inner dimension applies β; the others add to it.
                 let beta = if pc == 0 { beta } else { 1.0 };
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
+                for ic in (0..m).step_by(mc_max) {
+                    let mc = mc_max.min(m - ic);
                     pack::<MR>(&a, (ic, mc), (pc, kc), pa);
                     for jr in (0..nc).step_by(NR) {
                         let b_panel = &pb[jr * kc..][..NR * kc];
@@ -123,7 +147,9 @@ pub(super) unsafe fn gemm(
                                 cols: NR.min(nc - jr),
                             };
                             // SAFETY: the caller guarantees the CPU has AVX-512F.
-                            unsafe { micro_kernel(kc, a_panel, b_panel, alpha, beta, c, n, tile) };
+                            unsafe {
+                                micro_kernel::<MR>(kc, a_panel, b_panel, alpha, beta, c, n, tile)
+                            };
                         }
                     }
                 }
@@ -153,7 +179,8 @@ fn pack<const W: usize>(
     let (rs, cs) = (m.row_stride as usize, m.col_stride as usize);
     let at = |i: usize, j: usize| (row + i) * rs + (col + j) * cs;
     if cs == 1 {
-        pack_rows::<W>(rows, cols, out, |i| &m.data[at(i, 0)..][..cols]);
+        // SAFETY: this module only runs on AVX-512F (`gemm`'s contract).
+        unsafe { pack_rows::<W>(rows, cols, out, |i| &m.data[at(i, 0)..][..cols]) };
     } else if rs == 1 {
         pack_columns::<W>(rows, cols, out, |first, j, height| {
             &m.data[at(first, j)..][..height]
@@ -170,7 +197,8 @@ fn pack<const W: usize>(
 }
 
 /// `pack` for a matrix whose rows run contiguously: `row(i)` is row i's `cols` values, each
-/// read once, in order.
+/// read once, in order. A transpose: blocks of 16 rows × 16 columns go through registers.
+#[target_feature(enable = "avx512f")]
 fn pack_rows<'m, const W: usize>(
     rows: usize,
     cols: usize,
@@ -178,12 +206,65 @@ fn pack_rows<'m, const W: usize>(
     row: impl Fn(usize) -> &'m [f32],
 ) {
     for_each_panel::<W>(rows, cols, out, |first, height, panel| {
-        for i in 0..height {
-            for (column, v) in panel.chunks_exact_mut(W).zip(row(first + i)) {
-                column[i] = *v;
+        for i0 in (0..height).step_by(LANES) {
+            let block_rows = LANES.min(height - i0);
+            let mut sources: [&[f32]; LANES] = [&[]; LANES];
+            for (i, source) in sources.iter_mut().enumerate().take(block_rows) {
+                *source = &row(first + i0 + i)[..cols];
+            }
+            // A column's rows i0.. of the panel: 16 of them, or the rest of a narrower panel.
+            let store = lanes_mask(LANES.min(W - i0));
+            for j0 in (0..cols).step_by(LANES) {
+                let width = LANES.min(cols - j0);
+                let load = lanes_mask(width);
+                let mut block = [_mm512_setzero_ps(); LANES];
+                for (v, source) in block.iter_mut().zip(&sources[..block_rows]) {
+                    // SAFETY: the mask reads only the row's `width` values from j0.
+                    *v = unsafe { _mm512_maskz_loadu_ps(load, source[j0..].as_ptr()) };
+                }
+                transpose(&mut block);
+                for (j, column) in block.iter().enumerate().take(width) {
+                    let dst = &mut panel[(j0 + j) * W + i0..];
+                    // SAFETY: the mask writes W − i0 values at most, inside column j0 + j.
+                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), store, *column) };
+                }
             }
         }
     });
+}
+
+/// Transposes 16 × 16 values in registers: `r[i]` holds row i before and column i after.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose(r: &mut [__m512; LANES]) {
+    let mut t = [_mm512_setzero_ps(); LANES];
+    // Pairs of rows interleaved value by value, then pairs of pairs two values at a time: in
+    // each 128-bit lane L, r[4g + c] ends up with column 4L + c of rows 4g..4g + 4.
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let pd = _mm512_castps_pd;
+    for g in 0..4 {
+        let (lo, hi) = (t[4 * g], t[4 * g + 1]);
+        let (next_lo, next_hi) = (t[4 * g + 2], t[4 * g + 3]);
+        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(lo), pd(next_lo)));
+        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(lo), pd(next_lo)));
+        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(hi), pd(next_hi)));
+        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(hi), pd(next_hi)));
+    }
+    // Then the 128-bit lanes gathered across the four groups of rows, in two rounds.
+    for half in 0..2 {
+        for c in 0..4 {
+            let (a, b) = (r[8 * half + c], r[8 * half + 4 + c]);
+            t[8 * half + c] = _mm512_shuffle_f32x4::<0x88>(a, b);
+            t[8 * half + 4 + c] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+        }
+    }
+    for j in 0..8 {
+        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
+        r[8 + j] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[8 + j]);
+    }
 }
 
 /// `pack` for a matrix whose columns run contiguously: `column(first, j, height)` is the
@@ -196,7 +277,11 @@ fn pack_columns<'m, const W: usize>(
 ) {
     for_each_panel::<W>(rows, cols, out, |first, height, panel| {
         for (j, values) in panel.chunks_exact_mut(W).enumerate() {
-            values[..height].copy_from_slice(column(first, j, height));
+            match <&mut [f32; W]>::try_from(&mut values[..height]) {
+                // A whole panel column: a copy of known size, inlined rather than a memcpy call.
+                Ok(full) => full.copy_from_slice(column(first, j, W)),
+                Err(_) => values[..height].copy_from_slice(column(first, j, height)),
+            }
         }
     });
 }
@@ -222,11 +307,11 @@ fn for_each_panel<const W: usize>(
     }
 }
 
-/// c[tile] = α · (a_panel · b_panel) + β · c[tile], the product over kc in 24 registers.
+/// c[tile] = α · (a_panel · b_panel) + β · c[tile], the product over kc in 2·MR registers.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn micro_kernel(
+fn micro_kernel<const MR: usize>(
     kc: usize,
     a_panel: &[f32],
     b_panel: &[f32],
