@@ -369,9 +369,10 @@ mod row_dots {
     /// Rows of c at a time.
     const ROWS: usize = 8;
 
-    /// c = α·a·b + β·c for b with contiguous rows, without packing: each 8 × 16 block of c
+    /// c = α·a·b + β·c for b with contiguous rows, without packing: each 8 × 32 block of c
     /// accumulates a's values (broadcast) times b's rows, read where they lie. `b_row(p)` is
-    /// b's row p, n values.
+    /// b's row p, n values. Two registers per row of c, so that even a few rows keep enough
+    /// independent sums in flight to hide the latency of each multiply-add.
     #[target_feature(enable = "avx512f")]
     pub(super) fn broadcast_rows<'b>(
         alpha: f32,
@@ -387,19 +388,34 @@ mod row_dots {
         };
         for i0 in (0..m).step_by(ROWS) {
             let rows = ROWS.min(m - i0);
-            for j0 in (0..n).step_by(LANES) {
-                let width = LANES.min(n - j0);
-                let mask = lanes_mask(width);
-                let mut acc = [_mm512_setzero_ps(); ROWS];
+            for j0 in (0..n).step_by(2 * LANES) {
+                let widths = [LANES.min(n - j0), (n - j0).saturating_sub(LANES).min(LANES)];
+                let masks = widths.map(lanes_mask);
+                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
                 for p in 0..k {
-                    // SAFETY: the masked lanes are inside b's row: j0 + width ≤ n.
-                    let bv = unsafe { _mm512_maskz_loadu_ps(mask, b_row(p)[j0..].as_ptr()) };
+                    let row = b_row(p)[j0..].as_ptr();
+                    // SAFETY: the masks read only inside b's row, j0 + widths ≤ n; an empty
+                    // second half reads nothing (and its address is only computed).
+                    let bv = unsafe {
+                        [
+                            _mm512_maskz_loadu_ps(masks[0], row),
+                            _mm512_maskz_loadu_ps(masks[1], row.wrapping_add(LANES)),
+                        ]
+                    };
                     for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(a_at(i0 + r, p)), bv, *acc);
+                        let av = _mm512_set1_ps(a_at(i0 + r, p));
+                        acc[0] = _mm512_fmadd_ps(av, bv[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(av, bv[1], acc[1]);
                     }
                 }
                 for (r, acc) in acc.iter().enumerate().take(rows) {
-                    store_scaled(&mut c[(i0 + r) * n + j0..][..width], *acc, alpha, beta);
+                    let out = &mut c[(i0 + r) * n + j0..];
+                    for (half, (v, width)) in acc.iter().zip(widths).enumerate() {
+                        if width > 0 {
+                            let at = half * LANES;
+                            store_scaled(&mut out[at..][..width], *v, alpha, beta);
+                        }
+                    }
                 }
             }
         }
