@@ -102,7 +102,8 @@ impl Window2d {
 }
 
 /// `max_forward` on one plane `xp` for a plain 2×2 window: the same first-maximum rule, cells
-/// in row-major order.
+/// in row-major order. Selects, not branches: which cell wins is data, and a mispredicted branch
+/// per cell cost more than the comparisons.
 fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     let (w, wo) = (geo.w, geo.out.1);
     for (oy, (best, at)) in yp
@@ -111,19 +112,22 @@ fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
         .enumerate()
     {
         let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
-        for (ox, (best, at)) in best.iter_mut().zip(at).enumerate() {
-            let cells = [
-                top + 2 * ox,
-                top + 2 * ox + 1,
-                bottom + 2 * ox,
-                bottom + 2 * ox + 1,
-            ];
-            (*best, *at) = (f32::NEG_INFINITY, cells[0] as u32);
-            for cell in cells {
-                if xp[cell] > *best {
-                    (*best, *at) = (xp[cell], cell as u32);
-                }
+        let rows = (&xp[top..][..2 * wo], &xp[bottom..][..2 * wo]);
+        for (ox, ((best, at), (t, b))) in best
+            .iter_mut()
+            .zip(at.iter_mut())
+            .zip(rows.0.chunks_exact(2).zip(rows.1.chunks_exact(2)))
+            .enumerate()
+        {
+            let offsets = [top, top + 1, bottom, bottom + 1].map(|c| (c + 2 * ox) as u32);
+            let values = [t[0], t[1], b[0], b[1]];
+            let (mut v, mut i) = (f32::NEG_INFINITY, offsets[0]);
+            for (value, offset) in values.into_iter().zip(offsets) {
+                let wins = value > v;
+                v = if wins { value } else { v };
+                i = if wins { offset } else { i };
             }
+            (*best, *at) = (v, i);
         }
     }
 }
