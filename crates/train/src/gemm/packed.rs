@@ -13,8 +13,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Rows of c per micro-kernel tile, each one broadcast of a value of a: 12 rows keep 24 of the 32
-/// registers busy, 8 rows fit the channel counts that are multiples of 8 but not of 12 (16, 32,
-/// 64), where 12-row tiles would compute up to a third more rows than c has. `gemm` picks.
+/// registers busy; 8 rows fit channel counts such as 16, 32 and 64, where 12-row tiles would
+/// compute up to a third more rows than c has. `gemm` picks the one that pads fewer rows, 12 on
+/// a tie.
 const TALL_MR: usize = 12;
 const SHORT_MR: usize = 8;
 /// Columns of c per tile: two AVX-512 registers.
