@@ -278,11 +278,7 @@ fn pack_columns<'m, const W: usize>(
 ) {
     for_each_panel::<W>(rows, cols, out, |first, height, panel| {
         for (j, values) in panel.chunks_exact_mut(W).enumerate() {
-            match <&mut [f32; W]>::try_from(&mut values[..height]) {
-                // A whole panel column: a copy of known size, inlined rather than a memcpy call.
-                Ok(full) => full.copy_from_slice(column(first, j, W)),
-                Err(_) => values[..height].copy_from_slice(column(first, j, height)),
-            }
+            values[..height].copy_from_slice(column(first, j, height));
         }
     });
 }
