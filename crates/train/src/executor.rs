@@ -7,6 +7,7 @@
 use crate::kernels::batchnorm::{self, BatchStats};
 use crate::kernels::conv::{self, ConvGeometry};
 use crate::kernels::elementwise::{self, Activation, Binary};
+use crate::kernels::into_standard;
 use crate::kernels::linear::{self, GemmSpec};
 use crate::kernels::pool;
 use crate::kernels::window::Window2d;
@@ -31,9 +32,12 @@ enum Saved {
     BatchNorm(Option<BatchStats>),
     /// The mask a training-mode Dropout multiplied by.
     Dropout(ArrayD<f32>),
+    /// An activation that ran in its producer's output buffer (see `activations_in_place`).
+    InProducer,
 }
 
-/// Activations and saved state of one forward pass.
+/// Activations and saved state of one forward pass. A node output read only by an activation
+/// that ran in place on it (see `activations_in_place`) is not kept.
 pub struct Tape {
     values: Vec<Option<ArrayD<f32>>>,
     saved: Vec<Saved>,
@@ -224,14 +228,63 @@ pub fn forward(
         .first()
         .ok_or(TrainError::OutputShape(vec![]))?;
     tape.values[first.0 as usize] = Some(input);
+    let in_place = activations_in_place(graph, &tape);
     for id in graph.node_ids() {
-        let (out, saved, mean) = forward_node(graph, &tape, id, mode, mean_inputs, dropout)?;
-        let node = graph.node(id);
-        tape.values[node.outputs[0].0 as usize] = Some(out);
+        if matches!(tape.saved[id.0 as usize], Saved::InProducer) {
+            continue;
+        }
+        let reader = in_place[id.0 as usize];
+        let act = reader.and_then(|a| activation(graph, &tape, a));
+        let (mut out, saved, mean) =
+            forward_node(graph, &tape, id, mode, mean_inputs, dropout, act)?;
+        let mut output = graph.node(id).outputs[0];
+        if let (Some(reader), Some(act)) = (reader, act) {
+            if !applies_activation(&graph.node(id).op) {
+                match out.as_slice_memory_order_mut() {
+                    Some(values) => act.apply_in_place(values),
+                    None => out.mapv_inplace(|v| act.apply(v)),
+                }
+            }
+            tape.saved[reader.0 as usize] = Saved::InProducer;
+            output = graph.node(reader).outputs[0];
+        }
+        tape.values[output.0 as usize] = Some(out);
         tape.saved[id.0 as usize] = saved;
         tape.mean_inputs[id.0 as usize] = mean;
     }
     Ok(tape)
+}
+
+/// For each node, the activation node to run in its output buffer, if any: the activation must
+/// be the only reader of the output (which is not a graph output), its derivative must follow
+/// from its own output (so backward never needs its input), and its other inputs must be
+/// constants (known before its turn). This saves a pass over memory and a buffer per activation.
+fn activations_in_place(graph: &Graph, tape: &Tape) -> Vec<Option<NodeId>> {
+    let consumers = graph.consumers();
+    graph
+        .node_ids()
+        .map(|id| {
+            let v = graph.node(id).outputs[0];
+            let [reader] = consumers[v.0 as usize][..] else {
+                return None;
+            };
+            let inputs = &graph.node(reader).inputs;
+            let constants =
+                inputs.iter().skip(1).flatten().all(|&i| {
+                    i != v && matches!(graph.value(i).source, ValueSource::Initializer(_))
+                });
+            let fits =
+                activation(graph, tape, reader).is_some_and(|a| a.output_determines_derivative());
+            let first = inputs.first() == Some(&Some(v));
+            (fits && constants && first && !graph.outputs.contains(&v)).then_some(reader)
+        })
+        .collect()
+}
+
+/// Whether the op's kernel applies a following activation itself, while its output is in cache;
+/// for other ops the executor applies it to the output afterwards.
+fn applies_activation(op: &Op) -> bool {
+    matches!(op, Op::Conv(_) | Op::BatchNorm { .. })
 }
 
 type NodeResult = (ArrayD<f32>, Saved, Option<Vec<f32>>);
@@ -243,6 +296,7 @@ fn forward_node(
     mode: Mode,
     want_mean: bool,
     dropout: Option<u64>,
+    then: Option<Activation>,
 ) -> Result<NodeResult, TrainError> {
     let node = graph.node(id);
     let err = |p: String| node_err(graph, id, p);
@@ -285,7 +339,8 @@ fn forward_node(
             let bias1 = bias
                 .as_ref()
                 .map(|b| b.view().into_shape_with_order(b.len()).expect("1-d bias"));
-            let (y, mean) = conv::forward(&geo, x4, w.as_slice().expect("std"), bias1, want_mean);
+            let w = w.as_slice().expect("std");
+            let (y, mean) = conv::forward(&geo, x4, w, bias1, then, want_mean);
             (y.into_dyn(), Saved::Conv(geo), mean.map(|m| m.to_vec()))
         }
         Op::Gemm(g) => {
@@ -344,8 +399,9 @@ fn forward_node(
             let get =
                 |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
             let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let training = mode == Mode::Train;
             let (y, stats) =
-                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, mode == Mode::Train);
+                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, then);
             (y, Saved::BatchNorm(stats), None)
         }
         Op::MaxPool(Pool { window, ceil_mode }) => {
@@ -491,7 +547,7 @@ pub fn backward(
             continue;
         };
         let wants: Vec<bool> = node.inputs.iter().map(|v| v.is_some_and(needs)).collect();
-        let input_grads = backward_node(graph, tape, id, dy.view(), &wants)?;
+        let input_grads = backward_node(graph, tape, id, dy, &wants)?;
         // Kernels may return a gradient for an optional input the node does not have.
         for ((g, v), want) in input_grads.into_iter().zip(&node.inputs).zip(&wants) {
             let (Some(g), Some(v), true) = (g, *v, *want) else {
@@ -507,15 +563,16 @@ pub fn backward(
     Ok(Gradients(grads))
 }
 
+/// The gradients of the node's inputs from `dy`, the gradient of its output; ops whose input
+/// gradient has the output's shape write it over `dy`.
 fn backward_node(
     graph: &Graph,
     tape: &Tape,
     id: NodeId,
-    dy: ArrayViewD<f32>,
+    mut dy: ArrayD<f32>,
     wants: &[bool],
 ) -> Result<Vec<Option<ArrayD<f32>>>, TrainError> {
     let node = graph.node(id);
-    let x = input(graph, tape, id, 0)?;
     let y = || {
         tape.values[node.outputs[0].0 as usize]
             .as_ref()
@@ -523,11 +580,18 @@ fn backward_node(
             .view()
     };
     if let Some(act) = activation(graph, tape, id) {
-        return Ok(vec![Some(act.backward(&x, &y(), &dy))]);
+        // An activation that ran in place has no input kept; its output is enough.
+        if act.output_determines_derivative() {
+            act.backward_from_output(&y(), &mut dy);
+            return Ok(vec![Some(dy)]);
+        }
+        let x = input(graph, tape, id, 0)?;
+        return Ok(vec![Some(act.backward(&x, &y(), &dy.view()))]);
     }
+    let x = input(graph, tape, id, 0)?;
     if let Some(op) = binary(&node.op) {
         let b = input(graph, tape, id, 1)?;
-        let (da, db) = elementwise::binary_backward(op, &x, &b, &dy);
+        let (da, db) = elementwise::binary_backward(op, &x, &b, &dy.view());
         return Ok(vec![Some(da), Some(db)]);
     }
     let want = |i: usize| wants.get(i).copied().unwrap_or(false);
@@ -573,12 +637,12 @@ fn backward_node(
             let b = input(graph, tape, id, 1)?;
             let c = optional(graph, tape, id, 2);
             let (da, db, dc) =
-                linear::gemm_backward(spec, &x, &b, c.as_ref().map(|c| c.shape()), &dy);
+                linear::gemm_backward(spec, &x, &b, c.as_ref().map(|c| c.shape()), &dy.view());
             vec![Some(da), Some(db), dc]
         }
         (Op::MatMul, _) => {
             let b = input(graph, tape, id, 1)?;
-            let (da, db) = linear::matmul_backward(&x, &b, &dy);
+            let (da, db) = linear::matmul_backward(&x, &b, &dy.view());
             vec![Some(da), Some(db)]
         }
         (Op::BatchNorm { epsilon, .. }, Saved::BatchNorm(stats)) => {
@@ -595,11 +659,20 @@ fn backward_node(
             ]
         }
         (Op::MaxPool(_), Saved::MaxPool(geo, arg)) => vec![Some(
-            pool::max_backward(geo, arg, dy.into_dimensionality::<Ix4>().expect("4-d")).into_dyn(),
+            pool::max_backward(
+                geo,
+                arg,
+                dy.view().into_dimensionality::<Ix4>().expect("4-d"),
+            )
+            .into_dyn(),
         )],
         (Op::AveragePool { .. }, Saved::AvgPool(geo, include)) => vec![Some(
-            pool::avg_backward(geo, dy.into_dimensionality::<Ix4>().expect("4-d"), *include)
-                .into_dyn(),
+            pool::avg_backward(
+                geo,
+                dy.view().into_dimensionality::<Ix4>().expect("4-d"),
+                *include,
+            )
+            .into_dyn(),
         )],
         (Op::GlobalAveragePool, _) => {
             let inner: usize = x.shape()[2..].iter().product();
@@ -618,8 +691,7 @@ fn backward_node(
             vec![Some(dx)]
         }
         (Op::Flatten { .. } | Op::Reshape { .. }, _) => vec![Some(
-            dy.as_standard_layout()
-                .into_owned()
+            into_standard(dy)
                 .into_shape_with_order(x.raw_dim())
                 .expect("same count"),
         )],
@@ -637,11 +709,14 @@ fn backward_node(
                 })
                 .collect::<Result<_, TrainError>>()?
         }
-        (Op::Dropout { .. }, Saved::Dropout(mask)) => vec![Some(&dy * mask)],
-        (Op::Dropout { .. } | Op::Identity, _) => vec![Some(dy.to_owned())],
+        (Op::Dropout { .. }, Saved::Dropout(mask)) => {
+            dy *= mask;
+            vec![Some(dy)]
+        }
+        (Op::Dropout { .. } | Op::Identity, _) => vec![Some(dy)],
         (Op::Softmax { axis }, _) => vec![Some(elementwise::softmax_backward(
             &y(),
-            &dy,
+            &dy.view(),
             softmax_axis(*axis, x.ndim()),
         ))],
         _ => return Err(node_err(graph, id, "no backward pass for this op")),

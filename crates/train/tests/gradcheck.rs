@@ -109,6 +109,50 @@ fn loss(graph: &Graph, x: &ArrayD<f32>, r: &ArrayD<f32>, mode: Mode, dropout: Op
         .sum()
 }
 
+/// Compares the gradient of every float initializer (a few entries each) with central finite
+/// differences of the loss Σ y·r; initializers named in `constant` must get none. Returns how
+/// many entries it checked.
+fn check_parameters(
+    graph: &Graph,
+    x: &ArrayD<f32>,
+    r: &ArrayD<f32>,
+    (mode, dropout): (Mode, Option<u64>),
+    constant: &[&str],
+) -> usize {
+    let tape = forward(graph, x.clone(), mode, false, dropout).unwrap();
+    let grads = backward(graph, &tape, graph.outputs[0], r.clone()).unwrap();
+    let eps = 5e-3f32;
+    let mut checked = 0;
+    for v in graph.value_ids() {
+        let ValueSource::Initializer(Tensor::F32(t)) = &graph.value(v).source else {
+            continue;
+        };
+        let name = graph.value(v).name.clone();
+        let Some(g) = grads.of(v) else {
+            assert!(constant.contains(&name.as_str()), "{name} got no gradient");
+            continue;
+        };
+        for i in (0..t.len()).step_by(t.len().div_ceil(4).max(1)) {
+            let mut plus = graph.clone();
+            let mut minus = graph.clone();
+            for (gr, d) in [(&mut plus, eps), (&mut minus, -eps)] {
+                if let ValueSource::Initializer(Tensor::F32(a)) = &mut gr.value_mut(v).source {
+                    a.as_slice_mut().unwrap()[i] += d;
+                }
+            }
+            let fd = (loss(&plus, x, r, mode, dropout) - loss(&minus, x, r, mode, dropout))
+                / (2.0 * eps as f64);
+            let got = g.as_slice().unwrap()[i] as f64;
+            assert!(
+                (fd - got).abs() < 2e-2 * fd.abs().max(0.02),
+                "{mode:?} dropout {dropout:?} {name}[{i}]: finite difference {fd}, backward {got}"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
 #[test]
 fn every_op_back_propagates_like_finite_differences() {
     let graph = graph();
@@ -116,46 +160,82 @@ fn every_op_back_propagates_like_finite_differences() {
     let r = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.0, 0.5, 0.3, 1.1, -0.7]).unwrap();
     // Training with Dropout drawing a mask (the same one for every pass: it depends on the seed
     // only), training with Dropout as the identity, and inference.
-    for (mode, dropout) in [
+    for run in [
         (Mode::Train, Some(7)),
         (Mode::Train, None),
         (Mode::Eval, None),
     ] {
-        let tape = forward(&graph, x.clone(), mode, false, dropout).unwrap();
-        let grads = backward(&graph, &tape, graph.outputs[0], r.clone()).unwrap();
-        let eps = 5e-3f32;
-        let mut checked = 0;
-        for v in graph.value_ids() {
-            let ValueSource::Initializer(Tensor::F32(t)) = &graph.value(v).source else {
-                continue;
-            };
-            let name = graph.value(v).name.clone();
-            let Some(g) = grads.of(v) else {
-                assert!(
-                    ["mean", "var", "lo", "hi"].contains(&name.as_str()),
-                    "{name} got no gradient"
-                );
-                continue;
-            };
-            for i in (0..t.len()).step_by(t.len().div_ceil(4).max(1)) {
-                let mut plus = graph.clone();
-                let mut minus = graph.clone();
-                for (gr, d) in [(&mut plus, eps), (&mut minus, -eps)] {
-                    if let ValueSource::Initializer(Tensor::F32(a)) = &mut gr.value_mut(v).source {
-                        a.as_slice_mut().unwrap()[i] += d;
-                    }
-                }
-                let fd = (loss(&plus, &x, &r, mode, dropout) - loss(&minus, &x, &r, mode, dropout))
-                    / (2.0 * eps as f64);
-                let got = g.as_slice().unwrap()[i] as f64;
-                assert!(
-                    (fd - got).abs() < 2e-2 * fd.abs().max(0.02),
-                    "{mode:?} dropout {dropout:?} {name}[{i}]: finite difference {fd}, backward {got}"
-                );
-                checked += 1;
-            }
-        }
+        let checked = check_parameters(&graph, &x, &r, run, &["mean", "var", "lo", "hi"]);
         assert!(checked >= 30, "{checked}");
+    }
+}
+
+/// x[2,3,6,6] → Conv → Relu → Conv → BatchNorm → Clip(0, 0.6) → MaxPool → mp; Relu(mp) + mp →
+/// Flatten → Gemm → LeakyRelu(−0.2). The first Relu runs in the Conv's output buffer and the
+/// Clip in BatchNorm's; the second Relu cannot (its input has another reader), nor the
+/// LeakyRelu (negative slope).
+fn activations_graph() -> Graph {
+    let mut b = GraphBuilder::new("in-place activations", 17);
+    b.input("x", [2i64, 3, 6, 6]);
+    b.initializer(attr::tensor_f32("w1", &[4, 3, 3, 3], wave(108, 1.0, 0.5)));
+    b.initializer(attr::tensor_f32("b1", &[4], wave(4, 2.0, 0.1)));
+    b.initializer(attr::tensor_f32("w2", &[5, 4, 3, 3], wave(180, 3.0, 0.4)));
+    b.initializer(attr::tensor_f32("g", &[5], vec![1.0, 0.8, 1.2, 0.9, 1.1]));
+    b.initializer(attr::tensor_f32("beta", &[5], wave(5, 3.0, 0.3)));
+    b.initializer(attr::tensor_f32("mean", &[5], vec![0.0; 5]));
+    b.initializer(attr::tensor_f32("var", &[5], vec![1.0; 5]));
+    b.initializer(attr::tensor_f32("lo", &[], vec![0.0]));
+    b.initializer(attr::tensor_f32("hi", &[], vec![0.6]));
+    b.initializer(attr::tensor_f32("fc", &[3, 45], wave(135, 6.0, 0.6)));
+    b.initializer(attr::tensor_f32("fcb", &[3], wave(3, 7.0, 0.1)));
+    let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+    b.node("Conv", &["x", "w1", "b1"], &["c1"], pad());
+    b.node("Relu", &["c1"], &["a1"], vec![]);
+    b.node("Conv", &["a1", "w2"], &["c2"], pad());
+    let bn_inputs = ["c2", "g", "beta", "mean", "var"];
+    b.node("BatchNormalization", &bn_inputs, &["bn"], vec![]);
+    b.node("Clip", &["bn", "lo", "hi"], &["clip"], vec![]);
+    let window = vec![
+        attr::ints("kernel_shape", &[2, 2]),
+        attr::ints("strides", &[2, 2]),
+    ];
+    b.node("MaxPool", &["clip"], &["mp"], window);
+    b.node("Relu", &["mp"], &["a2"], vec![]);
+    b.node("Add", &["a2", "mp"], &["s"], vec![]);
+    b.node("Flatten", &["s"], &["f"], vec![]);
+    let trans_b = vec![attr::int("transB", 1)];
+    b.node("Gemm", &["f", "fc", "fcb"], &["gm"], trans_b);
+    b.node(
+        "LeakyRelu",
+        &["gm"],
+        &["y"],
+        vec![attr::float("alpha", -0.2)],
+    );
+    b.output("y", [2i64, 3]);
+    pare_ir::import(&b.build()).unwrap()
+}
+
+#[test]
+fn activations_run_in_place_only_where_backward_allows_and_keep_gradients() {
+    let graph = activations_graph();
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 6, 6]), wave(216, 9.0, 1.5)).unwrap();
+    let r = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.0, 0.5, 0.3, 1.1, -0.7]).unwrap();
+    let tape = forward(&graph, x.clone(), Mode::Train, false, None).unwrap();
+    let kept = |name: &str| tape.value(graph.find_value(name).unwrap()).is_some();
+    for name in ["c1", "bn"] {
+        assert!(!kept(name), "{name} is overwritten by its activation");
+    }
+    for name in ["a1", "c2", "clip", "mp", "a2", "gm", "y"] {
+        assert!(kept(name), "{name} is kept");
+    }
+    let a1 = tape.value(graph.find_value("a1").unwrap()).unwrap();
+    assert!(a1.iter().all(|&v| v >= 0.0) && a1.iter().any(|&v| v == 0.0));
+    let clip = tape.value(graph.find_value("clip").unwrap()).unwrap();
+    assert!(clip.iter().all(|&v| (0.0..=0.6).contains(&v)));
+    assert!(clip.iter().any(|&v| v == 0.0) && clip.iter().any(|&v| v == 0.6));
+    for run in [(Mode::Train, None), (Mode::Eval, None)] {
+        let checked = check_parameters(&graph, &x, &r, run, &["mean", "var", "lo", "hi"]);
+        assert!(checked >= 25, "{checked}");
     }
 }
 

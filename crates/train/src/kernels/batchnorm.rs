@@ -4,9 +4,12 @@
 //! Channels run in parallel; each channel's sums run over the batch in order, so results do not
 //! depend on the thread count.
 
+use crate::kernels::elementwise::Activation;
+use crate::kernels::into_standard;
 use crate::sums::slice_sums;
 use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Per channel, the sums `slice_sums` gives over each sample's plane of that channel, added in
 /// sample order.
@@ -45,7 +48,9 @@ fn channel_iter(x: &ArrayViewD<f32>) -> (usize, usize, usize) {
     (n, c, inner)
 }
 
-/// y = γ (x − μ) / √(σ² + ε) + β. In training mode μ, σ² are the batch's and are returned.
+/// y = γ (x − μ) / √(σ² + ε) + β, then `activation` when given (applied while each plane is
+/// still in cache). In training mode μ, σ² are the batch's and are returned.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     x: ArrayViewD<f32>,
     scale: &[f32],
@@ -54,6 +59,7 @@ pub fn forward(
     running_var: &[f32],
     epsilon: f32,
     training: bool,
+    activation: Option<Activation>,
 ) -> (ArrayD<f32>, Option<BatchStats>) {
     let x = x.as_standard_layout();
     let (n, c, inner) = channel_iter(&x.view());
@@ -79,25 +85,37 @@ pub fn forward(
         Some(s) => (&s.mean[..], &s.var[..]),
         None => (running_mean, running_var),
     };
-    let mut y = x.to_owned();
-    let ys = y.as_slice_mut().expect("owned");
-    ys.par_chunks_mut(inner.max(1))
+    // Written once from x rather than copied and then updated: one pass over memory, not two.
+    let mut y = ArrayD::<f32>::uninit(x.raw_dim());
+    y.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut(inner.max(1))
+        .zip(xs.par_chunks(inner.max(1)))
         .enumerate()
-        .for_each(|(block, values)| {
+        .for_each(|(block, (out, xb))| {
             let ch = block % c;
             let k = scale[ch] / (var[ch] + epsilon).sqrt();
             let shift = bias[ch] - mean[ch] * k;
-            values.iter_mut().for_each(|v| *v = *v * k + shift);
+            for (o, &v) in out.iter_mut().zip(xb) {
+                o.write(v * k + shift);
+            }
+            // SAFETY: the loop above wrote every value of `out` (both chunkings have `inner`
+            // values per chunk, and x and y have the same length).
+            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            if let Some(act) = activation {
+                act.apply_in_place(out);
+            }
         });
-    (y, stats)
+    // SAFETY: the chunks cover y, and each was written in full above.
+    (unsafe { y.assume_init() }, stats)
 }
 
-/// Gradients (dx, dscale, dbias). With `stats` (training mode) the batch statistics depend on x;
-/// without, the running statistics are constants.
+/// Gradients (dx, dscale, dbias); dx is written over `dy`. With `stats` (training mode) the
+/// batch statistics depend on x; without, the running statistics are constants.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: ArrayViewD<f32>,
-    dy: ArrayViewD<f32>,
+    dy: ArrayD<f32>,
     scale: &[f32],
     running_mean: &[f32],
     running_var: &[f32],
@@ -105,12 +123,10 @@ pub fn backward(
     stats: Option<&BatchStats>,
 ) -> (ArrayD<f32>, Vec<f32>, Vec<f32>) {
     let x = x.as_standard_layout();
-    let dy = dy.as_standard_layout();
+    let mut dy = into_standard(dy);
     let (n, c, inner) = channel_iter(&x.view());
-    let (xs, dys) = (
-        x.as_slice().expect("standard"),
-        dy.as_slice().expect("standard"),
-    );
+    let xs = x.as_slice().expect("standard");
+    let dys = dy.as_slice().expect("standard");
     let (mean, var) = match stats {
         Some(s) => (&s.mean[..], &s.var[..]),
         None => (running_mean, running_var),
@@ -141,19 +157,19 @@ pub fn backward(
             }
         })
         .collect();
-    let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
-    let dxs = dx.as_slice_mut().expect("fresh");
-    dxs.par_chunks_mut(inner.max(1))
+    dy.as_slice_mut()
+        .expect("standard")
+        .par_chunks_mut(inner.max(1))
+        .zip(xs.par_chunks(inner.max(1)))
         .enumerate()
-        .for_each(|(block, out)| {
+        .for_each(|(block, (g, xb))| {
             let (a, b, shift) = coefficients[block % c];
-            let range = block * inner..(block + 1) * inner;
-            for ((d, &xv), &g) in out.iter_mut().zip(&xs[range.clone()]).zip(&dys[range]) {
-                *d = a * g + b * xv + shift;
+            for (g, &xv) in g.iter_mut().zip(xb) {
+                *g = a * *g + b * xv + shift;
             }
         });
     (
-        dx,
+        dy,
         dscale.iter().map(|&v| v as f32).collect(),
         dbias.iter().map(|&v| v as f32).collect(),
     )
@@ -180,6 +196,7 @@ mod tests {
             &[1.0; 3],
             1e-5,
             true,
+            None,
         );
         let stats = stats.unwrap();
         assert_eq!(stats.count, 40);
@@ -195,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn a_following_activation_is_applied_to_the_output() {
+        let run = |act| {
+            forward(
+                x().view(),
+                &[0.5; 3],
+                &[0.1; 3],
+                &[0.0; 3],
+                &[1.0; 3],
+                1e-5,
+                true,
+                act,
+            )
+        };
+        let (mut want, _) = run(None);
+        Activation::Relu.apply_in_place(want.as_slice_mut().unwrap());
+        assert_eq!(run(Some(Activation::Relu)).0, want);
+    }
+
+    #[test]
     fn backward_matches_finite_differences_in_both_modes() {
         let scale = [0.5, -1.5, 2.0];
         let bias = [0.1, 0.2, -0.3];
@@ -205,11 +241,12 @@ mod tests {
         for training in [true, false] {
             let x = x();
             let loss = |x: &ArrayD<f32>, s: &[f32], b: &[f32]| {
-                let (y, _) = forward(x.view(), s, b, &rm, &rv, 1e-5, training);
+                let (y, _) = forward(x.view(), s, b, &rm, &rv, 1e-5, training, None);
                 (y * &r).iter().map(|&v| v as f64).sum::<f64>()
             };
-            let (_, stats) = forward(x.view(), &scale, &bias, &rm, &rv, 1e-5, training);
-            let (dx, ds, db) = backward(x.view(), r.view(), &scale, &rm, &rv, 1e-5, stats.as_ref());
+            let (_, stats) = forward(x.view(), &scale, &bias, &rm, &rv, 1e-5, training, None);
+            let (dx, ds, db) =
+                backward(x.view(), r.clone(), &scale, &rm, &rv, 1e-5, stats.as_ref());
             let eps = 1e-2f32;
             for idx in [[0usize, 0, 0, 0], [3, 2, 1, 4], [1, 1, 0, 2]] {
                 let (mut p, mut m) = (x.clone(), x.clone());

@@ -8,6 +8,7 @@
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
 //! thread count. The mean patch is computed here for all three.
 
+use super::elementwise::Activation;
 use super::window::Window2d;
 use super::{implicit, winograd};
 use crate::gemm::{gemm, Mat};
@@ -161,13 +162,15 @@ thread_local! {
     static LOWERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// y = conv(x, w) + b. Also returns the mean patch over samples, groups and positions when
+/// y = conv(x, w) + b, then `activation` when given (applied to each sample's output while it
+/// is still in cache). Also returns the mean patch over samples, groups and positions when
 /// `mean_patch` is set (the RLS input average).
 pub fn forward(
     geo: &ConvGeometry,
     x: ArrayView4<f32>,
     w: &[f32],
     bias: Option<ArrayView1<f32>>,
+    activation: Option<Activation>,
     mean_patch: bool,
 ) -> (Array4<f32>, Option<Array1<f32>>) {
     let x = x.as_standard_layout();
@@ -177,17 +180,24 @@ pub fn forward(
     let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
     let ys = y.as_slice_mut().expect("fresh array");
     if winograd::pays_off(geo) {
-        winograd::forward(geo, xs, w, bias.as_deref(), ys);
+        winograd::forward(geo, xs, w, bias.as_deref(), activation, ys);
     } else if implicit::applies(geo) {
-        implicit::forward(geo, xs, w, bias.as_deref(), ys);
+        implicit::forward(geo, xs, w, bias.as_deref(), activation, ys);
     } else {
-        lowered_forward(geo, xs, w, bias.as_deref(), ys);
+        lowered_forward(geo, xs, w, bias.as_deref(), activation, ys);
     }
     (y, mean_patch.then(|| geo.mean_patch(xs)))
 }
 
 /// The forward pass through im2col and one GEMM per chunk of samples and group.
-fn lowered_forward(geo: &ConvGeometry, xs: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn lowered_forward(
+    geo: &ConvGeometry,
+    xs: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    activation: Option<Activation>,
+    y: &mut [f32],
+) {
     let p = geo.window.out.0 * geo.window.out.1;
     let k = geo.patch_len();
     let mg = geo.c_out / geo.group;
@@ -218,6 +228,9 @@ fn lowered_forward(geo: &ConvGeometry, xs: &[f32], w: &[f32], bias: Option<&[f32
                     }
                 }
             });
+            if let Some(act) = activation {
+                act.apply_in_place(ys);
+            }
         });
 }
 
@@ -404,14 +417,28 @@ mod tests {
             let x = input(&geo);
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
-            let (y, _) = forward(&geo, x.view(), &w, Some(ArrayView1::from(&b)), false);
-            let want = conv_reference(&geo, x.as_slice().unwrap(), &w, &b);
-            // Relative to the value: Winograd rounds a little more than the lowered product.
-            let diff = y
-                .iter()
-                .zip(&want)
-                .fold(0.0f32, |d, (a, b)| d.max((a - b).abs() / (1.0 + b.abs())));
-            assert!(diff < 1e-4, "{geo:?}: {diff}");
+            let reference = conv_reference(&geo, x.as_slice().unwrap(), &w, &b);
+            // Each path applies a following activation to its own output.
+            for activation in [
+                None,
+                Some(Activation::Relu),
+                Some(Activation::Clip {
+                    min: -0.5,
+                    max: 0.5,
+                }),
+            ] {
+                let bias = Some(ArrayView1::from(&b));
+                let (y, _) = forward(&geo, x.view(), &w, bias, activation, false);
+                let want = reference
+                    .iter()
+                    .map(|&v| activation.map_or(v, |act| act.apply(v)));
+                // Relative to the value: Winograd rounds a little more than the lowered product.
+                let diff = y
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f32, |d, (a, b)| d.max((a - b).abs() / (1.0 + b.abs())));
+                assert!(diff < 1e-4, "{geo:?} {activation:?}: {diff}");
+            }
         }
     }
 
@@ -493,7 +520,7 @@ mod tests {
         for geo in [geometry(1, 1, 1, 1), sized(1, 1, 1, 1, (3, 3), (64, 64))] {
             let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.window.h, geo.window.w));
             let w = vec![0.0; geo.c_out * geo.patch_len()];
-            let (_, mean) = forward(&geo, x.view(), &w, None, true);
+            let (_, mean) = forward(&geo, x.view(), &w, None, None, true);
             let mean = mean.unwrap();
             // Kernel tap (0, 0) sees the top padding in the first output row and the left
             // padding in the first output column.
@@ -514,7 +541,7 @@ mod tests {
             let geo = ConvGeometry { batch: 0, ..geo };
             let x = Array4::<f32>::zeros((0, geo.c_in, geo.window.h, geo.window.w));
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
-            let (y, _) = forward(&geo, x.view(), &w, None, false);
+            let (y, _) = forward(&geo, x.view(), &w, None, None, false);
             assert_eq!(y.len(), 0);
             let (dx, dw, db) = backward(&geo, x.view(), &w, y.view(), true);
             assert_eq!(dx.unwrap().len(), 0);
@@ -526,7 +553,7 @@ mod tests {
     fn the_mean_patch_is_the_mean_of_the_lowered_columns() {
         let geo = geometry(2, 2, 2, 1);
         let x = input(&geo);
-        let (_, mean) = forward(&geo, x.view(), &[0.0; 6 * 12], None, true);
+        let (_, mean) = forward(&geo, x.view(), &[0.0; 6 * 12], None, None, true);
         let mean = mean.unwrap();
         let (p, k) = (geo.window.out.0 * geo.window.out.1, geo.patch_len());
         let sample_len = geo.c_in * geo.window.h * geo.window.w;

@@ -127,25 +127,50 @@ impl Activation {
         }
     }
 
-    /// dy/dx at input x (output y), with PyTorch's choices at the kinks.
-    pub fn derivative(self, x: f32, y: f32) -> f32 {
+    /// Whether dy/dx is a function of the output alone: true for every activation but HardSwish
+    /// and a LeakyRelu with a negative slope. Such an activation can overwrite its producer's
+    /// output in place, since its backward pass never needs its input.
+    pub fn output_determines_derivative(self) -> bool {
         match self {
-            Activation::Relu => (x > 0.0) as u8 as f32,
-            Activation::Clip { min, max } => (x > min && x < max) as u8 as f32,
+            Activation::LeakyRelu { alpha } => alpha >= 0.0,
+            Activation::HardSwish => false,
+            _ => true,
+        }
+    }
+
+    /// dy/dx at output y, where `output_determines_derivative` holds (PyTorch's choices at the
+    /// kinks: y = f(x) is strictly inside the linear piece exactly when x is).
+    fn derivative_at_output(self, y: f32) -> f32 {
+        match self {
+            Activation::Relu => (y > 0.0) as u8 as f32,
             Activation::LeakyRelu { alpha } => {
-                if x > 0.0 {
+                if y > 0.0 {
                     1.0
                 } else {
                     alpha
                 }
             }
+            Activation::Clip { min, max } => (y > min && y < max) as u8 as f32,
             Activation::Sigmoid => y * (1.0 - y),
-            Activation::HardSigmoid { alpha, beta } => {
-                let s = alpha * x + beta;
-                if s > 0.0 && s < 1.0 {
+            Activation::HardSigmoid { alpha, .. } => {
+                if y > 0.0 && y < 1.0 {
                     alpha
                 } else {
                     0.0
+                }
+            }
+            Activation::HardSwish => unreachable!("HardSwish's derivative needs its input"),
+        }
+    }
+
+    /// dy/dx at input x (output y).
+    pub fn derivative(self, x: f32, y: f32) -> f32 {
+        match self {
+            Activation::LeakyRelu { alpha } if alpha < 0.0 => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    alpha
                 }
             }
             Activation::HardSwish => {
@@ -157,11 +182,20 @@ impl Activation {
                     x / 3.0 + 0.5
                 }
             }
+            _ => self.derivative_at_output(y),
         }
     }
 
     pub fn forward(self, x: &ArrayViewD<f32>) -> ArrayD<f32> {
         Zip::from(x).par_map_collect(|&v| self.apply(v))
+    }
+
+    /// Applies the activation to `values` in place; ReLU gets its own loop so it vectorises.
+    pub fn apply_in_place(self, values: &mut [f32]) {
+        match self {
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            act => values.iter_mut().for_each(|v| *v = act.apply(*v)),
+        }
     }
 
     pub fn backward(
@@ -174,6 +208,20 @@ impl Activation {
             .and(x)
             .and(y)
             .par_map_collect(|&g, &x, &y| g * self.derivative(x, y))
+    }
+
+    /// Turns `dy` into dx in place, from the output `y` alone; only for activations whose
+    /// output determines their derivative.
+    pub fn backward_from_output(self, y: &ArrayViewD<f32>, dy: &mut ArrayD<f32>) {
+        debug_assert!(self.output_determines_derivative());
+        match self {
+            Activation::Relu => Zip::from(dy).and(y).par_for_each(|g, &y| {
+                *g *= (y > 0.0) as u8 as f32;
+            }),
+            act => Zip::from(dy)
+                .and(y)
+                .par_for_each(|g, &y| *g *= act.derivative_at_output(y)),
+        }
     }
 }
 
@@ -292,6 +340,7 @@ mod tests {
             Activation::Relu,
             Activation::Clip { min: 0.0, max: 2.0 },
             Activation::LeakyRelu { alpha: 0.1 },
+            Activation::LeakyRelu { alpha: -0.2 },
             Activation::Sigmoid,
             Activation::HardSigmoid {
                 alpha: 0.2,
@@ -301,6 +350,14 @@ mod tests {
         ] {
             let y = act.forward(&x.view());
             let dx = act.backward(&x.view(), &y.view(), &r.view());
+            let mut in_place = x.clone();
+            act.apply_in_place(in_place.as_slice_mut().unwrap());
+            assert_eq!(in_place, y, "{act:?} in place");
+            if act.output_determines_derivative() {
+                let mut from_output = r.clone();
+                act.backward_from_output(&y.view(), &mut from_output);
+                assert_eq!(from_output, dx, "{act:?} from its output");
+            }
             fd_check(
                 &|x: &ArrayD<f32>| {
                     (act.forward(&x.view()) * &r)
@@ -313,6 +370,15 @@ mod tests {
                 &format!("{act:?}"),
             );
         }
+    }
+
+    #[test]
+    fn only_hardswish_and_negative_slopes_need_their_input_for_backward() {
+        let needs_input = [Activation::HardSwish, Activation::LeakyRelu { alpha: -0.2 }];
+        assert!(needs_input
+            .iter()
+            .all(|a| !a.output_determines_derivative()));
+        assert!(Activation::LeakyRelu { alpha: 0.0 }.output_determines_derivative());
     }
 
     #[test]

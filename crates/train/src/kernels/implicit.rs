@@ -14,6 +14,7 @@
 //! the thread count.
 
 use super::conv::ConvGeometry;
+use super::elementwise::Activation;
 use super::window::Window2d;
 use crate::gemm::{gemm_shifted, gemm_shifted_t, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
@@ -159,6 +160,7 @@ pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    activation: Option<Activation>,
     y: &mut [f32],
 ) {
     let window = &geo.window;
@@ -183,6 +185,9 @@ pub(crate) fn forward(
                     }
                 });
             });
+            if let Some(act) = activation {
+                act.apply_in_place(yb);
+            }
         });
 }
 

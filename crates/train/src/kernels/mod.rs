@@ -11,3 +11,12 @@ pub mod pool;
 mod testing;
 pub mod window;
 mod winograd;
+
+/// `a` in standard (row-major) layout, copied only when it is not in it already.
+pub fn into_standard<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> ndarray::Array<f32, D> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
