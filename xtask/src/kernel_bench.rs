@@ -10,6 +10,7 @@ use pare_train::gemm::{self, Mat};
 use pare_train::kernels::batchnorm;
 use pare_train::kernels::conv::{self, ConvGeometry};
 use pare_train::kernels::elementwise::Activation;
+use pare_train::kernels::epilogue::Epilogue;
 use pare_train::kernels::pool;
 use pare_train::kernels::window::Window2d;
 use std::time::Instant;
@@ -163,8 +164,9 @@ pub fn conv_speed(only: Option<&str>) -> Result<()> {
         let channels = x.shape()[1];
         let (scale, bias) = (vec![1.0; channels], vec![0.0; channels]);
         let (mean, var) = (vec![0.0; channels], vec![1.0; channels]);
-        let bn = || batchnorm::forward(x.view(), &scale, &bias, &mean, &var, 1e-5, true, None);
-        let (y, stats) = bn();
+        let plain = Epilogue::default();
+        let bn = || batchnorm::forward(x.view(), &scale, &bias, &mean, &var, 1e-5, true, plain);
+        let batchnorm::Normalised { y, stats, .. } = bn();
         let fwd = median_ms(|| {
             bn();
         });

@@ -7,6 +7,7 @@
 use crate::kernels::batchnorm::{self, BatchStats};
 use crate::kernels::conv::{self, ConvGeometry};
 use crate::kernels::elementwise::{self, Activation, Binary};
+use crate::kernels::epilogue::Epilogue;
 use crate::kernels::into_standard;
 use crate::kernels::linear::{self, GemmSpec};
 use crate::kernels::pool;
@@ -32,12 +33,15 @@ enum Saved {
     BatchNorm(Option<BatchStats>),
     /// The mask a training-mode Dropout multiplied by.
     Dropout(ArrayD<f32>),
-    /// An activation that ran in its producer's output buffer (see `activations_in_place`).
+    /// An activation that ran in its producer's kernel (see `Fusion`); its input is not kept.
     InProducer,
+    /// The same, followed by a MaxPool that ran there too; its input and output are not kept,
+    /// and the pool's backward applies its derivative.
+    BeforePool,
 }
 
-/// Activations and saved state of one forward pass. A node output read only by an activation
-/// that ran in place on it (see `activations_in_place`) is not kept.
+/// Activations and saved state of one forward pass. Values inside a fusion (see `Fusion`) are
+/// not kept.
 pub struct Tape {
     values: Vec<Option<ArrayD<f32>>>,
     saved: Vec<Saved>,
@@ -228,55 +232,98 @@ pub fn forward(
         .first()
         .ok_or(TrainError::OutputShape(vec![]))?;
     tape.values[first.0 as usize] = Some(input);
-    let in_place = activations_in_place(graph, &tape);
+    let fusions = fusions(graph, &tape);
+    let mut fused = vec![false; graph.nodes.len()];
     for id in graph.node_ids() {
-        if matches!(tape.saved[id.0 as usize], Saved::InProducer) {
+        if fused[id.0 as usize] {
             continue;
         }
-        let reader = in_place[id.0 as usize];
-        let act = reader.and_then(|a| activation(graph, &tape, a));
-        let (mut out, saved, mean) =
-            forward_node(graph, &tape, id, mode, mean_inputs, dropout, act)?;
+        let fusion = fusions[id.0 as usize];
+        let mut out = forward_node(graph, &tape, id, mode, mean_inputs, dropout, fusion)?;
         let mut output = graph.node(id).outputs[0];
-        if let (Some(reader), Some(act)) = (reader, act) {
+        if let Some(reader) = fusion.activation {
             if !applies_activation(&graph.node(id).op) {
-                match out.as_slice_memory_order_mut() {
+                let act = activation(graph, &tape, reader).expect("planned as an activation");
+                match out.value.as_slice_memory_order_mut() {
                     Some(values) => act.apply_in_place(values),
-                    None => out.mapv_inplace(|v| act.apply(v)),
+                    None => out.value.mapv_inplace(|v| act.apply(v)),
                 }
             }
-            tape.saved[reader.0 as usize] = Saved::InProducer;
+            fused[reader.0 as usize] = true;
+            tape.saved[reader.0 as usize] = match fusion.max_pool {
+                Some(_) => Saved::BeforePool,
+                None => Saved::InProducer,
+            };
             output = graph.node(reader).outputs[0];
         }
-        tape.values[output.0 as usize] = Some(out);
-        tape.saved[id.0 as usize] = saved;
-        tape.mean_inputs[id.0 as usize] = mean;
+        if let (Some(pool), Some(saved)) = (fusion.max_pool, out.pool) {
+            fused[pool.0 as usize] = true;
+            tape.saved[pool.0 as usize] = saved;
+            output = graph.node(pool).outputs[0];
+        }
+        tape.values[output.0 as usize] = Some(out.value);
+        tape.saved[id.0 as usize] = out.saved;
+        tape.mean_inputs[id.0 as usize] = out.mean;
     }
     Ok(tape)
 }
 
-/// For each node, the activation node to run in its output buffer, if any: the activation must
-/// be the only reader of the output (which is not a graph output), its derivative must follow
-/// from its own output (so backward never needs its input), and its other inputs must be
-/// constants (known before its turn). This saves a pass over memory and a buffer per activation.
-fn activations_in_place(graph: &Graph, tape: &Tape) -> Vec<Option<NodeId>> {
+/// Nodes that run inside their producer's kernel, right after it (see `Epilogue`). Each must
+/// be the only reader of the value before it, which is not a graph output; the values between
+/// are never kept.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fusion {
+    /// An activation whose derivative follows from its own output (so backward never needs its
+    /// input) and whose other inputs are constants (known before its turn). Any producer.
+    activation: Option<NodeId>,
+    /// A MaxPool after the producer or its activation; BatchNorm only. Its backward applies the
+    /// activation's derivative at the pooled values, which are the winning activated values.
+    max_pool: Option<NodeId>,
+}
+
+/// The fusion of each node (see `Fusion`). Running an activation or a pool inside its producer
+/// saves a pass over memory and a buffer each.
+fn fusions(graph: &Graph, tape: &Tape) -> Vec<Fusion> {
     let consumers = graph.consumers();
+    // The node reading `v` alone, through its first input only.
+    let sole_reader = |v: ValueId| match consumers[v.0 as usize][..] {
+        [reader] if !graph.outputs.contains(&v) => {
+            let inputs = &graph.node(reader).inputs;
+            let only_first =
+                inputs.first() == Some(&Some(v)) && inputs.iter().skip(1).all(|&i| i != Some(v));
+            only_first.then_some(reader)
+        }
+        _ => None,
+    };
+    let unused = |v: &ValueId| consumers[v.0 as usize].is_empty() && !graph.outputs.contains(v);
     graph
         .node_ids()
         .map(|id| {
-            let v = graph.node(id).outputs[0];
-            let [reader] = consumers[v.0 as usize][..] else {
-                return None;
+            let mut fusion = Fusion::default();
+            let mut v = graph.node(id).outputs[0];
+            let in_place = |reader: NodeId| {
+                let constants = graph
+                    .node(reader)
+                    .inputs
+                    .iter()
+                    .skip(1)
+                    .flatten()
+                    .all(|&i| matches!(graph.value(i).source, ValueSource::Initializer(_)));
+                constants
+                    && activation(graph, tape, reader)
+                        .is_some_and(|a| a.output_determines_derivative())
             };
-            let inputs = &graph.node(reader).inputs;
-            let constants =
-                inputs.iter().skip(1).flatten().all(|&i| {
-                    i != v && matches!(graph.value(i).source, ValueSource::Initializer(_))
+            if let Some(reader) = sole_reader(v).filter(|&r| in_place(r)) {
+                fusion.activation = Some(reader);
+                v = graph.node(reader).outputs[0];
+            }
+            if matches!(graph.node(id).op, Op::BatchNorm { .. }) {
+                fusion.max_pool = sole_reader(v).filter(|&r| {
+                    let node = graph.node(r);
+                    matches!(node.op, Op::MaxPool(_)) && node.outputs[1..].iter().all(unused)
                 });
-            let fits =
-                activation(graph, tape, reader).is_some_and(|a| a.output_determines_derivative());
-            let first = inputs.first() == Some(&Some(v));
-            (fits && constants && first && !graph.outputs.contains(&v)).then_some(reader)
+            }
+            fusion
         })
         .collect()
 }
@@ -287,7 +334,26 @@ fn applies_activation(op: &Op) -> bool {
     matches!(op, Op::Conv(_) | Op::BatchNorm { .. })
 }
 
-type NodeResult = (ArrayD<f32>, Saved, Option<Vec<f32>>);
+/// What a node's forward pass gives the tape.
+struct NodeOutput {
+    value: ArrayD<f32>,
+    saved: Saved,
+    /// The RLS mean input, when asked for.
+    mean: Option<Vec<f32>>,
+    /// The saved state of a MaxPool fused into the node (see `Fusion`).
+    pool: Option<Saved>,
+}
+
+impl NodeOutput {
+    fn new(value: ArrayD<f32>, saved: Saved, mean: Option<Vec<f32>>) -> Self {
+        NodeOutput {
+            value,
+            saved,
+            mean,
+            pool: None,
+        }
+    }
+}
 
 fn forward_node(
     graph: &Graph,
@@ -296,13 +362,15 @@ fn forward_node(
     mode: Mode,
     want_mean: bool,
     dropout: Option<u64>,
-    then: Option<Activation>,
-) -> Result<NodeResult, TrainError> {
+    fusion: Fusion,
+) -> Result<NodeOutput, TrainError> {
     let node = graph.node(id);
     let err = |p: String| node_err(graph, id, p);
     let x = input(graph, tape, id, 0)?;
+    let then = fusion.activation.and_then(|a| activation(graph, tape, a));
+    let mut pool = None;
     if let Some(act) = activation(graph, tape, id) {
-        return Ok((act.forward(&x), Saved::Nothing, None));
+        return Ok(NodeOutput::new(act.forward(&x), Saved::Nothing, None));
     }
     if let Some(op) = binary(&node.op) {
         let b = input(graph, tape, id, 1)?;
@@ -313,9 +381,9 @@ fn forward_node(
                 b.shape()
             ))
         })?;
-        return Ok((y, Saved::Nothing, None));
+        return Ok(NodeOutput::new(y, Saved::Nothing, None));
     }
-    Ok(match &node.op {
+    let (value, saved, mean) = match &node.op {
         Op::Conv(c) => {
             let x4 = four_d(graph, id, &x)?;
             let w = input(graph, tape, id, 1)?;
@@ -399,10 +467,30 @@ fn forward_node(
             let get =
                 |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
             let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let max_pool = match fusion.max_pool {
+                Some(p) => {
+                    let Op::MaxPool(Pool { window, ceil_mode }) = &graph.node(p).op else {
+                        unreachable!("fused pools are MaxPools")
+                    };
+                    let x4 = four_d(graph, p, &x)?;
+                    let (h, w) = (x4.dim().2, x4.dim().3);
+                    let geo =
+                        window_2d(window, *ceil_mode, h, w).map_err(|e| node_err(graph, p, e))?;
+                    Some(geo)
+                }
+                None => None,
+            };
+            let epilogue = Epilogue {
+                activation: then,
+                max_pool,
+            };
             let training = mode == Mode::Train;
-            let (y, stats) =
-                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, then);
-            (y, Saved::BatchNorm(stats), None)
+            let out =
+                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, epilogue);
+            if let (Some(geo), Some(arg)) = (max_pool, out.argmax) {
+                pool = Some(Saved::MaxPool(geo, arg));
+            }
+            (out.y, Saved::BatchNorm(out.stats), None)
         }
         Op::MaxPool(Pool { window, ceil_mode }) => {
             let x4 = four_d(graph, id, &x)?;
@@ -514,6 +602,12 @@ fn forward_node(
             ))
         }
         _ => unreachable!("activations and binary ops are handled above"),
+    };
+    Ok(NodeOutput {
+        value,
+        saved,
+        mean,
+        pool,
     })
 }
 
@@ -563,6 +657,17 @@ pub fn backward(
     Ok(Gradients(grads))
 }
 
+/// The activation fused between a producer and the MaxPool `pool`, if any.
+fn fused_activation_before(graph: &Graph, tape: &Tape, pool: NodeId) -> Option<Activation> {
+    let x = graph.node(pool).inputs.first().copied().flatten()?;
+    let ValueSource::Node(a) = graph.value(x).source else {
+        return None;
+    };
+    matches!(tape.saved[a.0 as usize], Saved::BeforePool)
+        .then(|| activation(graph, tape, a))
+        .flatten()
+}
+
 /// The gradients of the node's inputs from `dy`, the gradient of its output; ops whose input
 /// gradient has the output's shape write it over `dy`.
 fn backward_node(
@@ -580,6 +685,10 @@ fn backward_node(
             .view()
     };
     if let Some(act) = activation(graph, tape, id) {
+        // Fused before a pool, whose backward applied the derivative already.
+        if matches!(tape.saved[id.0 as usize], Saved::BeforePool) {
+            return Ok(vec![Some(dy)]);
+        }
         // An activation that ran in place has no input kept; its output is enough.
         if act.output_determines_derivative() {
             act.backward_from_output(&y(), &mut dy);
@@ -587,6 +696,16 @@ fn backward_node(
         }
         let x = input(graph, tape, id, 0)?;
         return Ok(vec![Some(act.backward(&x, &y(), &dy.view()))]);
+    }
+    // A max pool needs neither its input (which a fusion may not have kept) nor its output,
+    // unless an activation was fused before it.
+    if let (Op::MaxPool(_), Saved::MaxPool(geo, arg)) = (&node.op, &tape.saved[id.0 as usize]) {
+        // The fused activation's output at each winner is the pooled value.
+        if let Some(act) = fused_activation_before(graph, tape, id) {
+            act.backward_from_output(&y(), &mut dy);
+        }
+        let dy4 = dy.view().into_dimensionality::<Ix4>().expect("4-d");
+        return Ok(vec![Some(pool::max_backward(geo, arg, dy4).into_dyn())]);
     }
     let x = input(graph, tape, id, 0)?;
     if let Some(op) = binary(&node.op) {
@@ -658,14 +777,6 @@ fn backward_node(
                 Some(ArrayD::from_shape_vec(shape(2)?, db).expect("bias size")),
             ]
         }
-        (Op::MaxPool(_), Saved::MaxPool(geo, arg)) => vec![Some(
-            pool::max_backward(
-                geo,
-                arg,
-                dy.view().into_dimensionality::<Ix4>().expect("4-d"),
-            )
-            .into_dyn(),
-        )],
         (Op::AveragePool { .. }, Saved::AvgPool(geo, include)) => vec![Some(
             pool::avg_backward(
                 geo,

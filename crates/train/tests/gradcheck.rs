@@ -172,8 +172,8 @@ fn every_op_back_propagates_like_finite_differences() {
 
 /// x[2,3,6,6] → Conv → Relu → Conv → BatchNorm → Clip(0, 0.6) → MaxPool → mp; Relu(mp) + mp →
 /// Flatten → Gemm → LeakyRelu(−0.2). The first Relu runs in the Conv's output buffer and the
-/// Clip in BatchNorm's; the second Relu cannot (its input has another reader), nor the
-/// LeakyRelu (negative slope).
+/// Clip and the MaxPool in BatchNorm's; the second Relu cannot (its input has another reader),
+/// nor the LeakyRelu (negative slope).
 fn activations_graph() -> Graph {
     let mut b = GraphBuilder::new("in-place activations", 17);
     b.input("x", [2i64, 3, 6, 6]);
@@ -216,23 +216,28 @@ fn activations_graph() -> Graph {
 }
 
 #[test]
-fn activations_run_in_place_only_where_backward_allows_and_keep_gradients() {
+fn fused_activations_and_pools_keep_gradients_and_run_only_where_backward_allows() {
     let graph = activations_graph();
     let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 6, 6]), wave(216, 9.0, 1.5)).unwrap();
     let r = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.0, 0.5, 0.3, 1.1, -0.7]).unwrap();
     let tape = forward(&graph, x.clone(), Mode::Train, false, None).unwrap();
     let kept = |name: &str| tape.value(graph.find_value(name).unwrap()).is_some();
-    for name in ["c1", "bn"] {
-        assert!(!kept(name), "{name} is overwritten by its activation");
+    for name in ["c1", "bn", "clip"] {
+        assert!(
+            !kept(name),
+            "{name} is not kept: a fused node overwrote or pooled it"
+        );
     }
-    for name in ["a1", "c2", "clip", "mp", "a2", "gm", "y"] {
+    for name in ["a1", "c2", "mp", "a2", "gm", "y"] {
         assert!(kept(name), "{name} is kept");
     }
     let a1 = tape.value(graph.find_value("a1").unwrap()).unwrap();
     assert!(a1.iter().all(|&v| v >= 0.0) && a1.iter().any(|&v| v == 0.0));
-    let clip = tape.value(graph.find_value("clip").unwrap()).unwrap();
-    assert!(clip.iter().all(|&v| (0.0..=0.6).contains(&v)));
-    assert!(clip.iter().any(|&v| v == 0.0) && clip.iter().any(|&v| v == 0.6));
+    let mp = tape.value(graph.find_value("mp").unwrap()).unwrap();
+    assert_eq!(mp.shape(), &[2, 5, 3, 3]);
+    assert!(mp.iter().all(|&v| (0.0..=0.6).contains(&v)));
+    // Windows that saturated at both ends of the Clip, where its derivative is 0.
+    assert!(mp.iter().any(|&v| v == 0.0) && mp.iter().any(|&v| v == 0.6));
     for run in [(Mode::Train, None), (Mode::Eval, None)] {
         let checked = check_parameters(&graph, &x, &r, run, &["mean", "var", "lo", "hi"]);
         assert!(checked >= 25, "{checked}");

@@ -4,11 +4,13 @@
 //! Channels run in parallel; each channel's sums run over the batch in order, so results do not
 //! depend on the thread count.
 
-use crate::kernels::elementwise::Activation;
+use crate::kernels::epilogue::Epilogue;
 use crate::kernels::into_standard;
+use crate::scratch::with_buffer;
 use crate::sums::slice_sums;
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{Array4, ArrayD, ArrayViewD};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// Per channel, the sums `slice_sums` gives over each sample's plane of that channel, added in
@@ -48,8 +50,24 @@ fn channel_iter(x: &ArrayViewD<f32>) -> (usize, usize, usize) {
     (n, c, inner)
 }
 
-/// y = γ (x − μ) / √(σ² + ε) + β, then `activation` when given (applied while each plane is
-/// still in cache). In training mode μ, σ² are the batch's and are returned.
+/// The output of a BatchNorm forward pass.
+pub struct Normalised {
+    /// y, or what the epilogue made of it: the activation applied, and pooled with a max pool
+    /// (then NCHW with the pool's output planes).
+    pub y: ArrayD<f32>,
+    /// With a max pool epilogue, the flat index in its plane that each pooled value came from.
+    pub argmax: Option<Array4<u32>>,
+    /// The batch statistics, in training mode.
+    pub stats: Option<BatchStats>,
+}
+
+thread_local! {
+    /// Each thread's normalised plane, when a max pool takes it before it reaches memory.
+    static PLANE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// y = γ (x − μ) / √(σ² + ε) + β, then the `epilogue`, applied while each plane is in cache (a
+/// max pool needs a 4-d x). In training mode μ, σ² are the batch's and are returned.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     x: ArrayViewD<f32>,
@@ -59,8 +77,8 @@ pub fn forward(
     running_var: &[f32],
     epsilon: f32,
     training: bool,
-    activation: Option<Activation>,
-) -> (ArrayD<f32>, Option<BatchStats>) {
+    epilogue: Epilogue,
+) -> Normalised {
     let x = x.as_standard_layout();
     let (n, c, inner) = channel_iter(&x.view());
     let xs = x.as_slice().expect("standard layout");
@@ -85,29 +103,68 @@ pub fn forward(
         Some(s) => (&s.mean[..], &s.var[..]),
         None => (running_mean, running_var),
     };
+    // y = k·x + shift for the channel of plane `block`.
+    let affine = |block: usize| {
+        let ch = block % c;
+        let k = scale[ch] / (var[ch] + epsilon).sqrt();
+        (k, bias[ch] - mean[ch] * k)
+    };
+    let planes = xs.par_chunks(inner.max(1));
+    if let Some(pool) = epilogue.max_pool {
+        let out = epilogue.plane_len(inner);
+        let shape = (n, c, pool.out.0, pool.out.1);
+        let (mut y, mut argmax) = (Array4::zeros(shape), Array4::zeros(shape));
+        y.as_slice_mut()
+            .expect("fresh array")
+            .par_chunks_mut(out.max(1))
+            .zip(
+                argmax
+                    .as_slice_mut()
+                    .expect("fresh")
+                    .par_chunks_mut(out.max(1)),
+            )
+            .zip(planes)
+            .enumerate()
+            .for_each(|(block, ((yp, ap), xb))| {
+                let (k, shift) = affine(block);
+                with_buffer(&PLANE, inner, |plane| {
+                    for (o, &v) in plane.iter_mut().zip(xb) {
+                        *o = v * k + shift;
+                    }
+                    epilogue.pool(plane, yp, ap);
+                });
+            });
+        let y = y.into_dyn();
+        return Normalised {
+            y,
+            argmax: Some(argmax),
+            stats,
+        };
+    }
     // Written once from x rather than copied and then updated: one pass over memory, not two.
     let mut y = ArrayD::<f32>::uninit(x.raw_dim());
     y.as_slice_mut()
         .expect("fresh array")
         .par_chunks_mut(inner.max(1))
-        .zip(xs.par_chunks(inner.max(1)))
+        .zip(planes)
         .enumerate()
         .for_each(|(block, (out, xb))| {
-            let ch = block % c;
-            let k = scale[ch] / (var[ch] + epsilon).sqrt();
-            let shift = bias[ch] - mean[ch] * k;
+            let (k, shift) = affine(block);
             for (o, &v) in out.iter_mut().zip(xb) {
                 o.write(v * k + shift);
             }
             // SAFETY: the loop above wrote every value of `out` (both chunkings have `inner`
             // values per chunk, and x and y have the same length).
             let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            if let Some(act) = activation {
-                act.apply_in_place(out);
-            }
+            epilogue.activate(out);
         });
     // SAFETY: the chunks cover y, and each was written in full above.
-    (unsafe { y.assume_init() }, stats)
+    let y = unsafe { y.assume_init() };
+    Normalised {
+        y,
+        argmax: None,
+        stats,
+    }
 }
 
 /// Gradients (dx, dscale, dbias); dx is written over `dy`. With `stats` (training mode) the
@@ -178,6 +235,9 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::elementwise::Activation;
+    use crate::kernels::pool::max_forward;
+    use crate::kernels::window::Window2d;
     use ndarray::{Array, Axis, IxDyn};
 
     fn x() -> ArrayD<f32> {
@@ -188,7 +248,7 @@ mod tests {
 
     #[test]
     fn training_mode_normalises_each_channel() {
-        let (y, stats) = forward(
+        let out = forward(
             x().view(),
             &[1.0; 3],
             &[0.0; 3],
@@ -196,9 +256,9 @@ mod tests {
             &[1.0; 3],
             1e-5,
             true,
-            None,
+            Epilogue::default(),
         );
-        let stats = stats.unwrap();
+        let (y, stats) = (out.y, out.stats.unwrap());
         assert_eq!(stats.count, 40);
         for ch in 0..3 {
             let vals: Vec<f32> = y.index_axis(Axis(1), ch).iter().copied().collect();
@@ -212,22 +272,54 @@ mod tests {
     }
 
     #[test]
-    fn a_following_activation_is_applied_to_the_output() {
-        let run = |act| {
+    fn the_epilogue_activates_and_pools_the_output() {
+        let run = |epilogue| {
             forward(
                 x().view(),
-                &[0.5; 3],
+                &[0.5, -1.0, 2.0],
                 &[0.1; 3],
                 &[0.0; 3],
                 &[1.0; 3],
                 1e-5,
                 true,
-                act,
+                epilogue,
             )
         };
-        let (mut want, _) = run(None);
+        let mut want = run(Epilogue::default()).y;
+        let activation = Some(Activation::Relu);
         Activation::Relu.apply_in_place(want.as_slice_mut().unwrap());
-        assert_eq!(run(Some(Activation::Relu)).0, want);
+        let activated = run(Epilogue {
+            activation,
+            max_pool: None,
+        });
+        assert_eq!(activated.y, want);
+        assert!(activated.argmax.is_none());
+        // A 2×2 pool with stride 2 over the 2×5 planes, and a 1×3 one with stride 1 (the general
+        // path), each against the standalone pool of the activated output.
+        let window = |(kh, kw), stride, out| Window2d {
+            h: 2,
+            w: 5,
+            kh,
+            kw,
+            stride,
+            dilation: (1, 1),
+            pad: (0, 0),
+            out,
+        };
+        for max_pool in [
+            window((2, 2), (2, 2), (1, 2)),
+            window((1, 3), (1, 1), (2, 3)),
+        ] {
+            let want4 = want.view().into_dimensionality().unwrap();
+            let (pooled, arg) = max_forward(&max_pool, want4);
+            let epilogue = Epilogue {
+                activation,
+                max_pool: Some(max_pool),
+            };
+            let out = run(epilogue);
+            assert_eq!(out.y, pooled.into_dyn(), "{max_pool:?}");
+            assert_eq!(out.argmax, Some(arg), "{max_pool:?}");
+        }
     }
 
     #[test]
@@ -241,10 +333,30 @@ mod tests {
         for training in [true, false] {
             let x = x();
             let loss = |x: &ArrayD<f32>, s: &[f32], b: &[f32]| {
-                let (y, _) = forward(x.view(), s, b, &rm, &rv, 1e-5, training, None);
+                let y = forward(
+                    x.view(),
+                    s,
+                    b,
+                    &rm,
+                    &rv,
+                    1e-5,
+                    training,
+                    Epilogue::default(),
+                )
+                .y;
                 (y * &r).iter().map(|&v| v as f64).sum::<f64>()
             };
-            let (_, stats) = forward(x.view(), &scale, &bias, &rm, &rv, 1e-5, training, None);
+            let out = forward(
+                x.view(),
+                &scale,
+                &bias,
+                &rm,
+                &rv,
+                1e-5,
+                training,
+                Epilogue::default(),
+            );
+            let stats = out.stats;
             let (dx, ds, db) =
                 backward(x.view(), r.clone(), &scale, &rm, &rv, 1e-5, stats.as_ref());
             let eps = 1e-2f32;

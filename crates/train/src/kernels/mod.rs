@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+pub mod epilogue;
 mod implicit;
 pub mod linear;
 pub mod pool;

@@ -51,44 +51,47 @@ pub fn max_forward(geo: &Window2d, x: ArrayView4<f32>) -> (Array4<f32>, Array4<u
                 .par_chunks_mut(geo.out.0 * geo.out.1),
         )
         .zip(planes)
-        .for_each(|((yp, ap), xp)| {
-            if geo.is_plain_2x2() {
-                return max_2x2(geo, xp, yp, ap);
-            }
-            let (rows, cols) = geo.axes();
-            let wo = geo.out.1;
-            // Kernel cells in row-major order, each over every output of the row at once: the
-            // first maximum wins, as in PyTorch, and a window whose values are all -inf or NaN
-            // points at its first cell.
-            const UNSET: u32 = u32::MAX;
-            for (oy, (best, at)) in yp
-                .chunks_exact_mut(wo)
-                .zip(ap.chunks_exact_mut(wo))
-                .enumerate()
-            {
-                best.fill(f32::NEG_INFINITY);
-                at.fill(UNSET);
-                for y in (0..geo.kh).filter_map(|i| rows.input(oy, i)) {
-                    let row = &xp[y * geo.w..][..geo.w];
-                    for j in 0..geo.kw {
-                        let (inside, off) = cols.inside(j);
-                        for ox in inside {
-                            let x = (ox * geo.stride.1) as isize + off;
-                            let v = row[x as usize];
-                            let index = (y * geo.w) as u32 + x as u32;
-                            if at[ox] == UNSET {
-                                at[ox] = index;
-                            }
-                            if v > best[ox] {
-                                (best[ox], at[ox]) = (v, index);
-                            }
-                        }
+        .for_each(|((yp, ap), xp)| max_plane(geo, xp, yp, ap));
+    (y, arg)
+}
+
+/// Max pooling of one plane `xp` (h × w) into `yp` and the winning flat indices into `ap`.
+pub(crate) fn max_plane(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
+    if geo.is_plain_2x2() {
+        return max_2x2(geo, xp, yp, ap);
+    }
+    let (rows, cols) = geo.axes();
+    let wo = geo.out.1;
+    // Kernel cells in row-major order, each over every output of the row at once: the first
+    // maximum wins, as in PyTorch, and a window whose values are all -inf or NaN points at its
+    // first cell.
+    const UNSET: u32 = u32::MAX;
+    for (oy, (best, at)) in yp
+        .chunks_exact_mut(wo)
+        .zip(ap.chunks_exact_mut(wo))
+        .enumerate()
+    {
+        best.fill(f32::NEG_INFINITY);
+        at.fill(UNSET);
+        for y in (0..geo.kh).filter_map(|i| rows.input(oy, i)) {
+            let row = &xp[y * geo.w..][..geo.w];
+            for j in 0..geo.kw {
+                let (inside, off) = cols.inside(j);
+                for ox in inside {
+                    let x = (ox * geo.stride.1) as isize + off;
+                    let v = row[x as usize];
+                    let index = (y * geo.w) as u32 + x as u32;
+                    if at[ox] == UNSET {
+                        at[ox] = index;
+                    }
+                    if v > best[ox] {
+                        (best[ox], at[ox]) = (v, index);
                     }
                 }
-                at.iter_mut().filter(|a| **a == UNSET).for_each(|a| *a = 0);
             }
-        });
-    (y, arg)
+        }
+        at.iter_mut().filter(|a| **a == UNSET).for_each(|a| *a = 0);
+    }
 }
 
 impl Window2d {
