@@ -121,7 +121,7 @@ pub fn conv_speed(only: Option<&str>) -> Result<()> {
         let want_dx = c_in > 1;
         let gflop = 2.0 * (BATCH * c_out * geo.patch_len() * out * out) as f64 / 1e9;
         let fwd = median_ms(|| {
-            conv::forward(&geo, x.view(), &w, None, None, false);
+            conv::forward(&geo, x.view(), &w, None, Epilogue::default(), false);
         });
         let bwd = median_ms(|| {
             conv::backward(&geo, x.view(), &w, dy.view(), want_dx);

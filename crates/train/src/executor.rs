@@ -276,8 +276,8 @@ struct Fusion {
     /// An activation whose derivative follows from its own output (so backward never needs its
     /// input) and whose other inputs are constants (known before its turn). Any producer.
     activation: Option<NodeId>,
-    /// A MaxPool after the producer or its activation; BatchNorm only. Its backward applies the
-    /// activation's derivative at the pooled values, which are the winning activated values.
+    /// A MaxPool after the producer or its activation; Conv and BatchNorm only. Its backward
+    /// applies the activation's derivative at the pooled values, the winning activated values.
     max_pool: Option<NodeId>,
 }
 
@@ -317,7 +317,7 @@ fn fusions(graph: &Graph, tape: &Tape) -> Vec<Fusion> {
                 fusion.activation = Some(reader);
                 v = graph.node(reader).outputs[0];
             }
-            if matches!(graph.node(id).op, Op::BatchNorm { .. }) {
+            if applies_activation(&graph.node(id).op) {
                 fusion.max_pool = sole_reader(v).filter(|&r| {
                     let node = graph.node(r);
                     matches!(node.op, Op::MaxPool(_)) && node.outputs[1..].iter().all(unused)
@@ -328,10 +328,39 @@ fn fusions(graph: &Graph, tape: &Tape) -> Vec<Fusion> {
         .collect()
 }
 
-/// Whether the op's kernel applies a following activation itself, while its output is in cache;
-/// for other ops the executor applies it to the output afterwards.
+/// Whether the op's kernel runs an `Epilogue` (a following activation and max pool) itself,
+/// while its output is in cache; for other ops the executor applies a following activation to
+/// the output afterwards, and pools are not fused.
 fn applies_activation(op: &Op) -> bool {
     matches!(op, Op::Conv(_) | Op::BatchNorm { .. })
+}
+
+/// The epilogue for a node's `fusion`, over output planes of `plane` (height, width): the
+/// activation `then`, and the fused MaxPool's window over such planes.
+fn fused_epilogue(
+    graph: &Graph,
+    fusion: Fusion,
+    then: Option<Activation>,
+    (h, w): (usize, usize),
+) -> Result<Epilogue, TrainError> {
+    let max_pool = match fusion.max_pool {
+        Some(p) => {
+            let Op::MaxPool(Pool { window, ceil_mode }) = &graph.node(p).op else {
+                unreachable!("fused pools are MaxPools")
+            };
+            Some(window_2d(window, *ceil_mode, h, w).map_err(|e| node_err(graph, p, e))?)
+        }
+        None => None,
+    };
+    Ok(Epilogue {
+        activation: then,
+        max_pool,
+    })
+}
+
+/// The saved state of the MaxPool an `epilogue` ran, from the winners its kernel returned.
+fn fused_pool(epilogue: Epilogue, argmax: Option<Array4<u32>>) -> Option<Saved> {
+    Some(Saved::MaxPool(epilogue.max_pool?, argmax?))
 }
 
 /// What a node's forward pass gives the tape.
@@ -408,8 +437,11 @@ fn forward_node(
                 .as_ref()
                 .map(|b| b.view().into_shape_with_order(b.len()).expect("1-d bias"));
             let w = w.as_slice().expect("std");
-            let (y, mean) = conv::forward(&geo, x4, w, bias1, then, want_mean);
-            (y.into_dyn(), Saved::Conv(geo), mean.map(|m| m.to_vec()))
+            let epilogue = fused_epilogue(graph, fusion, then, geo.window.out)?;
+            let out = conv::forward(&geo, x4, w, bias1, epilogue, want_mean);
+            pool = fused_pool(epilogue, out.argmax);
+            let mean = out.mean_patch.map(|m| m.to_vec());
+            (out.y.into_dyn(), Saved::Conv(geo), mean)
         }
         Op::Gemm(g) => {
             let spec = GemmSpec {
@@ -467,29 +499,15 @@ fn forward_node(
             let get =
                 |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
             let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
-            let max_pool = match fusion.max_pool {
-                Some(p) => {
-                    let Op::MaxPool(Pool { window, ceil_mode }) = &graph.node(p).op else {
-                        unreachable!("fused pools are MaxPools")
-                    };
-                    let x4 = four_d(graph, p, &x)?;
-                    let (h, w) = (x4.dim().2, x4.dim().3);
-                    let geo =
-                        window_2d(window, *ceil_mode, h, w).map_err(|e| node_err(graph, p, e))?;
-                    Some(geo)
-                }
-                None => None,
+            let plane = match fusion.max_pool {
+                Some(p) => four_d(graph, p, &x).map(|x4| (x4.dim().2, x4.dim().3))?,
+                None => (0, 0),
             };
-            let epilogue = Epilogue {
-                activation: then,
-                max_pool,
-            };
+            let epilogue = fused_epilogue(graph, fusion, then, plane)?;
             let training = mode == Mode::Train;
             let out =
                 batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, epilogue);
-            if let (Some(geo), Some(arg)) = (max_pool, out.argmax) {
-                pool = Some(Saved::MaxPool(geo, arg));
-            }
+            pool = fused_pool(epilogue, out.argmax);
             (out.y, Saved::BatchNorm(out.stats), None)
         }
         Op::MaxPool(Pool { window, ceil_mode }) => {

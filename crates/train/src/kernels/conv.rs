@@ -8,7 +8,7 @@
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
 //! thread count. The mean patch is computed here for all three.
 
-use super::elementwise::Activation;
+use super::epilogue::Epilogue;
 use super::window::Window2d;
 use super::{implicit, winograd};
 use crate::gemm::{gemm, Mat};
@@ -162,31 +162,49 @@ thread_local! {
     static LOWERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// y = conv(x, w) + b, then `activation` when given (applied to each sample's output while it
-/// is still in cache). Also returns the mean patch over samples, groups and positions when
-/// `mean_patch` is set (the RLS input average).
+/// The output of a convolution's forward pass.
+pub struct Convolved {
+    /// y, or what the epilogue made of it (pooled with a max pool).
+    pub y: Array4<f32>,
+    /// With a max pool epilogue, the flat index in its plane that each pooled value came from.
+    pub argmax: Option<Array4<u32>>,
+    /// The mean patch over samples, groups and positions (the RLS input average), when asked.
+    pub mean_patch: Option<Array1<f32>>,
+}
+
+/// y = conv(x, w) + b, then the `epilogue`, applied to each sample's output while it is still
+/// in cache. Also returns the mean patch when `mean_patch` is set.
 pub fn forward(
     geo: &ConvGeometry,
     x: ArrayView4<f32>,
     w: &[f32],
     bias: Option<ArrayView1<f32>>,
-    activation: Option<Activation>,
+    epilogue: Epilogue,
     mean_patch: bool,
-) -> (Array4<f32>, Option<Array1<f32>>) {
+) -> Convolved {
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let bias = bias.map(|b| b.to_vec());
-    let (ho, wo) = geo.window.out;
-    let mut y = Array4::<f32>::zeros((geo.batch, geo.c_out, ho, wo));
+    let (ho, wo) = epilogue.max_pool.map_or(geo.window.out, |pool| pool.out);
+    let shape = (geo.batch, geo.c_out, ho, wo);
+    let mut y = Array4::<f32>::zeros(shape);
+    let mut argmax = epilogue.max_pool.map(|_| Array4::<u32>::zeros(shape));
     let ys = y.as_slice_mut().expect("fresh array");
+    let am = argmax
+        .as_mut()
+        .map(|a| a.as_slice_mut().expect("fresh array"));
     if winograd::pays_off(geo) {
-        winograd::forward(geo, xs, w, bias.as_deref(), activation, ys);
+        winograd::forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
     } else if implicit::applies(geo) {
-        implicit::forward(geo, xs, w, bias.as_deref(), activation, ys);
+        implicit::forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
     } else {
-        lowered_forward(geo, xs, w, bias.as_deref(), activation, ys);
+        lowered_forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
     }
-    (y, mean_patch.then(|| geo.mean_patch(xs)))
+    Convolved {
+        y,
+        argmax,
+        mean_patch: mean_patch.then(|| geo.mean_patch(xs)),
+    }
 }
 
 /// The forward pass through im2col and one GEMM per chunk of samples and group.
@@ -195,8 +213,9 @@ fn lowered_forward(
     xs: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    activation: Option<Activation>,
+    epilogue: &Epilogue,
     y: &mut [f32],
+    argmax: Option<&mut [u32]>,
 ) {
     let p = geo.window.out.0 * geo.window.out.1;
     let k = geo.patch_len();
@@ -206,32 +225,29 @@ fn lowered_forward(
     let chunk_len = geo.chunk();
     // `max(1)`: an empty output (no channels) has nothing to compute, and chunks of zero
     // values would panic.
-    y.par_chunks_mut((chunk_len * out_len).max(1))
-        .zip(xs.par_chunks((chunk_len * sample_len).max(1)))
-        .for_each(|(ys, xs)| {
-            let n = xs.len() / sample_len * p;
-            with_buffer(&LOWERED, k * n + mg * n, |scratch| {
-                let (cols, prod) = scratch.split_at_mut(k * n);
-                for g in 0..geo.group {
-                    for (b, xb) in xs.chunks_exact(sample_len).enumerate() {
-                        geo.im2col(xb, g, &mut cols[b * p..], n);
-                    }
-                    let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                    gemm(1.0, wg, Mat::new(cols, k, n), 0.0, prod);
-                    for (b, yb) in ys.chunks_exact_mut(out_len).enumerate() {
-                        for (m, plane) in yb[g * mg * p..][..mg * p].chunks_exact_mut(p).enumerate()
-                        {
-                            let shift = bias.map_or(0.0, |bias| bias[g * mg + m]);
-                            let src = &prod[m * n + b * p..][..p];
-                            plane.iter_mut().zip(src).for_each(|(o, v)| *o = v + shift);
-                        }
+    let all = xs;
+    epilogue.produce_blocks(y, argmax, (chunk_len * geo.c_out, p), |chunk, ys| {
+        let samples = ys.len() / out_len.max(1);
+        let xs = &all[chunk * chunk_len * sample_len..][..samples * sample_len];
+        let n = samples * p;
+        with_buffer(&LOWERED, k * n + mg * n, |scratch| {
+            let (cols, prod) = scratch.split_at_mut(k * n);
+            for g in 0..geo.group {
+                for (b, xb) in xs.chunks_exact(sample_len).enumerate() {
+                    geo.im2col(xb, g, &mut cols[b * p..], n);
+                }
+                let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
+                gemm(1.0, wg, Mat::new(cols, k, n), 0.0, prod);
+                for (b, yb) in ys.chunks_exact_mut(out_len).enumerate() {
+                    for (m, plane) in yb[g * mg * p..][..mg * p].chunks_exact_mut(p).enumerate() {
+                        let shift = bias.map_or(0.0, |bias| bias[g * mg + m]);
+                        let src = &prod[m * n + b * p..][..p];
+                        plane.iter_mut().zip(src).for_each(|(o, v)| *o = v + shift);
                     }
                 }
-            });
-            if let Some(act) = activation {
-                act.apply_in_place(ys);
             }
         });
+    });
 }
 
 /// Gradients of a convolution: (dx, dw, db) from the output gradient `dy`.
@@ -344,6 +360,8 @@ fn channel_sums(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::elementwise::Activation;
+    use crate::kernels::pool::max_forward;
     use crate::kernels::testing::{conv_reference, wave};
     use ndarray::Array;
 
@@ -418,26 +436,73 @@ mod tests {
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
             let b = wave(geo.c_out, 3.0);
             let reference = conv_reference(&geo, x.as_slice().unwrap(), &w, &b);
-            // Each path applies a following activation to its own output.
-            for activation in [
-                None,
-                Some(Activation::Relu),
-                Some(Activation::Clip {
-                    min: -0.5,
-                    max: 0.5,
-                }),
+            let (ho, wo) = geo.window.out;
+            let shape = (geo.batch, geo.c_out, ho, wo);
+            let reference = Array4::from_shape_vec(shape, reference).unwrap();
+            // A 2×2 pool with stride 2 and a 3×1 one with stride 1 (the general path), where
+            // the output is large enough.
+            let pool = |(kh, kw): (usize, usize), stride: usize| {
+                (ho >= kh && wo >= kw).then(|| Window2d {
+                    h: ho,
+                    w: wo,
+                    kh,
+                    kw,
+                    stride: (stride, stride),
+                    dilation: (1, 1),
+                    pad: (0, 0),
+                    out: ((ho - kh) / stride + 1, (wo - kw) / stride + 1),
+                })
+            };
+            let clip = Activation::Clip {
+                min: -0.5,
+                max: 0.5,
+            };
+            // Each path runs the epilogue on its own output.
+            for (activation, max_pool) in [
+                (None, None),
+                (Some(Activation::Relu), None),
+                (Some(clip), None),
+                (Some(Activation::Relu), pool((2, 2), 2)),
+                (Some(clip), pool((3, 1), 1)),
             ] {
+                let epilogue = Epilogue {
+                    activation,
+                    max_pool,
+                };
                 let bias = Some(ArrayView1::from(&b));
-                let (y, _) = forward(&geo, x.view(), &w, bias, activation, false);
-                let want = reference
-                    .iter()
-                    .map(|&v| activation.map_or(v, |act| act.apply(v)));
+                let out = forward(&geo, x.view(), &w, bias, epilogue, false);
+                let activated = reference.mapv(|v| activation.map_or(v, |act| act.apply(v)));
+                let want = match max_pool {
+                    Some(pool) => {
+                        let (pooled, _) = max_forward(&pool, activated.view());
+                        // Each winner is where its value is (ties aside, which these inputs lack).
+                        let argmax = out.argmax.as_ref().expect("pooled");
+                        let planes = activated.as_slice().unwrap().chunks(ho * wo);
+                        for ((&v, &a), plane) in pooled
+                            .as_slice()
+                            .unwrap()
+                            .chunks(pool.out.0 * pool.out.1)
+                            .zip(argmax.as_slice().unwrap().chunks(pool.out.0 * pool.out.1))
+                            .flat_map(|(p, a)| p.iter().zip(a))
+                            .zip(
+                                planes
+                                    .flat_map(|p| std::iter::repeat_n(p, pool.out.0 * pool.out.1)),
+                            )
+                        {
+                            assert!((plane[a as usize] - v).abs() < 1e-4, "{geo:?} {epilogue:?}");
+                        }
+                        pooled
+                    }
+                    None => activated,
+                };
+                assert_eq!(out.y.dim(), want.dim());
                 // Relative to the value: Winograd rounds a little more than the lowered product.
-                let diff = y
+                let diff = out
+                    .y
                     .iter()
-                    .zip(want)
+                    .zip(&want)
                     .fold(0.0f32, |d, (a, b)| d.max((a - b).abs() / (1.0 + b.abs())));
-                assert!(diff < 1e-4, "{geo:?} {activation:?}: {diff}");
+                assert!(diff < 1e-4, "{geo:?} {epilogue:?}: {diff}");
             }
         }
     }
@@ -520,7 +585,7 @@ mod tests {
         for geo in [geometry(1, 1, 1, 1), sized(1, 1, 1, 1, (3, 3), (64, 64))] {
             let x = Array4::<f32>::ones((geo.batch, geo.c_in, geo.window.h, geo.window.w));
             let w = vec![0.0; geo.c_out * geo.patch_len()];
-            let (_, mean) = forward(&geo, x.view(), &w, None, None, true);
+            let mean = forward(&geo, x.view(), &w, None, Epilogue::default(), true).mean_patch;
             let mean = mean.unwrap();
             // Kernel tap (0, 0) sees the top padding in the first output row and the left
             // padding in the first output column.
@@ -541,7 +606,7 @@ mod tests {
             let geo = ConvGeometry { batch: 0, ..geo };
             let x = Array4::<f32>::zeros((0, geo.c_in, geo.window.h, geo.window.w));
             let w = wave(geo.c_out * geo.patch_len(), 2.0);
-            let (y, _) = forward(&geo, x.view(), &w, None, None, false);
+            let y = forward(&geo, x.view(), &w, None, Epilogue::default(), false).y;
             assert_eq!(y.len(), 0);
             let (dx, dw, db) = backward(&geo, x.view(), &w, y.view(), true);
             assert_eq!(dx.unwrap().len(), 0);
@@ -553,7 +618,15 @@ mod tests {
     fn the_mean_patch_is_the_mean_of_the_lowered_columns() {
         let geo = geometry(2, 2, 2, 1);
         let x = input(&geo);
-        let (_, mean) = forward(&geo, x.view(), &[0.0; 6 * 12], None, None, true);
+        let mean = forward(
+            &geo,
+            x.view(),
+            &[0.0; 6 * 12],
+            None,
+            Epilogue::default(),
+            true,
+        )
+        .mean_patch;
         let mean = mean.unwrap();
         let (p, k) = (geo.window.out.0 * geo.window.out.1, geo.patch_len());
         let sample_len = geo.c_in * geo.window.h * geo.window.w;

@@ -7,6 +7,9 @@
 use super::elementwise::Activation;
 use super::pool::max_plane;
 use super::window::Window2d;
+use crate::scratch::with_buffer;
+use rayon::prelude::*;
+use std::cell::RefCell;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Epilogue {
@@ -34,5 +37,52 @@ impl Epilogue {
         let pool = self.max_pool.as_ref().expect("a max pool epilogue");
         self.activate(plane);
         max_plane(pool, plane, y, arg);
+    }
+}
+
+thread_local! {
+    /// Each thread's produced block, when a max pool takes it before it reaches memory.
+    static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Epilogue {
+    /// Runs `produce(block, out)` for each block of whole output planes (blocks in parallel),
+    /// `out` holding `out.len() / plane` planes of `plane` values that it must write in full,
+    /// then the epilogue on them. Block `b` holds planes `b · block_planes` on (the last block
+    /// may hold fewer). Without a max pool `out` is the block's part of `y`; with one it is a
+    /// per-thread buffer whose planes are pooled into `y`, and their winners into `argmax`.
+    pub(crate) fn produce_blocks(
+        &self,
+        y: &mut [f32],
+        argmax: Option<&mut [u32]>,
+        (block_planes, plane): (usize, usize),
+        produce: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let out_block = (block_planes * self.plane_len(plane)).max(1);
+        match (self.max_pool, argmax) {
+            (Some(_), Some(argmax)) => y
+                .par_chunks_mut(out_block)
+                .zip(argmax.par_chunks_mut(out_block))
+                .enumerate()
+                .for_each(|(b, (yb, ab))| {
+                    let planes = yb.len() / self.plane_len(plane).max(1);
+                    with_buffer(&BLOCK, planes * plane, |block| {
+                        produce(b, block);
+                        let out = self.plane_len(plane);
+                        for ((p, yp), ap) in block
+                            .chunks_exact_mut(plane)
+                            .zip(yb.chunks_exact_mut(out))
+                            .zip(ab.chunks_exact_mut(out))
+                        {
+                            self.pool(p, yp, ap);
+                        }
+                    });
+                }),
+            (None, _) => y.par_chunks_mut(out_block).enumerate().for_each(|(b, yb)| {
+                produce(b, yb);
+                self.activate(yb);
+            }),
+            (Some(_), None) => unreachable!("a max pool epilogue writes its winners"),
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! the thread count.
 
 use super::conv::ConvGeometry;
-use super::elementwise::Activation;
+use super::epilogue::Epilogue;
 use super::window::Window2d;
 use crate::gemm::{gemm_shifted, gemm_shifted_t, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
@@ -160,8 +160,9 @@ pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    activation: Option<Activation>,
+    epilogue: &Epilogue,
     y: &mut [f32],
+    argmax: Option<&mut [u32]>,
 ) {
     let window = &geo.window;
     let padded = Padded::forward(window);
@@ -169,26 +170,23 @@ pub(crate) fn forward(
     let out_len = geo.c_out * window.out.0 * window.out.1;
     let starts = padded.starts(window, geo.c_in);
     let (k, mg) = (geo.patch_len(), geo.c_out / geo.group);
-    y.par_chunks_mut(out_len.max(1))
-        .zip(x.par_chunks(sample_len.max(1)))
-        .for_each(|(yb, xb)| {
-            with_buffer(&PADDED, geo.c_in * padded.plane(), |xp| {
-                padded.pad(xb, (window.h, window.w), xp);
-                with_buffer(&PRODUCTS, mg * padded.len(), |products| {
-                    for g in 0..geo.group {
-                        let patches = ShiftedRows::new(xp, &starts[g * k..][..k], padded.len());
-                        let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                        gemm_shifted(1.0, wg, patches, 0.0, products);
-                        let shift = |m: usize| bias.map_or(0.0, |b| b[g * mg + m]);
-                        let yg = &mut yb[g * mg * window.out.0 * window.out.1..];
-                        padded.unpad(products, shift, &mut yg[..out_len / geo.group]);
-                    }
-                });
+    let plane = window.out.0 * window.out.1;
+    epilogue.produce_blocks(y, argmax, (geo.c_out, plane), |n, yb| {
+        let xb = &x[n * sample_len..][..sample_len];
+        with_buffer(&PADDED, geo.c_in * padded.plane(), |xp| {
+            padded.pad(xb, (window.h, window.w), xp);
+            with_buffer(&PRODUCTS, mg * padded.len(), |products| {
+                for g in 0..geo.group {
+                    let patches = ShiftedRows::new(xp, &starts[g * k..][..k], padded.len());
+                    let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
+                    gemm_shifted(1.0, wg, patches, 0.0, products);
+                    let shift = |m: usize| bias.map_or(0.0, |b| b[g * mg + m]);
+                    let yg = &mut yb[g * mg * window.out.0 * window.out.1..];
+                    padded.unpad(products, shift, &mut yg[..out_len / geo.group]);
+                }
             });
-            if let Some(act) = activation {
-                act.apply_in_place(yb);
-            }
         });
+    });
 }
 
 /// dx for NCHW `dy`: the convolution of the output gradient, padded by the rest of the kernel,

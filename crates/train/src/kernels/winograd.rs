@@ -16,7 +16,7 @@
 //! whatever the number of threads.
 
 use super::conv::ConvGeometry;
-use super::elementwise::Activation;
+use super::epilogue::Epilogue;
 use super::window::Window2d;
 use crate::gemm::{gemm, Mat};
 use crate::scratch::with_buffer;
@@ -166,12 +166,13 @@ pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    activation: Option<Activation>,
+    epilogue: &Epilogue,
     y: &mut [f32],
+    argmax: Option<&mut [u32]>,
 ) {
     debug_assert!(supports(geo));
     let u = transform_weights(w, geo.c_out, geo.c_in);
-    run(geo, x, &u, bias, activation, y);
+    run(geo, x, &u, bias, epilogue, y, argmax);
 }
 
 /// dx for the output gradient `dy`: the convolution of `dy` with the kernel flipped in space and
@@ -204,7 +205,7 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
         },
     };
     let u = transform_weights(&flipped, c, k);
-    run(&mirrored, dy, &u, None, None, dx);
+    run(&mirrored, dy, &u, None, &Epilogue::default(), dx, None);
 }
 
 /// dw (OIHW) for the input `x` and output gradient `dy`: the chain rule through the forward
@@ -337,14 +338,15 @@ fn point_spacing(n: usize) -> usize {
 }
 
 /// The convolution of `x` (geometry `geo`) with the transformed weights `u`.
-/// y = conv(x, w) + bias, then `activation`, from the transformed weights `u`.
+/// y = conv(x, w) + bias, then the epilogue, from the transformed weights `u`.
 fn run(
     geo: &ConvGeometry,
     x: &[f32],
     u: &[f32],
     bias: Option<&[f32]>,
-    activation: Option<Activation>,
+    epilogue: &Epilogue,
     y: &mut [f32],
+    argmax: Option<&mut [u32]>,
 ) {
     let (c, k) = (geo.c_in, geo.c_out);
     let (cp, kp) = (in_blocks(c), in_blocks(k));
@@ -374,7 +376,7 @@ fn run(
                 })
             })
             .collect();
-        y.par_chunks_mut(k * plane).enumerate().for_each(|(n, yn)| {
+        epilogue.produce_blocks(y, argmax, (k, plane), |n, yn| {
             // Tile by tile, so that each point's products are read in order.
             for ty in 0..tiling.rows {
                 for tx in 0..tiling.cols {
@@ -395,9 +397,6 @@ fn run(
                         );
                     }
                 }
-            }
-            if let Some(act) = activation {
-                act.apply_in_place(yn);
             }
         });
     });
@@ -791,7 +790,7 @@ mod tests {
             let wt = wave(geo.c_out * geo.c_in * 9, 2.0);
             let b = wave(geo.c_out, 3.0);
             let mut y = vec![f32::NAN; geo.batch * geo.c_out * out.0 * out.1];
-            forward(&geo, &x, &wt, Some(&b), None, &mut y);
+            forward(&geo, &x, &wt, Some(&b), &Epilogue::default(), &mut y, None);
             let want = conv_reference(&geo, &x, &wt, &b);
             let err = max_error(&y, want.iter().map(|v| *v as f64));
             assert!(err < 1e-4, "{geo:?}: {err}");
