@@ -172,6 +172,7 @@ pub fn conv_speed(only: Option<&str>) -> Result<()> {
         });
         let bwd = in_place_ms(&y, |dy| {
             let stats = stats.as_ref();
+            let dy = batchnorm::OutputGradient::Full(dy);
             batchnorm::backward(x.view(), dy, &scale, &mean, &var, 1e-5, stats).0
         });
         Ok((fwd, bwd))

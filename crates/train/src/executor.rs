@@ -4,7 +4,7 @@
 //! Reads parameters straight from the graph's initializers and never changes the graph; the
 //! optimisers do that. Opaque ops cannot be trained through and are refused by name.
 
-use crate::kernels::batchnorm::{self, BatchStats};
+use crate::kernels::batchnorm::{self, BatchStats, OutputGradient};
 use crate::kernels::conv::{self, ConvGeometry};
 use crate::kernels::elementwise::{self, Activation, Binary};
 use crate::kernels::epilogue::Epilogue;
@@ -28,7 +28,13 @@ pub enum Mode {
 enum Saved {
     Nothing,
     Conv(ConvGeometry),
-    MaxPool(Window2d, Array4<u32>),
+    /// The window and each output's winning flat index in its plane; `producer` is the Conv or
+    /// BatchNorm whose kernel ran the pool (see `Fusion`), if one did.
+    MaxPool {
+        window: Window2d,
+        argmax: Array4<u32>,
+        producer: Option<NodeId>,
+    },
     AvgPool(Window2d, bool),
     BatchNorm(Option<BatchStats>),
     /// The mask a training-mode Dropout multiplied by.
@@ -358,9 +364,14 @@ fn fused_epilogue(
     })
 }
 
-/// The saved state of the MaxPool an `epilogue` ran, from the winners its kernel returned.
-fn fused_pool(epilogue: Epilogue, argmax: Option<Array4<u32>>) -> Option<Saved> {
-    Some(Saved::MaxPool(epilogue.max_pool?, argmax?))
+/// The saved state of the MaxPool that node `producer`'s `epilogue` ran, from the winners its
+/// kernel returned.
+fn fused_pool(producer: NodeId, epilogue: Epilogue, argmax: Option<Array4<u32>>) -> Option<Saved> {
+    Some(Saved::MaxPool {
+        window: epilogue.max_pool?,
+        argmax: argmax?,
+        producer: Some(producer),
+    })
 }
 
 /// What a node's forward pass gives the tape.
@@ -439,7 +450,7 @@ fn forward_node(
             let w = w.as_slice().expect("std");
             let epilogue = fused_epilogue(graph, fusion, then, geo.window.out)?;
             let out = conv::forward(&geo, x4, w, bias1, epilogue, want_mean);
-            pool = fused_pool(epilogue, out.argmax);
+            pool = fused_pool(id, epilogue, out.argmax);
             let mean = out.mean_patch.map(|m| m.to_vec());
             (out.y.into_dyn(), Saved::Conv(geo), mean)
         }
@@ -507,14 +518,19 @@ fn forward_node(
             let training = mode == Mode::Train;
             let out =
                 batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, epilogue);
-            pool = fused_pool(epilogue, out.argmax);
+            pool = fused_pool(id, epilogue, out.argmax);
             (out.y, Saved::BatchNorm(out.stats), None)
         }
         Op::MaxPool(Pool { window, ceil_mode }) => {
             let x4 = four_d(graph, id, &x)?;
             let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
             let (y, arg) = pool::max_forward(&geo, x4);
-            (y.into_dyn(), Saved::MaxPool(geo, arg), None)
+            let saved = Saved::MaxPool {
+                window: geo,
+                argmax: arg,
+                producer: None,
+            };
+            (y.into_dyn(), saved, None)
         }
         Op::AveragePool {
             pool: Pool { window, ceil_mode },
@@ -648,18 +664,51 @@ pub fn backward(
 ) -> Result<Gradients, TrainError> {
     let mut grads: Vec<Option<ArrayD<f32>>> = vec![None; graph.values.len()];
     grads[from.0 as usize] = Some(grad);
-    let needs = |v: ValueId| match &graph.value(v).source {
-        ValueSource::Input => false,
-        ValueSource::Initializer(t) => t.as_f32().is_some(),
-        ValueSource::Node(_) => true,
+    // Which inputs of a node take a gradient: computed values and float initializers.
+    let wanted_inputs = |graph: &Graph, id: NodeId| -> Vec<bool> {
+        let needs = |v: ValueId| match &graph.value(v).source {
+            ValueSource::Input => false,
+            ValueSource::Initializer(t) => t.as_f32().is_some(),
+            ValueSource::Node(_) => true,
+        };
+        graph
+            .node(id)
+            .inputs
+            .iter()
+            .map(|v| v.is_some_and(needs))
+            .collect()
     };
     for id in graph.node_ids().collect::<Vec<_>>().into_iter().rev() {
         let node = graph.node(id);
         let Some(dy) = grads[node.outputs[0].0 as usize].take() else {
             continue;
         };
-        let wants: Vec<bool> = node.inputs.iter().map(|v| v.is_some_and(needs)).collect();
-        let input_grads = backward_node(graph, tape, id, dy, &wants)?;
+        // A pool that ran in BatchNorm's kernel hands its gradient to BatchNorm's backward
+        // directly, which then stands for the pool, BatchNorm and any activation between.
+        let (id, input_grads) = match &tape.saved[id.0 as usize] {
+            Saved::MaxPool {
+                argmax,
+                producer: Some(bn),
+                ..
+            } if matches!(graph.node(*bn).op, Op::BatchNorm { .. }) => {
+                let mut dy = into_standard(dy);
+                if let Some(act) = fused_activation_before(graph, tape, id) {
+                    act.backward_from_output(&output(tape, graph.node(id)), &mut dy);
+                }
+                let argmax = argmax.as_slice().expect("fresh array");
+                let dy = OutputGradient::Pooled {
+                    dy: dy.as_slice().expect("standard"),
+                    argmax,
+                };
+                (*bn, batchnorm_backward(graph, tape, *bn, dy)?)
+            }
+            _ => {
+                let wants = wanted_inputs(graph, id);
+                (id, backward_node(graph, tape, id, dy, &wants)?)
+            }
+        };
+        let node = graph.node(id);
+        let wants = wanted_inputs(graph, id);
         // Kernels may return a gradient for an optional input the node does not have.
         for ((g, v), want) in input_grads.into_iter().zip(&node.inputs).zip(&wants) {
             let (Some(g), Some(v), true) = (g, *v, *want) else {
@@ -686,6 +735,38 @@ fn fused_activation_before(graph: &Graph, tape: &Tape, pool: NodeId) -> Option<A
         .flatten()
 }
 
+/// The kept output of `node`.
+fn output<'a>(tape: &'a Tape, node: &pare_ir::Node) -> ArrayViewD<'a, f32> {
+    tape.values[node.outputs[0].0 as usize]
+        .as_ref()
+        .expect("forward ran")
+        .view()
+}
+
+/// The gradients of BatchNorm node `id`'s inputs (x, scale, bias) from `dy`.
+fn batchnorm_backward(
+    graph: &Graph,
+    tape: &Tape,
+    id: NodeId,
+    dy: OutputGradient,
+) -> Result<Vec<Option<ArrayD<f32>>>, TrainError> {
+    let (Op::BatchNorm { epsilon, .. }, Saved::BatchNorm(stats)) =
+        (&graph.node(id).op, &tape.saved[id.0 as usize])
+    else {
+        unreachable!("a BatchNorm node with its forward state")
+    };
+    let get = |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
+    let (scale, mean, var) = (get(1)?, get(3)?, get(4)?);
+    let x = input(graph, tape, id, 0)?;
+    let (dx, ds, db) = batchnorm::backward(x, dy, &scale, &mean, &var, *epsilon, stats.as_ref());
+    let shape = |i: usize| input(graph, tape, id, i).map(|a| a.raw_dim());
+    Ok(vec![
+        Some(dx),
+        Some(ArrayD::from_shape_vec(shape(1)?, ds).expect("scale size")),
+        Some(ArrayD::from_shape_vec(shape(2)?, db).expect("bias size")),
+    ])
+}
+
 /// The gradients of the node's inputs from `dy`, the gradient of its output; ops whose input
 /// gradient has the output's shape write it over `dy`.
 fn backward_node(
@@ -696,12 +777,7 @@ fn backward_node(
     wants: &[bool],
 ) -> Result<Vec<Option<ArrayD<f32>>>, TrainError> {
     let node = graph.node(id);
-    let y = || {
-        tape.values[node.outputs[0].0 as usize]
-            .as_ref()
-            .expect("forward ran")
-            .view()
-    };
+    let y = || output(tape, node);
     if let Some(act) = activation(graph, tape, id) {
         // Fused before a pool, whose backward applied the derivative already.
         if matches!(tape.saved[id.0 as usize], Saved::BeforePool) {
@@ -717,13 +793,17 @@ fn backward_node(
     }
     // A max pool needs neither its input (which a fusion may not have kept) nor its output,
     // unless an activation was fused before it.
-    if let (Op::MaxPool(_), Saved::MaxPool(geo, arg)) = (&node.op, &tape.saved[id.0 as usize]) {
+    if let (Op::MaxPool(_), Saved::MaxPool { window, argmax, .. }) =
+        (&node.op, &tape.saved[id.0 as usize])
+    {
         // The fused activation's output at each winner is the pooled value.
         if let Some(act) = fused_activation_before(graph, tape, id) {
             act.backward_from_output(&y(), &mut dy);
         }
         let dy4 = dy.view().into_dimensionality::<Ix4>().expect("4-d");
-        return Ok(vec![Some(pool::max_backward(geo, arg, dy4).into_dyn())]);
+        return Ok(vec![Some(
+            pool::max_backward(window, argmax, dy4).into_dyn(),
+        )]);
     }
     let x = input(graph, tape, id, 0)?;
     if let Some(op) = binary(&node.op) {
@@ -782,18 +862,8 @@ fn backward_node(
             let (da, db) = linear::matmul_backward(&x, &b, &dy.view());
             vec![Some(da), Some(db)]
         }
-        (Op::BatchNorm { epsilon, .. }, Saved::BatchNorm(stats)) => {
-            let get =
-                |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
-            let (scale, mean, var) = (get(1)?, get(3)?, get(4)?);
-            let (dx, ds, db) =
-                batchnorm::backward(x, dy, &scale, &mean, &var, *epsilon, stats.as_ref());
-            let shape = |i: usize| input(graph, tape, id, i).map(|a| a.raw_dim());
-            vec![
-                Some(dx),
-                Some(ArrayD::from_shape_vec(shape(1)?, ds).expect("scale size")),
-                Some(ArrayD::from_shape_vec(shape(2)?, db).expect("bias size")),
-            ]
+        (Op::BatchNorm { .. }, Saved::BatchNorm(_)) => {
+            return batchnorm_backward(graph, tape, id, OutputGradient::Full(dy))
         }
         (Op::AveragePool { .. }, Saved::AvgPool(geo, include)) => vec![Some(
             pool::avg_backward(

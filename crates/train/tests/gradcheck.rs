@@ -225,9 +225,10 @@ fn activations_graph(unfused: bool) -> Graph {
     pare_ir::import(&b.build()).unwrap()
 }
 
-/// Fusion runs nodes inside their producer's kernel: it must leave the outputs and every
-/// gradient as they are. (Finite differences across this many ReLU, Clip and max pool kinks are
-/// too rough to check either; the ops' own gradients are checked above and in their kernels.)
+/// Fusion runs nodes inside their producer's kernel: it must leave the outputs as they are, and
+/// every gradient up to rounding. (Finite differences across this many ReLU, Clip and max pool
+/// kinks are too rough to check either; the ops' own gradients are checked above and in their
+/// kernels.)
 #[test]
 fn fused_activations_and_pools_change_no_value_or_gradient() {
     let (graph, unfused) = (activations_graph(false), activations_graph(true));
@@ -270,7 +271,13 @@ fn fused_activations_and_pools_change_no_value_or_gradient() {
                 continue;
             };
             if let ValueSource::Initializer(_) = graph.value(v).source {
-                assert_eq!(g, want, "{mode:?} {name}");
+                // BatchNorm's backward from a pooled gradient adds its sums in another order.
+                let off = g
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0));
+                let worst = off.fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{mode:?} {name}: {worst}");
                 compared += 1;
             }
         }

@@ -13,24 +13,37 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-/// Per channel, the sums `slice_sums` gives over each sample's plane of that channel, added in
-/// sample order.
+/// Per channel, the sums `sums(channel, plane)` gives over each sample's plane of that channel
+/// (plane = sample · c + channel), added in sample order.
 fn channel_sums(
     n: usize,
     c: usize,
-    inner: usize,
-    sums: impl Fn(usize, std::ops::Range<usize>) -> (f64, f64) + Sync,
+    sums: impl Fn(usize, usize) -> (f64, f64) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             (0..n).fold((0.0f64, 0.0f64), |acc, b| {
-                let start = (b * c + ch) * inner;
-                let (p, q) = sums(ch, start..start + inner);
+                let (p, q) = sums(ch, b * c + ch);
                 (acc.0 + p, acc.1 + q)
             })
         })
         .collect()
+}
+
+/// Writes `f(v)` for each value v of `src` into `out` (of the same length) and returns it,
+/// initialised.
+fn write_mapped<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    src: &[f32],
+    f: impl Fn(f32) -> f32,
+) -> &'a mut [f32] {
+    assert_eq!(out.len(), src.len(), "one value per source value");
+    for (o, &v) in out.iter_mut().zip(src) {
+        o.write(f(v));
+    }
+    // SAFETY: the loop wrote every value of `out`, which has as many values as `src`.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// What the backward pass needs from a training-mode forward.
@@ -84,8 +97,9 @@ pub fn forward(
     let xs = x.as_slice().expect("standard layout");
     let stats = training.then(|| {
         let count = n * inner;
-        let sums = channel_sums(n, c, inner, |_, r| {
-            slice_sums(&xs[r.clone()], &xs[r], |v, _| (v, v * v))
+        let sums = channel_sums(n, c, |_, p| {
+            let plane = &xs[p * inner..][..inner];
+            slice_sums(plane, plane, |v, _| (v, v * v))
         });
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / count as f64).collect();
         let var = sums
@@ -150,13 +164,7 @@ pub fn forward(
         .enumerate()
         .for_each(|(block, (out, xb))| {
             let (k, shift) = affine(block);
-            for (o, &v) in out.iter_mut().zip(xb) {
-                o.write(v * k + shift);
-            }
-            // SAFETY: the loop above wrote every value of `out` (both chunkings have `inner`
-            // values per chunk, and x and y have the same length).
-            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            epilogue.activate(out);
+            epilogue.activate(write_mapped(out, xb, |v| v * k + shift));
         });
     // SAFETY: the chunks cover y, and each was written in full above.
     let y = unsafe { y.assume_init() };
@@ -167,12 +175,23 @@ pub fn forward(
     }
 }
 
-/// Gradients (dx, dscale, dbias); dx is written over `dy`. With `stats` (training mode) the
-/// batch statistics depend on x; without, the running statistics are constants.
+/// The gradient BatchNorm's backward pass starts from.
+pub enum OutputGradient<'a> {
+    /// dy, shaped like x; dx is written over it.
+    Full(ArrayD<f32>),
+    /// The gradient of a max pool fused after BatchNorm (see `Epilogue`), with the derivative
+    /// of any activation between them applied: dy over the pooled planes, and the flat index in
+    /// its plane that each pooled value came from, both row-major NCHW. The full-size gradient
+    /// is never formed.
+    Pooled { dy: &'a [f32], argmax: &'a [u32] },
+}
+
+/// Gradients (dx, dscale, dbias). With `stats` (training mode) the batch statistics depend on
+/// x; without, the running statistics are constants.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: ArrayViewD<f32>,
-    dy: ArrayD<f32>,
+    dy: OutputGradient,
     scale: &[f32],
     running_mean: &[f32],
     running_var: &[f32],
@@ -180,10 +199,8 @@ pub fn backward(
     stats: Option<&BatchStats>,
 ) -> (ArrayD<f32>, Vec<f32>, Vec<f32>) {
     let x = x.as_standard_layout();
-    let mut dy = into_standard(dy);
     let (n, c, inner) = channel_iter(&x.view());
     let xs = x.as_slice().expect("standard");
-    let dys = dy.as_slice().expect("standard");
     let (mean, var) = match stats {
         Some(s) => (&s.mean[..], &s.var[..]),
         None => (running_mean, running_var),
@@ -192,10 +209,34 @@ pub fn backward(
         .iter()
         .map(|&v| 1.0 / (v as f64 + epsilon as f64).sqrt())
         .collect();
-    let sums = channel_sums(n, c, inner, |ch, r| {
-        let m = mean[ch] as f64;
-        slice_sums(&dys[r.clone()], &xs[r], |g, x| (g, g * (x - m)))
-    });
+    let dy = match dy {
+        OutputGradient::Full(dy) => OutputGradient::Full(into_standard(dy)),
+        pooled => pooled,
+    };
+    // Per channel Σ dy and Σ dy·(x − μ).
+    let sums = match &dy {
+        OutputGradient::Full(dy) => {
+            let dys = dy.as_slice().expect("standard");
+            channel_sums(n, c, |ch, p| {
+                let (m, r) = (mean[ch] as f64, p * inner..(p + 1) * inner);
+                slice_sums(&dys[r.clone()], &xs[r], |g, x| (g, g * (x - m)))
+            })
+        }
+        OutputGradient::Pooled {
+            dy: dys,
+            argmax: args,
+        } => {
+            let out = dys.len() / (n * c).max(1);
+            channel_sums(n, c, |ch, p| {
+                let (m, plane) = (mean[ch] as f64, &xs[p * inner..][..inner]);
+                let (dp, ap) = (&dys[p * out..][..out], &args[p * out..][..out]);
+                dp.iter().zip(ap).fold((0.0, 0.0), |(s, t), (&g, &a)| {
+                    let g = g as f64;
+                    (s + g, t + g * (plane[a as usize] as f64 - m))
+                })
+            })
+        }
+    };
     let dbias: Vec<f64> = sums.iter().map(|s| s.0).collect();
     let dscale: Vec<f64> = sums.iter().zip(&inv).map(|(s, i)| s.1 * i).collect();
     // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)) in training mode, γ/σ · dy otherwise: per
@@ -214,19 +255,47 @@ pub fn backward(
             }
         })
         .collect();
-    dy.as_slice_mut()
-        .expect("standard")
-        .par_chunks_mut(inner.max(1))
-        .zip(xs.par_chunks(inner.max(1)))
-        .enumerate()
-        .for_each(|(block, (g, xb))| {
-            let (a, b, shift) = coefficients[block % c];
-            for (g, &xv) in g.iter_mut().zip(xb) {
-                *g = a * *g + b * xv + shift;
-            }
-        });
+    let dx = match dy {
+        OutputGradient::Full(mut dy) => {
+            dy.as_slice_mut()
+                .expect("standard")
+                .par_chunks_mut(inner.max(1))
+                .zip(xs.par_chunks(inner.max(1)))
+                .enumerate()
+                .for_each(|(block, (g, xb))| {
+                    let (a, b, shift) = coefficients[block % c];
+                    for (g, &xv) in g.iter_mut().zip(xb) {
+                        *g = a * *g + b * xv + shift;
+                    }
+                });
+            dy
+        }
+        // dy is zero but at the winners: b·x + shift everywhere, then a·dy added at each winner
+        // (a value that won several overlapping windows gets each of their gradients).
+        OutputGradient::Pooled {
+            dy: dys,
+            argmax: args,
+        } => {
+            let out = dys.len() / (n * c).max(1);
+            let mut dx = ArrayD::<f32>::uninit(x.raw_dim());
+            dx.as_slice_mut()
+                .expect("fresh array")
+                .par_chunks_mut(inner.max(1))
+                .zip(xs.par_chunks(inner.max(1)))
+                .enumerate()
+                .for_each(|(p, (d, xb))| {
+                    let (a, b, shift) = coefficients[p % c];
+                    let d = write_mapped(d, xb, |xv| b * xv + shift);
+                    for (&g, &at) in dys[p * out..][..out].iter().zip(&args[p * out..][..out]) {
+                        d[at as usize] += a * g;
+                    }
+                });
+            // SAFETY: the chunks cover dx, and `write_mapped` wrote each in full.
+            unsafe { dx.assume_init() }
+        }
+    };
     (
-        dy,
+        dx,
         dscale.iter().map(|&v| v as f32).collect(),
         dbias.iter().map(|&v| v as f32).collect(),
     )
@@ -323,6 +392,61 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_gradient_gives_what_the_full_gradient_it_stands_for_gives() {
+        let (scale, bias, rm, rv) = ([0.5, -1.5, 2.0], [0.1, 0.2, -0.3], [0.3; 3], [1.5; 3]);
+        // Plain 2×2 windows, and overlapping 1×3 ones whose winners can repeat.
+        let window = |kw, stride, out| Window2d {
+            h: 2,
+            w: 5,
+            kh: 2 / kw,
+            kw,
+            stride: (stride, stride),
+            dilation: (1, 1),
+            pad: (0, 0),
+            out,
+        };
+        for (max_pool, training) in [
+            (window(2, 2, (1, 2)), true),
+            (window(3, 1, (1, 3)), true),
+            (window(3, 1, (1, 3)), false),
+        ] {
+            let epilogue = Epilogue {
+                activation: None,
+                max_pool: Some(max_pool),
+            };
+            let out = forward(
+                x().view(),
+                &scale,
+                &bias,
+                &rm,
+                &rv,
+                1e-5,
+                training,
+                epilogue,
+            );
+            let argmax = out.argmax.unwrap();
+            let g = Array::from_shape_fn(argmax.raw_dim(), |(a, b, c, d)| {
+                ((a * 7 + b * 5 + c * 3 + d) as f32 * 0.61).sin()
+            });
+            let full = crate::kernels::pool::max_backward(&max_pool, &argmax, g.view());
+            let stats = out.stats.as_ref();
+            let run = |dy| backward(x().view(), dy, &scale, &rm, &rv, 1e-5, stats);
+            let want = run(OutputGradient::Full(full.into_dyn()));
+            let pooled = OutputGradient::Pooled {
+                dy: g.as_slice().unwrap(),
+                argmax: argmax.as_slice().unwrap(),
+            };
+            let got = run(pooled);
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+            assert!(close(got.0.as_slice().unwrap(), want.0.as_slice().unwrap()));
+            assert!(
+                close(&got.1, &want.1) && close(&got.2, &want.2),
+                "{max_pool:?}"
+            );
+        }
+    }
+
+    #[test]
     fn backward_matches_finite_differences_in_both_modes() {
         let scale = [0.5, -1.5, 2.0];
         let bias = [0.1, 0.2, -0.3];
@@ -357,8 +481,15 @@ mod tests {
                 Epilogue::default(),
             );
             let stats = out.stats;
-            let (dx, ds, db) =
-                backward(x.view(), r.clone(), &scale, &rm, &rv, 1e-5, stats.as_ref());
+            let (dx, ds, db) = backward(
+                x.view(),
+                OutputGradient::Full(r.clone()),
+                &scale,
+                &rm,
+                &rv,
+                1e-5,
+                stats.as_ref(),
+            );
             let eps = 1e-2f32;
             for idx in [[0usize, 0, 0, 0], [3, 2, 1, 4], [1, 1, 0, 2]] {
                 let (mut p, mut m) = (x.clone(), x.clone());
