@@ -108,6 +108,11 @@ impl Window2d {
 /// in row-major order. Selects, not branches: which cell wins is data, and a mispredicted branch
 /// per cell cost more than the comparisons.
 fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { max_2x2_avx512(geo, xp, yp, ap) };
+    }
     let (w, wo) = (geo.w, geo.out.1);
     for (oy, (best, at)) in yp
         .chunks_exact_mut(wo)
@@ -131,6 +136,59 @@ fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
                 i = if wins { offset } else { i };
             }
             (*best, *at) = (v, i);
+        }
+    }
+}
+
+/// `max_2x2` with AVX-512, a row of outputs at a time, 16 per step (the last step masked): the
+/// four cells of 16 windows are deinterleaved from two input rows by permutes, and the same
+/// first-maximum selects run on all 16 at once. Inside a fused kernel the plane is in cache and
+/// this is compute, which one value at a time made the largest part of the pool.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let (w, (ho, wo)) = (geo.w, geo.out);
+    // Every access below stays inside these bounds (is_plain_2x2: 2·ho ≤ h, 2·wo ≤ w).
+    assert!(xp.len() >= geo.h * w && yp.len() >= ho * wo && ap.len() >= ho * wo);
+    assert!(2 * ho <= geo.h && 2 * wo <= w && geo.h * w <= i32::MAX as usize);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    let lanes = |n: usize| ((1u32 << n) - 1) as __mmask16;
+    for oy in 0..ho {
+        let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
+        for ox in (0..wo).step_by(16) {
+            let n = (wo - ox).min(16);
+            let (low, high) = (lanes((2 * n).min(16)), lanes((2 * n).saturating_sub(16)));
+            // SAFETY: the masked loads read 2n values from column 2·ox of rows 2·oy and
+            // 2·oy + 1, inside xp; masked-off lanes are not read.
+            let pair = |row: usize| unsafe {
+                let p = xp.as_ptr().add(row + 2 * ox);
+                let a = _mm512_maskz_loadu_ps(low, p);
+                let b = _mm512_maskz_loadu_ps(high, p.add(16));
+                (
+                    _mm512_permutex2var_ps(a, even, b),
+                    _mm512_permutex2var_ps(a, odd, b),
+                )
+            };
+            let ((t0, t1), (b0, b1)) = (pair(top), pair(bottom));
+            let at = |row: usize, col: i32| {
+                let first = _mm512_set1_epi32((row + 2 * ox) as i32 + col);
+                _mm512_add_epi32(first, even)
+            };
+            let cells = [(t0, at(top, 0)), (t1, at(top, 1)), (b0, at(bottom, 0))];
+            let (mut v, mut i) = (_mm512_set1_ps(f32::NEG_INFINITY), at(top, 0));
+            for (value, index) in cells.into_iter().chain([(b1, at(bottom, 1))]) {
+                let wins = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(value, v);
+                v = _mm512_mask_blend_ps(wins, v, value);
+                i = _mm512_mask_blend_epi32(wins, i, index);
+            }
+            // SAFETY: n outputs from oy·wo + ox, inside yp and ap.
+            unsafe {
+                let out = oy * wo + ox;
+                _mm512_mask_storeu_ps(yp.as_mut_ptr().add(out), lanes(n), v);
+                _mm512_mask_storeu_epi32(ap.as_mut_ptr().add(out).cast(), lanes(n), i);
+            }
         }
     }
 }
@@ -315,6 +373,48 @@ mod tests {
                 }
                 assert_eq!(got, want, "{g:?} at {:?}", (n, c, oy, ox));
                 assert_eq!(Some(arg[[n, c, oy, ox]] as usize), first, "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_2x2_pool_takes_the_first_maximum_on_any_width() {
+        // Widths with 1 to 40 outputs per row (several vector steps and a masked tail), with and
+        // without an unread last column; ties, -inf and NaN included.
+        for wo in 1..=40 {
+            for w in [2 * wo, 2 * wo + 1] {
+                let h = 5;
+                let xp: Vec<f32> = (0..h * w)
+                    .map(|i| match i % 11 {
+                        3 => f32::NAN,
+                        7 => f32::NEG_INFINITY,
+                        k => ((k * 37 + i / 5) % 6) as f32,
+                    })
+                    .collect();
+                let g = Window2d {
+                    h,
+                    w,
+                    kh: 2,
+                    kw: 2,
+                    stride: (2, 2),
+                    dilation: (1, 1),
+                    pad: (0, 0),
+                    out: (2, wo),
+                };
+                let (mut y, mut arg) = (vec![0.0; 2 * wo], vec![0; 2 * wo]);
+                max_plane(&g, &xp, &mut y, &mut arg);
+                for (k, (&got, &at)) in y.iter().zip(&arg).enumerate() {
+                    let (oy, ox) = (k / wo, k % wo);
+                    let first = 2 * oy * w + 2 * ox;
+                    let cells = [first, first + 1, first + w, first + w + 1];
+                    let (mut want, mut index) = (f32::NEG_INFINITY, first);
+                    for c in cells {
+                        if xp[c] > want {
+                            (want, index) = (xp[c], c);
+                        }
+                    }
+                    assert_eq!((got, at as usize), (want, index), "w {w} output {k}");
+                }
             }
         }
     }
