@@ -40,6 +40,12 @@ pub(super) trait RightOperand {
     /// Packs b[rows, cols] as `pack` packs its transpose: panels of NR columns of b, each laid
     /// out row after row of b, columns past the last zero.
     fn pack_panels(&self, cols: (usize, usize), rows: (usize, usize), out: &mut [f32]);
+
+    /// b's rows where they already lie, when each is contiguous: the micro-kernel then reads
+    /// them in place and b is never packed.
+    fn rows_in_place(&self) -> Option<&ShiftedRows<'_>> {
+        None
+    }
 }
 
 impl RightOperand for Mat<'_, f32> {
@@ -67,6 +73,10 @@ impl RightOperand for ShiftedRows<'_> {
         pack_columns::<NR>(cols, rows, out, |first, j, height| {
             &self.row(row + j)[col + first..][..height]
         });
+    }
+
+    fn rows_in_place(&self) -> Option<&ShiftedRows<'_>> {
+        Some(self)
     }
 }
 
@@ -124,33 +134,51 @@ unsafe fn tiled<const MR: usize>(
     let c = &mut c[..m * n];
     let mc_max = MC_TILES * MR;
     let a_len = mc_max * KC;
-    let b_len = NC.min(n.next_multiple_of(NR)) * KC;
+    let in_place = b.rows_in_place();
+    let b_len = match in_place {
+        Some(_) => 0,
+        None => NC.min(n.next_multiple_of(NR)) * KC,
+    };
     with_buffer(&PANELS, a_len + b_len, |panels| {
         let (pa, pb) = panels.split_at_mut(a_len);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                b.pack_panels((jc, nc), (pc, kc), pb);
+                if in_place.is_none() {
+                    b.pack_panels((jc, nc), (pc, kc), pb);
+                }
                 // The first block of the inner dimension applies β; the others add to it.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(mc_max) {
                     let mc = mc_max.min(m - ic);
                     pack::<MR>(&a, (ic, mc), (pc, kc), pa);
                     for jr in (0..nc).step_by(NR) {
-                        let b_panel = &pb[jr * kc..][..NR * kc];
+                        let cols = NR.min(nc - jr);
                         for ir in (0..mc).step_by(MR) {
                             let a_panel = &pa[ir * kc..][..MR * kc];
                             let tile = Tile {
                                 row: ic + ir,
                                 col: jc + jr,
                                 rows: MR.min(mc - ir),
-                                cols: NR.min(nc - jr),
+                                cols,
+                                ldc: n,
                             };
-                            // SAFETY: the caller guarantees the CPU has AVX-512F.
-                            unsafe {
-                                micro_kernel::<MR>(kc, a_panel, b_panel, alpha, beta, c, n, tile)
-                            };
+                            // SAFETY (both): the caller guarantees the CPU has AVX-512F.
+                            match in_place {
+                                Some(rows) => {
+                                    let b = RowsInPlace::new(rows, pc, kc, jc + jr, cols);
+                                    unsafe {
+                                        micro_kernel::<MR>(kc, a_panel, b, alpha, beta, c, tile)
+                                    }
+                                }
+                                None => {
+                                    let b = PackedPanel::new(&pb[jr * kc..], kc);
+                                    unsafe {
+                                        micro_kernel::<MR>(kc, a_panel, b, alpha, beta, c, tile)
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -159,13 +187,14 @@ unsafe fn tiled<const MR: usize>(
     });
 }
 
-/// Where a micro-kernel's tile sits in c, and how much of it is inside c.
+/// Where a micro-kernel's tile sits in c (of `ldc` columns), and how much of it is inside c.
 #[derive(Clone, Copy)]
 struct Tile {
     row: usize,
     col: usize,
     rows: usize,
     cols: usize,
+    ldc: usize,
 }
 
 /// Copies m[row.., col..] (rows × cols) into panels of W rows, each laid out column after column
@@ -304,37 +333,113 @@ fn for_each_panel<const W: usize>(
     }
 }
 
-/// c[tile] = α · (a_panel · b_panel) + β · c[tile], the product over kc in 2·MR registers.
+/// kc rows of NR values of b, as the micro-kernel reads them.
+trait PanelRows {
+    /// Row `k`'s NR values (values past b's last column are arbitrary).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and k < the kc the rows were made for.
+    unsafe fn row(&self, k: usize) -> [__m512; 2];
+}
+
+/// A packed panel of b: kc rows of NR values, one after another.
+#[derive(Clone, Copy)]
+struct PackedPanel<'a>(&'a [f32]);
+
+impl<'a> PackedPanel<'a> {
+    fn new(panel: &'a [f32], kc: usize) -> Self {
+        PackedPanel(&panel[..NR * kc])
+    }
+}
+
+impl PanelRows for PackedPanel<'_> {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row(&self, k: usize) -> [__m512; 2] {
+        // SAFETY: `new` sized the panel for kc rows, and the caller keeps k below kc.
+        unsafe {
+            let p = self.0.as_ptr().add(k * NR);
+            [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(LANES))]
+        }
+    }
+}
+
+/// Rows pc.. of shifted rows, from column `col`, read where they lie: the `cols` (≤ NR) values
+/// inside b by masked loads.
+#[derive(Clone, Copy)]
+struct RowsInPlace<'a> {
+    data: &'a [f32],
+    starts: &'a [usize],
+    col: usize,
+    masks: [__mmask16; 2],
+}
+
+impl<'a> RowsInPlace<'a> {
+    fn new(rows: &'a ShiftedRows<'a>, pc: usize, kc: usize, col: usize, cols: usize) -> Self {
+        // Every row holds `rows.cols` values inside `data` (`ShiftedRows::new` checks).
+        assert!(col + cols <= rows.cols && cols <= NR);
+        RowsInPlace {
+            data: rows.data,
+            starts: &rows.starts[pc..][..kc],
+            col,
+            masks: [
+                lanes_mask(cols.min(LANES)),
+                lanes_mask(cols.saturating_sub(LANES)),
+            ],
+        }
+    }
+}
+
+impl PanelRows for RowsInPlace<'_> {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row(&self, k: usize) -> [__m512; 2] {
+        // SAFETY: row k's values col..col + cols lie inside `data` (see `new`); the masks read
+        // those only.
+        unsafe {
+            let p = self
+                .data
+                .as_ptr()
+                .add(*self.starts.get_unchecked(k) + self.col);
+            [
+                _mm512_maskz_loadu_ps(self.masks[0], p),
+                _mm512_maskz_loadu_ps(self.masks[1], p.add(LANES)),
+            ]
+        }
+    }
+}
+
+/// c[tile] = α · (a_panel · b) + β · c[tile] for c of b.cols() columns, the product over kc in
+/// 2·MR registers.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn micro_kernel<const MR: usize>(
     kc: usize,
     a_panel: &[f32],
-    b_panel: &[f32],
+    b: impl PanelRows,
     alpha: f32,
     beta: f32,
     c: &mut [f32],
-    ldc: usize,
     tile: Tile,
 ) {
-    assert!(a_panel.len() >= MR * kc && b_panel.len() >= NR * kc);
+    assert!(a_panel.len() >= MR * kc);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (mut pa, mut pb) = (a_panel.as_ptr(), b_panel.as_ptr());
-    for _ in 0..kc {
-        // SAFETY: the assert above keeps kc steps of MR values of a and NR of b in the panels.
+    let mut pa = a_panel.as_ptr();
+    for k in 0..kc {
+        // SAFETY: the assert above keeps kc steps of MR values of a in the panel; b was made
+        // for kc rows.
         unsafe {
-            let b0 = _mm512_loadu_ps(pb);
-            let b1 = _mm512_loadu_ps(pb.add(LANES));
+            let [b0, b1] = b.row(k);
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*pa.add(i));
                 row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
             }
             pa = pa.add(MR);
-            pb = pb.add(NR);
         }
     }
+    let ldc = tile.ldc;
     for (i, row) in acc.iter().enumerate().take(tile.rows) {
         let out = &mut c[(tile.row + i) * ldc + tile.col..][..tile.cols];
         for (half, v) in out.chunks_mut(LANES).zip(row) {
