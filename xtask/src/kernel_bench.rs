@@ -165,7 +165,19 @@ pub fn conv_speed(only: Option<&str>) -> Result<()> {
         let (scale, bias) = (vec![1.0; channels], vec![0.0; channels]);
         let (mean, var) = (vec![0.0; channels], vec![1.0; channels]);
         let plain = Epilogue::default();
-        let bn = || batchnorm::forward(x.view(), &scale, &bias, &mean, &var, 1e-5, true, plain);
+        let bn = || {
+            batchnorm::forward(
+                x.view(),
+                &scale,
+                &bias,
+                &mean,
+                &var,
+                1e-5,
+                true,
+                plain,
+                None,
+            )
+        };
         let batchnorm::Normalised { y, stats, .. } = bn();
         let fwd = median_ms(|| {
             bn();

@@ -54,6 +54,8 @@ pub struct Tape {
     /// For each Conv/Gemm/MatMul node, the mean input vector over the batch (and positions), when
     /// requested: what RLS updates P with.
     pub mean_inputs: Vec<Option<Vec<f32>>>,
+    /// Per value, Σ and Σ² of each plane when its producer summed them for a BatchNorm.
+    plane_sums: Vec<Option<Vec<(f64, f64)>>>,
 }
 
 impl Tape {
@@ -232,13 +234,14 @@ pub fn forward(
         values: vec![None; graph.values.len()],
         saved: vec![Saved::Nothing; graph.nodes.len()],
         mean_inputs: vec![None; graph.nodes.len()],
+        plane_sums: vec![None; graph.values.len()],
     };
     let first = *graph
         .inputs
         .first()
         .ok_or(TrainError::OutputShape(vec![]))?;
     tape.values[first.0 as usize] = Some(input);
-    let fusions = fusions(graph, &tape);
+    let fusions = fusions(graph, &tape, mode);
     let mut fused = vec![false; graph.nodes.len()];
     for id in graph.node_ids() {
         if fused[id.0 as usize] {
@@ -268,6 +271,7 @@ pub fn forward(
             output = graph.node(pool).outputs[0];
         }
         tape.values[output.0 as usize] = Some(out.value);
+        tape.plane_sums[output.0 as usize] = out.plane_sums;
         tape.saved[id.0 as usize] = out.saved;
         tape.mean_inputs[id.0 as usize] = out.mean;
     }
@@ -285,11 +289,14 @@ struct Fusion {
     /// A MaxPool after the producer or its activation; Conv and BatchNorm only. Its backward
     /// applies the activation's derivative at the pooled values, the winning activated values.
     max_pool: Option<NodeId>,
+    /// Whether a Conv sums its output planes for the training-mode BatchNorm that alone reads
+    /// its output (or its activation's), which then need not read them once more.
+    batchnorm_stats: bool,
 }
 
 /// The fusion of each node (see `Fusion`). Running an activation or a pool inside its producer
 /// saves a pass over memory and a buffer each.
-fn fusions(graph: &Graph, tape: &Tape) -> Vec<Fusion> {
+fn fusions(graph: &Graph, tape: &Tape, mode: Mode) -> Vec<Fusion> {
     let consumers = graph.consumers();
     // The node reading `v` alone, through its first input only.
     let sole_reader = |v: ValueId| match consumers[v.0 as usize][..] {
@@ -329,6 +336,10 @@ fn fusions(graph: &Graph, tape: &Tape) -> Vec<Fusion> {
                     matches!(node.op, Op::MaxPool(_)) && node.outputs[1..].iter().all(unused)
                 });
             }
+            fusion.batchnorm_stats = mode == Mode::Train
+                && matches!(graph.node(id).op, Op::Conv(_))
+                && fusion.max_pool.is_none()
+                && sole_reader(v).is_some_and(|r| matches!(graph.node(r).op, Op::BatchNorm { .. }));
             fusion
         })
         .collect()
@@ -361,6 +372,7 @@ fn fused_epilogue(
     Ok(Epilogue {
         activation: then,
         max_pool,
+        plane_sums: fusion.batchnorm_stats,
     })
 }
 
@@ -382,6 +394,8 @@ struct NodeOutput {
     mean: Option<Vec<f32>>,
     /// The saved state of a MaxPool fused into the node (see `Fusion`).
     pool: Option<Saved>,
+    /// Σ and Σ² of each output plane, for the BatchNorm that reads the output (see `Fusion`).
+    plane_sums: Option<Vec<(f64, f64)>>,
 }
 
 impl NodeOutput {
@@ -391,6 +405,7 @@ impl NodeOutput {
             saved,
             mean,
             pool: None,
+            plane_sums: None,
         }
     }
 }
@@ -408,7 +423,7 @@ fn forward_node(
     let err = |p: String| node_err(graph, id, p);
     let x = input(graph, tape, id, 0)?;
     let then = fusion.activation.and_then(|a| activation(graph, tape, a));
-    let mut pool = None;
+    let (mut pool, mut plane_sums) = (None, None);
     if let Some(act) = activation(graph, tape, id) {
         return Ok(NodeOutput::new(act.forward(&x), Saved::Nothing, None));
     }
@@ -451,6 +466,7 @@ fn forward_node(
             let epilogue = fused_epilogue(graph, fusion, then, geo.window.out)?;
             let out = conv::forward(&geo, x4, w, bias1, epilogue, want_mean);
             pool = fused_pool(id, epilogue, out.argmax);
+            plane_sums = out.plane_sums;
             let mean = out.mean_patch.map(|m| m.to_vec());
             (out.y.into_dyn(), Saved::Conv(geo), mean)
         }
@@ -516,8 +532,10 @@ fn forward_node(
             };
             let epilogue = fused_epilogue(graph, fusion, then, plane)?;
             let training = mode == Mode::Train;
-            let out =
-                batchnorm::forward(x, &scale, &bias, &mean, &var, *epsilon, training, epilogue);
+            let sums = node.inputs[0].and_then(|v| tape.plane_sums[v.0 as usize].as_deref());
+            let out = batchnorm::forward(
+                x, &scale, &bias, &mean, &var, *epsilon, training, epilogue, sums,
+            );
             pool = fused_pool(id, epilogue, out.argmax);
             (out.y, Saved::BatchNorm(out.stats), None)
         }
@@ -642,6 +660,7 @@ fn forward_node(
         saved,
         mean,
         pool,
+        plane_sums,
     })
 }
 

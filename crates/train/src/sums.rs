@@ -30,6 +30,11 @@ pub(crate) fn slice_sums<T: Copy + Into<f64>>(
     (sp, sq)
 }
 
+/// (Σ v, Σ v²) over `values`: BatchNorm's statistics of one plane, whoever computes them.
+pub(crate) fn sum_and_squares(values: &[f32]) -> (f64, f64) {
+    slice_sums(values, values, |v, _| (v, v * v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

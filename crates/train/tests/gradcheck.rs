@@ -173,7 +173,8 @@ fn every_op_back_propagates_like_finite_differences() {
 /// x[2,3,12,12] → Conv → Relu → MaxPool → Conv → BatchNorm → Clip(0, 0.6) → MaxPool → mp;
 /// Relu(mp) + mp → Flatten → Gemm → LeakyRelu(−0.2). The first Relu and MaxPool run in the
 /// first Conv's kernel, the Clip and the second MaxPool in BatchNorm's; the second Relu cannot
-/// (its input has another reader), nor the LeakyRelu (negative slope). With `unfused`, the
+/// (its input has another reader), nor the LeakyRelu (negative slope). The second Conv sums
+/// its planes for BatchNorm's statistics in training. With `unfused`, the
 /// values inside those fusions are graph outputs too, which keeps every node on its own.
 fn activations_graph(unfused: bool) -> Graph {
     let mut b = GraphBuilder::new("in-place activations", 17);
@@ -218,6 +219,7 @@ fn activations_graph(unfused: bool) -> Graph {
     b.output("y", [2i64, 3]);
     if unfused {
         b.output("c1", [2i64, 4, 12, 12]);
+        b.output("c2", [2i64, 5, 6, 6]);
         b.output("a1", [2i64, 4, 12, 12]);
         b.output("bn", [2i64, 5, 6, 6]);
         b.output("clip", [2i64, 5, 6, 6]);

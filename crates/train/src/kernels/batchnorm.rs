@@ -7,7 +7,7 @@
 use crate::kernels::epilogue::Epilogue;
 use crate::kernels::into_standard;
 use crate::scratch::with_buffer;
-use crate::sums::slice_sums;
+use crate::sums::{slice_sums, sum_and_squares};
 use ndarray::{Array4, ArrayD, ArrayViewD};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -80,7 +80,9 @@ thread_local! {
 }
 
 /// y = γ (x − μ) / √(σ² + ε) + β, then the `epilogue`, applied while each plane is in cache (a
-/// max pool needs a 4-d x). In training mode μ, σ² are the batch's and are returned.
+/// max pool needs a 4-d x). In training mode μ, σ² are the batch's and are returned; they come
+/// from `plane_sums` (Σ and Σ² of each plane of x, `sum_and_squares`) when x's producer
+/// computed them, which saves reading x once more.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     x: ArrayViewD<f32>,
@@ -91,16 +93,20 @@ pub fn forward(
     epsilon: f32,
     training: bool,
     epilogue: Epilogue,
+    plane_sums: Option<&[(f64, f64)]>,
 ) -> Normalised {
     let x = x.as_standard_layout();
     let (n, c, inner) = channel_iter(&x.view());
     let xs = x.as_slice().expect("standard layout");
     let stats = training.then(|| {
         let count = n * inner;
-        let sums = channel_sums(n, c, |_, p| {
-            let plane = &xs[p * inner..][..inner];
-            slice_sums(plane, plane, |v, _| (v, v * v))
-        });
+        let sums = match plane_sums {
+            Some(planes) => {
+                assert_eq!(planes.len(), n * c, "one sum per plane of x");
+                channel_sums(n, c, |_, p| planes[p])
+            }
+            None => channel_sums(n, c, |_, p| sum_and_squares(&xs[p * inner..][..inner])),
+        };
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / count as f64).collect();
         let var = sums
             .iter()
@@ -326,6 +332,7 @@ mod tests {
             1e-5,
             true,
             Epilogue::default(),
+            None,
         );
         let (y, stats) = (out.y, out.stats.unwrap());
         assert_eq!(stats.count, 40);
@@ -352,6 +359,7 @@ mod tests {
                 1e-5,
                 true,
                 epilogue,
+                None,
             )
         };
         let mut want = run(Epilogue::default()).y;
@@ -359,7 +367,7 @@ mod tests {
         Activation::Relu.apply_in_place(want.as_slice_mut().unwrap());
         let activated = run(Epilogue {
             activation,
-            max_pool: None,
+            ..Epilogue::default()
         });
         assert_eq!(activated.y, want);
         assert!(activated.argmax.is_none());
@@ -384,6 +392,7 @@ mod tests {
             let epilogue = Epilogue {
                 activation,
                 max_pool: Some(max_pool),
+                ..Epilogue::default()
             };
             let out = run(epilogue);
             assert_eq!(out.y, pooled.into_dyn(), "{max_pool:?}");
@@ -411,8 +420,8 @@ mod tests {
             (window(3, 1, (1, 3)), false),
         ] {
             let epilogue = Epilogue {
-                activation: None,
                 max_pool: Some(max_pool),
+                ..Epilogue::default()
             };
             let out = forward(
                 x().view(),
@@ -423,6 +432,7 @@ mod tests {
                 1e-5,
                 training,
                 epilogue,
+                None,
             );
             let argmax = out.argmax.unwrap();
             let g = Array::from_shape_fn(argmax.raw_dim(), |(a, b, c, d)| {
@@ -466,6 +476,7 @@ mod tests {
                     1e-5,
                     training,
                     Epilogue::default(),
+                    None,
                 )
                 .y;
                 (y * &r).iter().map(|&v| v as f64).sum::<f64>()
@@ -479,6 +490,7 @@ mod tests {
                 1e-5,
                 training,
                 Epilogue::default(),
+                None,
             );
             let stats = out.stats;
             let (dx, ds, db) = backward(

@@ -8,7 +8,7 @@
 //! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
 //! thread count. The mean patch is computed here for all three.
 
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Outputs};
 use super::window::Window2d;
 use super::{implicit, winograd};
 use crate::gemm::{gemm, Mat};
@@ -170,6 +170,8 @@ pub struct Convolved {
     pub argmax: Option<Array4<u32>>,
     /// The mean patch over samples, groups and positions (the RLS input average), when asked.
     pub mean_patch: Option<Array1<f32>>,
+    /// With the epilogue's `plane_sums`, Σ and Σ² of each output plane (NCHW plane order).
+    pub plane_sums: Option<Vec<(f64, f64)>>,
 }
 
 /// y = conv(x, w) + b, then the `epilogue`, applied to each sample's output while it is still
@@ -189,21 +191,27 @@ pub fn forward(
     let shape = (geo.batch, geo.c_out, ho, wo);
     let mut y = Array4::<f32>::zeros(shape);
     let mut argmax = epilogue.max_pool.map(|_| Array4::<u32>::zeros(shape));
-    let ys = y.as_slice_mut().expect("fresh array");
-    let am = argmax
-        .as_mut()
-        .map(|a| a.as_slice_mut().expect("fresh array"));
+    let sums_wanted = epilogue.plane_sums && epilogue.max_pool.is_none();
+    let mut plane_sums = sums_wanted.then(|| vec![(0.0, 0.0); geo.batch * geo.c_out]);
+    let out = Outputs {
+        y: y.as_slice_mut().expect("fresh array"),
+        argmax: argmax
+            .as_mut()
+            .map(|a| a.as_slice_mut().expect("fresh array")),
+        plane_sums: plane_sums.as_deref_mut(),
+    };
     if winograd::pays_off(geo) {
-        winograd::forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
+        winograd::forward(geo, xs, w, bias.as_deref(), &epilogue, out);
     } else if implicit::applies(geo) {
-        implicit::forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
+        implicit::forward(geo, xs, w, bias.as_deref(), &epilogue, out);
     } else {
-        lowered_forward(geo, xs, w, bias.as_deref(), &epilogue, ys, am);
+        lowered_forward(geo, xs, w, bias.as_deref(), &epilogue, out);
     }
     Convolved {
         y,
         argmax,
         mean_patch: mean_patch.then(|| geo.mean_patch(xs)),
+        plane_sums,
     }
 }
 
@@ -214,8 +222,7 @@ fn lowered_forward(
     w: &[f32],
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
-    y: &mut [f32],
-    argmax: Option<&mut [u32]>,
+    out: Outputs,
 ) {
     let p = geo.window.out.0 * geo.window.out.1;
     let k = geo.patch_len();
@@ -226,7 +233,7 @@ fn lowered_forward(
     // `max(1)`: an empty output (no channels) has nothing to compute, and chunks of zero
     // values would panic.
     let all = xs;
-    epilogue.produce_blocks(y, argmax, (chunk_len * geo.c_out, p), |chunk, ys| {
+    epilogue.produce_blocks(out, (chunk_len * geo.c_out, p), |chunk, ys| {
         let samples = ys.len() / out_len.max(1);
         let xs = &all[chunk * chunk_len * sample_len..][..samples * sample_len];
         let n = samples * p;
@@ -468,9 +475,21 @@ mod tests {
                 let epilogue = Epilogue {
                     activation,
                     max_pool,
+                    plane_sums: true,
                 };
                 let bias = Some(ArrayView1::from(&b));
                 let out = forward(&geo, x.view(), &w, bias, epilogue, false);
+                // Planes are summed where they are not pooled.
+                match &out.plane_sums {
+                    Some(sums) => {
+                        let planes = out.y.as_slice().unwrap().chunks(ho * wo);
+                        assert!(max_pool.is_none() && sums.len() == planes.len());
+                        for (s, p) in sums.iter().zip(planes) {
+                            assert_eq!(*s, crate::sums::sum_and_squares(p), "{geo:?}");
+                        }
+                    }
+                    None => assert!(max_pool.is_some()),
+                }
                 let activated = reference.mapv(|v| activation.map_or(v, |act| act.apply(v)));
                 let want = match max_pool {
                     Some(pool) => {

@@ -2,12 +2,14 @@
 //! cache: the activation that follows it in the graph, then the max pool that follows that.
 //! The executor decides when the graph allows it; kernels only apply it. With a max pool, the
 //! producer's full-size output never reaches memory: only the pooled planes and the index each
-//! pooled value came from do.
+//! pooled value came from do. It can also sum each plane (Σ and Σ²) for a BatchNorm that reads
+//! the output next, so BatchNorm need not read it once more for its statistics.
 
 use super::elementwise::Activation;
 use super::pool::max_plane;
 use super::window::Window2d;
 use crate::scratch::with_buffer;
+use crate::sums::sum_and_squares;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -16,6 +18,18 @@ pub struct Epilogue {
     pub activation: Option<Activation>,
     /// A max pool over each output plane, after the activation.
     pub max_pool: Option<Window2d>,
+    /// Whether to sum each output plane (`sum_and_squares`), without a max pool only.
+    pub plane_sums: bool,
+}
+
+/// Where a producing kernel and its epilogue write.
+pub(crate) struct Outputs<'a> {
+    /// The output values (pooled with a max pool).
+    pub y: &'a mut [f32],
+    /// With a max pool, the flat index in its plane each pooled value came from.
+    pub argmax: Option<&'a mut [u32]>,
+    /// With `plane_sums`, Σ and Σ² of each output plane.
+    pub plane_sums: Option<&'a mut [(f64, f64)]>,
 }
 
 impl Epilogue {
@@ -49,16 +63,21 @@ impl Epilogue {
     /// Runs `produce(block, out)` for each block of whole output planes (blocks in parallel),
     /// `out` holding `out.len() / plane` planes of `plane` values that it must write in full,
     /// then the epilogue on them. Block `b` holds planes `b · block_planes` on (the last block
-    /// may hold fewer). Without a max pool `out` is the block's part of `y`; with one it is a
-    /// per-thread buffer whose planes are pooled into `y`, and their winners into `argmax`.
+    /// may hold fewer). Without a max pool `out` is the block's part of `y`, summed per plane
+    /// into `plane_sums` when given; with one it is a per-thread buffer whose planes are pooled
+    /// into `y`, and their winners into `argmax`.
     pub(crate) fn produce_blocks(
         &self,
-        y: &mut [f32],
-        argmax: Option<&mut [u32]>,
+        out: Outputs,
         (block_planes, plane): (usize, usize),
         produce: impl Fn(usize, &mut [f32]) + Sync,
     ) {
         let out_block = (block_planes * self.plane_len(plane)).max(1);
+        let Outputs {
+            y,
+            argmax,
+            plane_sums,
+        } = out;
         match (self.max_pool, argmax) {
             (Some(_), Some(argmax)) => y
                 .par_chunks_mut(out_block)
@@ -78,10 +97,25 @@ impl Epilogue {
                         }
                     });
                 }),
-            (None, _) => y.par_chunks_mut(out_block).enumerate().for_each(|(b, yb)| {
-                produce(b, yb);
-                self.activate(yb);
-            }),
+            (None, _) => {
+                let finish = |b: usize, yb: &mut [f32], sums: &mut [(f64, f64)]| {
+                    produce(b, yb);
+                    self.activate(yb);
+                    for (s, p) in sums.iter_mut().zip(yb.chunks_exact(plane.max(1))) {
+                        *s = sum_and_squares(p);
+                    }
+                };
+                let blocks = y.par_chunks_mut(out_block);
+                match plane_sums {
+                    Some(sums) => blocks
+                        .zip(sums.par_chunks_mut(block_planes.max(1)))
+                        .enumerate()
+                        .for_each(|(b, (yb, sb))| finish(b, yb, sb)),
+                    None => blocks
+                        .enumerate()
+                        .for_each(|(b, yb)| finish(b, yb, &mut [])),
+                }
+            }
             (Some(_), None) => unreachable!("a max pool epilogue writes its winners"),
         }
     }

@@ -14,7 +14,7 @@
 //! the thread count.
 
 use super::conv::ConvGeometry;
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Outputs};
 use super::window::Window2d;
 use crate::gemm::{gemm_shifted, gemm_shifted_t, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
@@ -161,8 +161,7 @@ pub(crate) fn forward(
     w: &[f32],
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
-    y: &mut [f32],
-    argmax: Option<&mut [u32]>,
+    out: Outputs,
 ) {
     let window = &geo.window;
     let padded = Padded::forward(window);
@@ -171,7 +170,7 @@ pub(crate) fn forward(
     let starts = padded.starts(window, geo.c_in);
     let (k, mg) = (geo.patch_len(), geo.c_out / geo.group);
     let plane = window.out.0 * window.out.1;
-    epilogue.produce_blocks(y, argmax, (geo.c_out, plane), |n, yb| {
+    epilogue.produce_blocks(out, (geo.c_out, plane), |n, yb| {
         let xb = &x[n * sample_len..][..sample_len];
         with_buffer(&PADDED, geo.c_in * padded.plane(), |xp| {
             padded.pad(xb, (window.h, window.w), xp);

@@ -16,7 +16,7 @@
 //! whatever the number of threads.
 
 use super::conv::ConvGeometry;
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Outputs};
 use super::window::Window2d;
 use crate::gemm::{gemm, Mat};
 use crate::scratch::with_buffer;
@@ -167,12 +167,11 @@ pub(crate) fn forward(
     w: &[f32],
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
-    y: &mut [f32],
-    argmax: Option<&mut [u32]>,
+    out: Outputs,
 ) {
     debug_assert!(supports(geo));
     let u = transform_weights(w, geo.c_out, geo.c_in);
-    run(geo, x, &u, bias, epilogue, y, argmax);
+    run(geo, x, &u, bias, epilogue, out);
 }
 
 /// dx for the output gradient `dy`: the convolution of `dy` with the kernel flipped in space and
@@ -205,7 +204,12 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
         },
     };
     let u = transform_weights(&flipped, c, k);
-    run(&mirrored, dy, &u, None, &Epilogue::default(), dx, None);
+    let out = Outputs {
+        y: dx,
+        argmax: None,
+        plane_sums: None,
+    };
+    run(&mirrored, dy, &u, None, &Epilogue::default(), out);
 }
 
 /// dw (OIHW) for the input `x` and output gradient `dy`: the chain rule through the forward
@@ -337,7 +341,6 @@ fn point_spacing(n: usize) -> usize {
     }
 }
 
-/// The convolution of `x` (geometry `geo`) with the transformed weights `u`.
 /// y = conv(x, w) + bias, then the epilogue, from the transformed weights `u`.
 fn run(
     geo: &ConvGeometry,
@@ -345,8 +348,7 @@ fn run(
     u: &[f32],
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
-    y: &mut [f32],
-    argmax: Option<&mut [u32]>,
+    outputs: Outputs,
 ) {
     let (c, k) = (geo.c_in, geo.c_out);
     let (cp, kp) = (in_blocks(c), in_blocks(k));
@@ -376,7 +378,7 @@ fn run(
                 })
             })
             .collect();
-        epilogue.produce_blocks(y, argmax, (k, plane), |n, yn| {
+        epilogue.produce_blocks(outputs, (k, plane), |n, yn| {
             // Tile by tile, so that each point's products are read in order.
             for ty in 0..tiling.rows {
                 for tx in 0..tiling.cols {
@@ -790,7 +792,12 @@ mod tests {
             let wt = wave(geo.c_out * geo.c_in * 9, 2.0);
             let b = wave(geo.c_out, 3.0);
             let mut y = vec![f32::NAN; geo.batch * geo.c_out * out.0 * out.1];
-            forward(&geo, &x, &wt, Some(&b), &Epilogue::default(), &mut y, None);
+            let out = Outputs {
+                y: &mut y,
+                argmax: None,
+                plane_sums: None,
+            };
+            forward(&geo, &x, &wt, Some(&b), &Epilogue::default(), out);
             let want = conv_reference(&geo, &x, &wt, &b);
             let err = max_error(&y, want.iter().map(|v| *v as f64));
             assert!(err < 1e-4, "{geo:?}: {err}");
