@@ -240,20 +240,24 @@ pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
                 let (vq, zq) = (point_rows(v, q, t, cp), point_rows(z, q, t, kp));
                 gemm(1.0, vq.t(), zq, 0.0, &mut duq[..cp * kp]);
             });
+        // Blocks of LANES output channels in parallel, each writing its own rows of dw.
         let mut dw = vec![0.0f32; 9 * k * c];
-        for ci in 0..c {
-            for kb in (0..k).step_by(LANES) {
-                let lanes = LANES.min(k - kb);
-                transform_tile::<KernelGradients>(
-                    |q| block(du, q * point_len + ci * kp + kb),
-                    |tap, value| {
-                        for (l, v) in value.iter().enumerate().take(lanes) {
-                            dw[((kb + l) * c + ci) * 9 + tap] = *v;
-                        }
-                    },
-                );
-            }
-        }
+        let du = &*du;
+        dw.par_chunks_mut((LANES * c * 9).max(1))
+            .enumerate()
+            .for_each(|(b, dwb)| {
+                let kb = b * LANES;
+                for ci in 0..c {
+                    transform_tile::<KernelGradients>(
+                        |q| block(du, q * point_len + ci * kp + kb),
+                        |tap, value| {
+                            for (rows, v) in dwb.chunks_exact_mut(c * 9).zip(value) {
+                                rows[ci * 9 + tap] = *v;
+                            }
+                        },
+                    );
+                }
+            });
         dw
     })
 }
@@ -270,31 +274,57 @@ fn point_rows(buf: &[f32], q: usize, tiles: usize, width: usize) -> Mat<'_, f32>
     }
 }
 
-/// Uᵀ at each point q (c × k, padded to whole `LANES` blocks with zeros) = G g Gᵀ at q for every
-/// 3×3 kernel g of the OIHW weights `w`: 36 row-major matrices, `point_spacing` of their size apart.
-fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+/// The transformed weights: Uᵀ at each point q (c × k, padded to whole `LANES` blocks with
+/// zeros) = G g Gᵀ at q for every 3×3 kernel g of OIHW weights, laid out [input channel][point]
+/// [output channel] so that each input channel's part is written by one task.
+struct TransformedWeights {
+    u: Vec<f32>,
+    /// Input channels, padded.
+    cp: usize,
+    /// Output channels, padded; a point's row of them is `spacing` values long.
+    kp: usize,
+    spacing: usize,
+}
+
+impl TransformedWeights {
+    /// Point q's matrix, cp × kp.
+    fn point(&self, q: usize) -> Mat<'_, f32> {
+        Mat {
+            data: &self.u[q * self.spacing..],
+            rows: self.cp,
+            cols: self.kp,
+            row_stride: (POINTS * self.spacing) as isize,
+            col_stride: 1,
+        }
+    }
+}
+
+/// `TransformedWeights` of the OIHW weights `w` (k output and c input channels), input channels
+/// in parallel.
+fn transform_weights(w: &[f32], k: usize, c: usize) -> TransformedWeights {
     let (cp, kp) = (in_blocks(c), in_blocks(k));
-    // The taps as [input channel][tap][output channel], so that each read is one block.
-    let mut taps = vec![0.0f32; c * 9 * kp];
-    for (o, kernel) in w.chunks_exact(9).enumerate() {
-        let (ko, ci) = (o / c, o % c);
-        for (tap, v) in kernel.iter().enumerate() {
-            taps[(ci * 9 + tap) * kp + ko] = *v;
-        }
-    }
-    let point_len = point_spacing(cp * kp);
-    let mut u = vec![0.0f32; POINTS * point_len];
-    for ci in 0..c {
-        for kb in (0..kp).step_by(LANES) {
-            transform_tile::<Kernels>(
-                |tap| block(&taps, (ci * 9 + tap) * kp + kb),
-                |q, value| {
-                    u[q * point_len + ci * kp + kb..][..LANES].copy_from_slice(value);
-                },
-            );
-        }
-    }
-    u
+    // Rows of 36 points never a multiple of 512 bytes apart (see `point_spacing`).
+    let spacing = point_spacing(kp);
+    let mut u = vec![0.0f32; cp * POINTS * spacing];
+    u.par_chunks_mut(POINTS * spacing)
+        .take(c)
+        .enumerate()
+        .for_each(|(ci, uc)| {
+            // This input channel's taps as [tap][output channel], so that each read is a block.
+            let mut taps = vec![0.0f32; 9 * kp];
+            for ko in 0..k {
+                for (tap, v) in w[(ko * c + ci) * 9..][..9].iter().enumerate() {
+                    taps[tap * kp + ko] = *v;
+                }
+            }
+            for kb in (0..kp).step_by(LANES) {
+                transform_tile::<Kernels>(
+                    |tap| block(&taps, tap * kp + kb),
+                    |q, value| uc[q * spacing + kb..][..LANES].copy_from_slice(value),
+                );
+            }
+        });
+    TransformedWeights { u, cp, kp, spacing }
 }
 
 /// The tiles that cover an output of `out` for each of `batch` samples, numbered sample by
@@ -345,7 +375,7 @@ fn point_spacing(n: usize) -> usize {
 fn run(
     geo: &ConvGeometry,
     x: &[f32],
-    u: &[f32],
+    u: &TransformedWeights,
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
     outputs: Outputs,
@@ -355,7 +385,6 @@ fn run(
     let out = geo.window.out;
     let tiling = Tiling::new(geo.batch, out);
     let t = tiling.count();
-    let weights_len = point_spacing(cp * kp);
     // The product at each point, t × kp.
     let product_len = point_spacing(t * kp);
     with_buffer(&PRODUCTS, POINTS * (t * cp + product_len), |buf| {
@@ -364,8 +393,13 @@ fn run(
         m.par_chunks_mut(product_len)
             .enumerate()
             .for_each(|(q, mq)| {
-                let uq = Mat::new(&u[q * weights_len..][..cp * kp], cp, kp);
-                gemm(1.0, point_rows(v, q, t, cp), uq, 0.0, &mut mq[..t * kp]);
+                gemm(
+                    1.0,
+                    point_rows(v, q, t, cp),
+                    u.point(q),
+                    0.0,
+                    &mut mq[..t * kp],
+                );
             });
         let m = &*m;
         let plane = out.0 * out.1;
