@@ -30,6 +30,19 @@ pub(crate) fn slice_sums<T: Copy + Into<f64>>(
     (sp, sq)
 }
 
+/// Σ v over `values`, in f64 over `LANES` accumulators.
+pub(crate) fn sum(values: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let body = values.chunks_exact(LANES);
+    let tail: f64 = body.remainder().iter().map(|&v| v as f64).sum();
+    for chunk in body {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// (Σ v, Σ v²) over `values`: BatchNorm's statistics of one plane, whoever computes them.
 pub(crate) fn sum_and_squares(values: &[f32]) -> (f64, f64) {
     slice_sums(values, values, |v, _| (v, v * v))
@@ -47,5 +60,6 @@ mod tests {
         let want_p: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
         let want_q: f64 = a.iter().map(|&x| x as f64).sum();
         assert!((p - want_p).abs() < 1e-12 && (q - want_q).abs() < 1e-12);
+        assert!((sum(&a) - want_q).abs() < 1e-12);
     }
 }

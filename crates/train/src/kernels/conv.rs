@@ -350,16 +350,19 @@ pub fn backward(
 }
 
 /// The sum of each channel of the NCHW `y` (planes of `plane` values) over samples and
-/// positions, in sample order.
+/// positions, in sample order (each plane's in f64 over several accumulators: a plain f32 sum
+/// is one chain of dependent adds, and took most of a first layer's bias gradient).
 fn channel_sums(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
     (0..channels)
         .into_par_iter()
         .map(|k| {
-            y.chunks_exact(plane)
+            let total: f64 = y
+                .chunks_exact(plane.max(1))
                 .skip(k)
-                .step_by(channels)
-                .map(|p| p.iter().sum::<f32>())
-                .sum()
+                .step_by(channels.max(1))
+                .map(crate::sums::sum)
+                .sum();
+            total as f32
         })
         .collect()
 }
