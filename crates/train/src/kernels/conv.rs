@@ -9,6 +9,7 @@
 //! thread count. The mean patch is computed here for all three.
 
 use super::epilogue::{Epilogue, Outputs};
+use super::par_zeroed;
 use super::window::Window2d;
 use super::{implicit, winograd};
 use crate::gemm::{gemm, Mat};
@@ -189,7 +190,7 @@ pub fn forward(
     let bias = bias.map(|b| b.to_vec());
     let (ho, wo) = epilogue.max_pool.map_or(geo.window.out, |pool| pool.out);
     let shape = (geo.batch, geo.c_out, ho, wo);
-    let mut y = Array4::<f32>::zeros(shape);
+    let mut y = par_zeroed(shape, ho * wo, |_, _| {});
     let mut argmax = epilogue.max_pool.map(|_| Array4::<u32>::zeros(shape));
     let sums_wanted = epilogue.plane_sums && epilogue.max_pool.is_none();
     let mut plane_sums = sums_wanted.then(|| vec![(0.0, 0.0); geo.batch * geo.c_out]);
@@ -313,8 +314,13 @@ pub fn backward(
         dw
     };
 
-    let mut dx =
-        want_dx.then(|| Array4::<f32>::zeros((geo.batch, geo.c_in, geo.window.h, geo.window.w)));
+    let mut dx = want_dx.then(|| {
+        par_zeroed(
+            (geo.batch, geo.c_in, geo.window.h, geo.window.w),
+            sample_len,
+            |_, _| {},
+        )
+    });
     if winograd::pays_off(geo) {
         if let Some(dx) = dx.as_mut() {
             winograd::input_gradient(geo, w, dys, dx.as_slice_mut().expect("fresh array"));

@@ -1,5 +1,6 @@
 //! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
 
+use super::par_zeroed;
 use super::window::Window2d;
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
@@ -196,28 +197,19 @@ fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
 /// Routes each output gradient to the input element that won the max.
 pub fn max_backward(geo: &Window2d, arg: &Array4<u32>, dy: ArrayView4<f32>) -> Array4<f32> {
     let (n, c) = (dy.shape()[0], dy.shape()[1]);
-    let mut dx = Array4::<f32>::zeros((n, c, geo.h, geo.w));
     let dy = dy.as_standard_layout();
     let plane_out = geo.out.0 * geo.out.1;
-    dx.as_slice_mut()
-        .expect("fresh")
-        .par_chunks_mut(geo.h * geo.w)
-        .zip(
-            arg.as_slice()
-                .expect("standard layout")
-                .par_chunks(plane_out),
-        )
-        .zip(
-            dy.as_slice()
-                .expect("standard layout")
-                .par_chunks(plane_out),
-        )
-        .for_each(|((plane, ap), dp)| {
-            for (a, d) in ap.iter().zip(dp) {
-                plane[*a as usize] += d;
-            }
-        });
-    dx
+    let (args, dys) = (
+        arg.as_slice().expect("standard"),
+        dy.as_slice().expect("standard"),
+    );
+    // Each plane zeroed and filled while in cache.
+    par_zeroed((n, c, geo.h, geo.w), geo.h * geo.w, |p, plane| {
+        let range = p * plane_out..(p + 1) * plane_out;
+        for (a, d) in args[range.clone()].iter().zip(&dys[range]) {
+            plane[*a as usize] += d;
+        }
+    })
 }
 
 /// Average pooling; `count_include_pad` divides by the whole window instead of its valid cells.
