@@ -5,13 +5,12 @@
 //! depend on the thread count.
 
 use crate::kernels::epilogue::Epilogue;
-use crate::kernels::into_standard;
+use crate::kernels::{into_standard, par_zeroed};
 use crate::scratch::with_buffer;
 use crate::sums::{slice_sums, sum_and_squares};
 use ndarray::{Array4, ArrayD, ArrayViewD};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 
 /// Per channel, the sums `sums(channel, plane)` gives over each sample's plane of that channel
 /// (plane = sample · c + channel), added in sample order.
@@ -29,21 +28,6 @@ fn channel_sums(
             })
         })
         .collect()
-}
-
-/// Writes `f(v)` for each value v of `src` into `out` (of the same length) and returns it,
-/// initialised.
-fn write_mapped<'a>(
-    out: &'a mut [MaybeUninit<f32>],
-    src: &[f32],
-    f: impl Fn(f32) -> f32,
-) -> &'a mut [f32] {
-    assert_eq!(out.len(), src.len(), "one value per source value");
-    for (o, &v) in out.iter_mut().zip(src) {
-        o.write(f(v));
-    }
-    // SAFETY: the loop wrote every value of `out`, which has as many values as `src`.
-    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// What the backward pass needs from a training-mode forward.
@@ -161,19 +145,14 @@ pub fn forward(
             stats,
         };
     }
-    // Written once from x rather than copied and then updated: one pass over memory, not two.
-    let mut y = ArrayD::<f32>::uninit(x.raw_dim());
-    y.as_slice_mut()
-        .expect("fresh array")
-        .par_chunks_mut(inner.max(1))
-        .zip(planes)
-        .enumerate()
-        .for_each(|(block, (out, xb))| {
-            let (k, shift) = affine(block);
-            epilogue.activate(write_mapped(out, xb, |v| v * k + shift));
-        });
-    // SAFETY: the chunks cover y, and each was written in full above.
-    let y = unsafe { y.assume_init() };
+    // Written once from x, plane by plane, rather than copied and then updated.
+    let y = par_zeroed(x.raw_dim(), inner, |block, out| {
+        let (k, shift) = affine(block);
+        for (o, &v) in out.iter_mut().zip(&xs[block * inner..][..inner]) {
+            *o = v * k + shift;
+        }
+        epilogue.activate(out);
+    });
     Normalised {
         y,
         argmax: None,
@@ -283,21 +262,15 @@ pub fn backward(
             argmax: args,
         } => {
             let out = dys.len() / (n * c).max(1);
-            let mut dx = ArrayD::<f32>::uninit(x.raw_dim());
-            dx.as_slice_mut()
-                .expect("fresh array")
-                .par_chunks_mut(inner.max(1))
-                .zip(xs.par_chunks(inner.max(1)))
-                .enumerate()
-                .for_each(|(p, (d, xb))| {
-                    let (a, b, shift) = coefficients[p % c];
-                    let d = write_mapped(d, xb, |xv| b * xv + shift);
-                    for (&g, &at) in dys[p * out..][..out].iter().zip(&args[p * out..][..out]) {
-                        d[at as usize] += a * g;
-                    }
-                });
-            // SAFETY: the chunks cover dx, and `write_mapped` wrote each in full.
-            unsafe { dx.assume_init() }
+            par_zeroed(x.raw_dim(), inner, |p, d| {
+                let (a, b, shift) = coefficients[p % c];
+                for (v, &xv) in d.iter_mut().zip(&xs[p * inner..][..inner]) {
+                    *v = b * xv + shift;
+                }
+                for (&g, &at) in dys[p * out..][..out].iter().zip(&args[p * out..][..out]) {
+                    d[at as usize] += a * g;
+                }
+            })
         }
     };
     (
