@@ -288,6 +288,17 @@ mod tests {
     use crate::kernels::window::Window2d;
     use ndarray::{Array, Axis, IxDyn};
 
+    /// `forward` with ε = 1e-5 and no sums from a producer.
+    fn normalise(
+        x: ArrayViewD<f32>,
+        (scale, bias): (&[f32], &[f32]),
+        (mean, var): (&[f32], &[f32]),
+        training: bool,
+        epilogue: Epilogue,
+    ) -> Normalised {
+        forward(x, scale, bias, mean, var, 1e-5, training, epilogue, None)
+    }
+
     fn x() -> ArrayD<f32> {
         Array::from_shape_fn(IxDyn(&[4, 3, 2, 5]), |d| {
             ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.71).sin() * 2.0 + d[1] as f32
@@ -296,16 +307,12 @@ mod tests {
 
     #[test]
     fn training_mode_normalises_each_channel() {
-        let out = forward(
+        let out = normalise(
             x().view(),
-            &[1.0; 3],
-            &[0.0; 3],
-            &[0.0; 3],
-            &[1.0; 3],
-            1e-5,
+            (&[1.0; 3], &[0.0; 3]),
+            (&[0.0; 3], &[1.0; 3]),
             true,
             Epilogue::default(),
-            None,
         );
         let (y, stats) = (out.y, out.stats.unwrap());
         assert_eq!(stats.count, 40);
@@ -323,16 +330,12 @@ mod tests {
     #[test]
     fn the_epilogue_activates_and_pools_the_output() {
         let run = |epilogue| {
-            forward(
+            normalise(
                 x().view(),
-                &[0.5, -1.0, 2.0],
-                &[0.1; 3],
-                &[0.0; 3],
-                &[1.0; 3],
-                1e-5,
+                (&[0.5, -1.0, 2.0], &[0.1; 3]),
+                (&[0.0; 3], &[1.0; 3]),
                 true,
                 epilogue,
-                None,
             )
         };
         let mut want = run(Epilogue::default()).y;
@@ -396,17 +399,7 @@ mod tests {
                 max_pool: Some(max_pool),
                 ..Epilogue::default()
             };
-            let out = forward(
-                x().view(),
-                &scale,
-                &bias,
-                &rm,
-                &rv,
-                1e-5,
-                training,
-                epilogue,
-                None,
-            );
+            let out = normalise(x().view(), (&scale, &bias), (&rm, &rv), training, epilogue);
             let argmax = out.argmax.unwrap();
             let g = Array::from_shape_fn(argmax.raw_dim(), |(a, b, c, d)| {
                 ((a * 7 + b * 5 + c * 3 + d) as f32 * 0.61).sin()
@@ -440,30 +433,15 @@ mod tests {
         for training in [true, false] {
             let x = x();
             let loss = |x: &ArrayD<f32>, s: &[f32], b: &[f32]| {
-                let y = forward(
-                    x.view(),
-                    s,
-                    b,
-                    &rm,
-                    &rv,
-                    1e-5,
-                    training,
-                    Epilogue::default(),
-                    None,
-                )
-                .y;
+                let y = normalise(x.view(), (s, b), (&rm, &rv), training, Epilogue::default()).y;
                 (y * &r).iter().map(|&v| v as f64).sum::<f64>()
             };
-            let out = forward(
+            let out = normalise(
                 x.view(),
-                &scale,
-                &bias,
-                &rm,
-                &rv,
-                1e-5,
+                (&scale, &bias),
+                (&rm, &rv),
                 training,
                 Epilogue::default(),
-                None,
             );
             let stats = out.stats;
             let (dx, ds, db) = backward(
