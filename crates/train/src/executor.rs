@@ -251,7 +251,7 @@ pub fn forward(
         let mut out = forward_node(graph, &tape, id, mode, mean_inputs, dropout, fusion)?;
         let mut output = graph.node(id).outputs[0];
         if let Some(reader) = fusion.activation {
-            if !applies_activation(&graph.node(id).op) {
+            if !runs_epilogue(&graph.node(id).op) {
                 let act = activation(graph, &tape, reader).expect("planned as an activation");
                 match out.value.as_slice_memory_order_mut() {
                     Some(values) => act.apply_in_place(values),
@@ -330,7 +330,7 @@ fn fusions(graph: &Graph, tape: &Tape, mode: Mode) -> Vec<Fusion> {
                 fusion.activation = Some(reader);
                 v = graph.node(reader).outputs[0];
             }
-            if applies_activation(&graph.node(id).op) {
+            if runs_epilogue(&graph.node(id).op) {
                 fusion.max_pool = sole_reader(v).filter(|&r| {
                     let node = graph.node(r);
                     matches!(node.op, Op::MaxPool(_)) && node.outputs[1..].iter().all(unused)
@@ -348,7 +348,7 @@ fn fusions(graph: &Graph, tape: &Tape, mode: Mode) -> Vec<Fusion> {
 /// Whether the op's kernel runs an `Epilogue` (a following activation and max pool) itself,
 /// while its output is in cache; for other ops the executor applies a following activation to
 /// the output afterwards, and pools are not fused.
-fn applies_activation(op: &Op) -> bool {
+fn runs_epilogue(op: &Op) -> bool {
     matches!(op, Op::Conv(_) | Op::BatchNorm { .. })
 }
 

@@ -13,6 +13,7 @@ use crate::sums::sum_and_squares;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+/// The nodes after a producer that its kernel runs; the default runs none.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Epilogue {
     pub activation: Option<Activation>,
