@@ -39,10 +39,9 @@ enum Saved {
     BatchNorm(Option<BatchStats>),
     /// The mask a training-mode Dropout multiplied by.
     Dropout(ArrayD<f32>),
-    /// An activation that ran in its producer's kernel (see `Fusion`); its input is not kept.
-    InProducer,
-    /// The same, followed by a MaxPool that ran there too; its input and output are not kept,
-    /// and the pool's backward applies its derivative.
+    /// An activation that ran in its producer's kernel followed by a MaxPool that ran there too
+    /// (see `Fusion`): its input and output are not kept, and the pool's backward applies its
+    /// derivative.
     BeforePool,
 }
 
@@ -248,21 +247,13 @@ pub fn forward(
             continue;
         }
         let fusion = fusions[id.0 as usize];
-        let mut out = forward_node(graph, &tape, id, mode, mean_inputs, dropout, fusion)?;
+        let out = forward_node(graph, &tape, id, mode, mean_inputs, dropout, fusion)?;
         let mut output = graph.node(id).outputs[0];
         if let Some(reader) = fusion.activation {
-            if !runs_epilogue(&graph.node(id).op) {
-                let act = activation(graph, &tape, reader).expect("planned as an activation");
-                match out.value.as_slice_memory_order_mut() {
-                    Some(values) => act.apply_in_place(values),
-                    None => out.value.mapv_inplace(|v| act.apply(v)),
-                }
-            }
             fused[reader.0 as usize] = true;
-            tape.saved[reader.0 as usize] = match fusion.max_pool {
-                Some(_) => Saved::BeforePool,
-                None => Saved::InProducer,
-            };
+            if fusion.max_pool.is_some() {
+                tape.saved[reader.0 as usize] = Saved::BeforePool;
+            }
             output = graph.node(reader).outputs[0];
         }
         if let (Some(pool), Some(saved)) = (fusion.max_pool, out.pool) {
@@ -398,18 +389,6 @@ struct NodeOutput {
     plane_sums: Option<Vec<(f64, f64)>>,
 }
 
-impl NodeOutput {
-    fn new(value: ArrayD<f32>, saved: Saved, mean: Option<Vec<f32>>) -> Self {
-        NodeOutput {
-            value,
-            saved,
-            mean,
-            pool: None,
-            plane_sums: None,
-        }
-    }
-}
-
 fn forward_node(
     graph: &Graph,
     tape: &Tape,
@@ -424,10 +403,9 @@ fn forward_node(
     let x = input(graph, tape, id, 0)?;
     let then = fusion.activation.and_then(|a| activation(graph, tape, a));
     let (mut pool, mut plane_sums) = (None, None);
-    if let Some(act) = activation(graph, tape, id) {
-        return Ok(NodeOutput::new(act.forward(&x), Saved::Nothing, None));
-    }
-    if let Some(op) = binary(&node.op) {
+    let (mut value, saved, mean) = if let Some(act) = activation(graph, tape, id) {
+        (act.forward(&x), Saved::Nothing, None)
+    } else if let Some(op) = binary(&node.op) {
         let b = input(graph, tape, id, 1)?;
         let y = elementwise::binary_forward(op, &x, &b).ok_or_else(|| {
             err(format!(
@@ -436,225 +414,233 @@ fn forward_node(
                 b.shape()
             ))
         })?;
-        return Ok(NodeOutput::new(y, Saved::Nothing, None));
-    }
-    let (value, saved, mean) = match &node.op {
-        Op::Conv(c) => {
-            let x4 = four_d(graph, id, &x)?;
-            let w = input(graph, tape, id, 1)?;
-            let (b, ci, h, wd) = x4.dim();
-            let ws = w.shape();
-            let geo = ConvGeometry {
-                batch: b,
-                c_in: ci,
-                c_out: ws[0],
-                group: c.group,
-                window: window_2d(&c.window, false, h, wd).map_err(err)?,
-            };
-            if ci != ws[1] * c.group {
-                return Err(err(format!(
-                    "input has {ci} channels, weight {ws:?} with group {}",
-                    c.group
-                )));
-            }
-            let w = w.as_standard_layout();
-            let bias = optional(graph, tape, id, 2);
-            let bias1 = bias
-                .as_ref()
-                .map(|b| b.view().into_shape_with_order(b.len()).expect("1-d bias"));
-            let w = w.as_slice().expect("std");
-            let epilogue = fused_epilogue(graph, fusion, then, geo.window.out)?;
-            let out = conv::forward(&geo, x4, w, bias1, epilogue, want_mean);
-            pool = fused_pool(id, epilogue, out.argmax);
-            plane_sums = out.plane_sums;
-            let mean = out.mean_patch.map(|m| m.to_vec());
-            (out.y.into_dyn(), Saved::Conv(geo), mean)
-        }
-        Op::Gemm(g) => {
-            let spec = GemmSpec {
-                alpha: g.alpha,
-                beta: g.beta,
-                trans_a: g.trans_a,
-                trans_b: g.trans_b,
-            };
-            let b = input(graph, tape, id, 1)?;
-            if x.ndim() != 2 || b.ndim() != 2 {
-                return Err(err(format!(
-                    "Gemm needs 2-d inputs, got {:?} and {:?}",
-                    x.shape(),
-                    b.shape()
-                )));
-            }
-            let c = optional(graph, tape, id, 2);
-            let mean = want_mean
-                .then(|| {
-                    if g.trans_a {
-                        x.mean_axis(Axis(1))
-                    } else {
-                        x.mean_axis(Axis(0))
-                    }
-                })
-                .flatten()
-                .map(|m| m.iter().copied().collect());
-            (
-                linear::gemm_forward(spec, &x, &b, c.as_ref()),
-                Saved::Nothing,
-                mean,
-            )
-        }
-        Op::MatMul => {
-            let b = input(graph, tape, id, 1)?;
-            let y = linear::matmul_forward(&x, &b).ok_or_else(|| {
-                err(format!(
-                    "training supports A[..., K] × B[K, N]; got {:?} × {:?}",
-                    x.shape(),
-                    b.shape()
-                ))
-            })?;
-            let mean = want_mean.then(|| {
-                let k = *x.shape().last().expect("rank checked");
-                let rows = x.len() / k.max(1);
-                x.as_standard_layout()
-                    .into_shape_with_order((rows, k))
-                    .expect("rows")
-                    .mean_axis(Axis(0))
-                    .map(|m| m.to_vec())
-            });
-            (y, Saved::Nothing, mean.flatten())
-        }
-        Op::BatchNorm { epsilon, .. } => {
-            let get =
-                |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
-            let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
-            let plane = match fusion.max_pool {
-                Some(p) => four_d(graph, p, &x).map(|x4| (x4.dim().2, x4.dim().3))?,
-                None => (0, 0),
-            };
-            let epilogue = fused_epilogue(graph, fusion, then, plane)?;
-            let training = mode == Mode::Train;
-            let sums = node.inputs[0].and_then(|v| tape.plane_sums[v.0 as usize].as_deref());
-            let out = batchnorm::forward(
-                x, &scale, &bias, &mean, &var, *epsilon, training, epilogue, sums,
-            );
-            pool = fused_pool(id, epilogue, out.argmax);
-            (out.y, Saved::BatchNorm(out.stats), None)
-        }
-        Op::MaxPool(Pool { window, ceil_mode }) => {
-            let x4 = four_d(graph, id, &x)?;
-            let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
-            let (y, arg) = pool::max_forward(&geo, x4);
-            let saved = Saved::MaxPool {
-                window: geo,
-                argmax: arg,
-                producer: None,
-            };
-            (y.into_dyn(), saved, None)
-        }
-        Op::AveragePool {
-            pool: Pool { window, ceil_mode },
-            count_include_pad,
-        } => {
-            let x4 = four_d(graph, id, &x)?;
-            let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
-            (
-                pool::avg_forward(&geo, x4, *count_include_pad).into_dyn(),
-                Saved::AvgPool(geo, *count_include_pad),
-                None,
-            )
-        }
-        Op::GlobalAveragePool => {
-            let (n, c) = (x.shape()[0], x.shape()[1]);
-            let inner: usize = x.shape()[2..].iter().product();
-            let flat = x
-                .as_standard_layout()
-                .into_shape_with_order((n, c, inner))
-                .expect("same count")
-                .mean_axis(Axis(2))
-                .expect("non-empty");
-            let mut shape = vec![n, c];
-            shape.extend(std::iter::repeat_n(1, x.ndim() - 2));
-            (
-                flat.into_shape_with_order(IxDyn(&shape))
-                    .expect("same count"),
-                Saved::Nothing,
-                None,
-            )
-        }
-        Op::Flatten { axis } => {
-            let a = if *axis < 0 {
-                (*axis + x.ndim() as i64) as usize
-            } else {
-                *axis as usize
-            };
-            let outer: usize = x.shape()[..a].iter().product();
-            (
-                x.as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order(IxDyn(&[outer, x.len() / outer.max(1)]))
-                    .expect("same count"),
-                Saved::Nothing,
-                None,
-            )
-        }
-        Op::Reshape { allowzero } => {
-            let target = graph
-                .const_input(id, 1)
-                .and_then(Tensor::as_i64)
-                .ok_or_else(|| err("the target shape is not a constant".into()))?;
-            let t: Vec<i64> = target.iter().copied().collect();
-            let shape = reshape_target(x.shape(), &t, *allowzero)
-                .ok_or_else(|| err(format!("cannot reshape {:?} to {t:?}", x.shape())))?;
-            (
-                x.as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order(IxDyn(&shape))
-                    .expect("checked count"),
-                Saved::Nothing,
-                None,
-            )
-        }
-        Op::Concat { axis } => {
-            let a = softmax_axis(*axis, x.ndim());
-            let parts: Vec<ArrayViewD<f32>> = (0..node.inputs.len())
-                .map(|i| input(graph, tape, id, i))
-                .collect::<Result<_, _>>()?;
-            (
-                ndarray::concatenate(Axis(a), &parts).map_err(|e| err(e.to_string()))?,
-                Saved::Nothing,
-                None,
-            )
-        }
-        Op::Dropout { ratio } => {
-            // Opsets before 12 give the ratio as an attribute, later ones as input 1.
-            let ratio = ratio.unwrap_or_else(|| scalar_input(graph, tape, id, 1, 0.5));
-            if !(0.0..1.0).contains(&ratio) {
-                return Err(err(format!(
-                    "dropout ratio {ratio} is outside [0, 1); fix the model's ratio"
-                )));
-            }
-            match dropout {
-                Some(seed) if ratio > 0.0 => {
-                    // One stream per node, so two Dropouts of one pass drop independently.
-                    let seed = seed ^ (u64::from(id.0) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                    let mask = elementwise::dropout_mask(x.shape(), ratio, seed);
-                    (&x * &mask, Saved::Dropout(mask), None)
+        (y, Saved::Nothing, None)
+    } else {
+        match &node.op {
+            Op::Conv(c) => {
+                let x4 = four_d(graph, id, &x)?;
+                let w = input(graph, tape, id, 1)?;
+                let (b, ci, h, wd) = x4.dim();
+                let ws = w.shape();
+                let geo = ConvGeometry {
+                    batch: b,
+                    c_in: ci,
+                    c_out: ws[0],
+                    group: c.group,
+                    window: window_2d(&c.window, false, h, wd).map_err(err)?,
+                };
+                if ci != ws[1] * c.group {
+                    return Err(err(format!(
+                        "input has {ci} channels, weight {ws:?} with group {}",
+                        c.group
+                    )));
                 }
-                _ => (x.to_owned(), Saved::Nothing, None),
+                let w = w.as_standard_layout();
+                let bias = optional(graph, tape, id, 2);
+                let bias1 = bias
+                    .as_ref()
+                    .map(|b| b.view().into_shape_with_order(b.len()).expect("1-d bias"));
+                let w = w.as_slice().expect("std");
+                let epilogue = fused_epilogue(graph, fusion, then, geo.window.out)?;
+                let out = conv::forward(&geo, x4, w, bias1, epilogue, want_mean);
+                pool = fused_pool(id, epilogue, out.argmax);
+                plane_sums = out.plane_sums;
+                let mean = out.mean_patch.map(|m| m.to_vec());
+                (out.y.into_dyn(), Saved::Conv(geo), mean)
             }
+            Op::Gemm(g) => {
+                let spec = GemmSpec {
+                    alpha: g.alpha,
+                    beta: g.beta,
+                    trans_a: g.trans_a,
+                    trans_b: g.trans_b,
+                };
+                let b = input(graph, tape, id, 1)?;
+                if x.ndim() != 2 || b.ndim() != 2 {
+                    return Err(err(format!(
+                        "Gemm needs 2-d inputs, got {:?} and {:?}",
+                        x.shape(),
+                        b.shape()
+                    )));
+                }
+                let c = optional(graph, tape, id, 2);
+                let mean = want_mean
+                    .then(|| {
+                        if g.trans_a {
+                            x.mean_axis(Axis(1))
+                        } else {
+                            x.mean_axis(Axis(0))
+                        }
+                    })
+                    .flatten()
+                    .map(|m| m.iter().copied().collect());
+                (
+                    linear::gemm_forward(spec, &x, &b, c.as_ref()),
+                    Saved::Nothing,
+                    mean,
+                )
+            }
+            Op::MatMul => {
+                let b = input(graph, tape, id, 1)?;
+                let y = linear::matmul_forward(&x, &b).ok_or_else(|| {
+                    err(format!(
+                        "training supports A[..., K] × B[K, N]; got {:?} × {:?}",
+                        x.shape(),
+                        b.shape()
+                    ))
+                })?;
+                let mean = want_mean.then(|| {
+                    let k = *x.shape().last().expect("rank checked");
+                    let rows = x.len() / k.max(1);
+                    x.as_standard_layout()
+                        .into_shape_with_order((rows, k))
+                        .expect("rows")
+                        .mean_axis(Axis(0))
+                        .map(|m| m.to_vec())
+                });
+                (y, Saved::Nothing, mean.flatten())
+            }
+            Op::BatchNorm { epsilon, .. } => {
+                let get =
+                    |i| input(graph, tape, id, i).map(|a| a.iter().copied().collect::<Vec<f32>>());
+                let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+                let plane = match fusion.max_pool {
+                    Some(p) => four_d(graph, p, &x).map(|x4| (x4.dim().2, x4.dim().3))?,
+                    None => (0, 0),
+                };
+                let epilogue = fused_epilogue(graph, fusion, then, plane)?;
+                let training = mode == Mode::Train;
+                let sums = node.inputs[0].and_then(|v| tape.plane_sums[v.0 as usize].as_deref());
+                let out = batchnorm::forward(
+                    x, &scale, &bias, &mean, &var, *epsilon, training, epilogue, sums,
+                );
+                pool = fused_pool(id, epilogue, out.argmax);
+                (out.y, Saved::BatchNorm(out.stats), None)
+            }
+            Op::MaxPool(Pool { window, ceil_mode }) => {
+                let x4 = four_d(graph, id, &x)?;
+                let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+                let (y, arg) = pool::max_forward(&geo, x4);
+                let saved = Saved::MaxPool {
+                    window: geo,
+                    argmax: arg,
+                    producer: None,
+                };
+                (y.into_dyn(), saved, None)
+            }
+            Op::AveragePool {
+                pool: Pool { window, ceil_mode },
+                count_include_pad,
+            } => {
+                let x4 = four_d(graph, id, &x)?;
+                let geo = window_2d(window, *ceil_mode, x4.dim().2, x4.dim().3).map_err(err)?;
+                (
+                    pool::avg_forward(&geo, x4, *count_include_pad).into_dyn(),
+                    Saved::AvgPool(geo, *count_include_pad),
+                    None,
+                )
+            }
+            Op::GlobalAveragePool => {
+                let (n, c) = (x.shape()[0], x.shape()[1]);
+                let inner: usize = x.shape()[2..].iter().product();
+                let flat = x
+                    .as_standard_layout()
+                    .into_shape_with_order((n, c, inner))
+                    .expect("same count")
+                    .mean_axis(Axis(2))
+                    .expect("non-empty");
+                let mut shape = vec![n, c];
+                shape.extend(std::iter::repeat_n(1, x.ndim() - 2));
+                (
+                    flat.into_shape_with_order(IxDyn(&shape))
+                        .expect("same count"),
+                    Saved::Nothing,
+                    None,
+                )
+            }
+            Op::Flatten { axis } => {
+                let a = if *axis < 0 {
+                    (*axis + x.ndim() as i64) as usize
+                } else {
+                    *axis as usize
+                };
+                let outer: usize = x.shape()[..a].iter().product();
+                (
+                    x.as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&[outer, x.len() / outer.max(1)]))
+                        .expect("same count"),
+                    Saved::Nothing,
+                    None,
+                )
+            }
+            Op::Reshape { allowzero } => {
+                let target = graph
+                    .const_input(id, 1)
+                    .and_then(Tensor::as_i64)
+                    .ok_or_else(|| err("the target shape is not a constant".into()))?;
+                let t: Vec<i64> = target.iter().copied().collect();
+                let shape = reshape_target(x.shape(), &t, *allowzero)
+                    .ok_or_else(|| err(format!("cannot reshape {:?} to {t:?}", x.shape())))?;
+                (
+                    x.as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&shape))
+                        .expect("checked count"),
+                    Saved::Nothing,
+                    None,
+                )
+            }
+            Op::Concat { axis } => {
+                let a = softmax_axis(*axis, x.ndim());
+                let parts: Vec<ArrayViewD<f32>> = (0..node.inputs.len())
+                    .map(|i| input(graph, tape, id, i))
+                    .collect::<Result<_, _>>()?;
+                (
+                    ndarray::concatenate(Axis(a), &parts).map_err(|e| err(e.to_string()))?,
+                    Saved::Nothing,
+                    None,
+                )
+            }
+            Op::Dropout { ratio } => {
+                // Opsets before 12 give the ratio as an attribute, later ones as input 1.
+                let ratio = ratio.unwrap_or_else(|| scalar_input(graph, tape, id, 1, 0.5));
+                if !(0.0..1.0).contains(&ratio) {
+                    return Err(err(format!(
+                        "dropout ratio {ratio} is outside [0, 1); fix the model's ratio"
+                    )));
+                }
+                match dropout {
+                    Some(seed) if ratio > 0.0 => {
+                        // One stream per node, so two Dropouts of one pass drop independently.
+                        let seed = seed ^ (u64::from(id.0) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let mask = elementwise::dropout_mask(x.shape(), ratio, seed);
+                        (&x * &mask, Saved::Dropout(mask), None)
+                    }
+                    _ => (x.to_owned(), Saved::Nothing, None),
+                }
+            }
+            Op::Identity => (x.to_owned(), Saved::Nothing, None),
+            Op::Softmax { axis } => (
+                elementwise::softmax_forward(&x, softmax_axis(*axis, x.ndim())),
+                Saved::Nothing,
+                None,
+            ),
+            Op::Opaque(_) => {
+                return Err(err(
+                    "pare cannot run this op; only the modelled CNN ops can be trained".into(),
+                ))
+            }
+            _ => unreachable!("activations and binary ops are handled above"),
         }
-        Op::Identity => (x.to_owned(), Saved::Nothing, None),
-        Op::Softmax { axis } => (
-            elementwise::softmax_forward(&x, softmax_axis(*axis, x.ndim())),
-            Saved::Nothing,
-            None,
-        ),
-        Op::Opaque(_) => {
-            return Err(err(
-                "pare cannot run this op; only the modelled CNN ops can be trained".into(),
-            ))
-        }
-        _ => unreachable!("activations and binary ops are handled above"),
     };
+    // Kernels that run an epilogue applied the activation already.
+    if let Some(act) = then.filter(|_| !runs_epilogue(&node.op)) {
+        match value.as_slice_memory_order_mut() {
+            Some(values) => act.apply_in_place(values),
+            None => value.mapv_inplace(|v| act.apply(v)),
+        }
+    }
     Ok(NodeOutput {
         value,
         saved,
@@ -684,7 +670,7 @@ pub fn backward(
     let mut grads: Vec<Option<ArrayD<f32>>> = vec![None; graph.values.len()];
     grads[from.0 as usize] = Some(grad);
     // Which inputs of a node take a gradient: computed values and float initializers.
-    let wanted_inputs = |graph: &Graph, id: NodeId| -> Vec<bool> {
+    let wanted_inputs = |id: NodeId| -> Vec<bool> {
         let needs = |v: ValueId| match &graph.value(v).source {
             ValueSource::Input => false,
             ValueSource::Initializer(t) => t.as_f32().is_some(),
@@ -699,35 +685,38 @@ pub fn backward(
     };
     for id in graph.node_ids().collect::<Vec<_>>().into_iter().rev() {
         let node = graph.node(id);
-        let Some(dy) = grads[node.outputs[0].0 as usize].take() else {
+        let Some(mut dy) = grads[node.outputs[0].0 as usize].take() else {
             continue;
         };
+        // A pool fused after an activation: the activation's output at each winner is the
+        // pooled value, so its derivative applies here, before the gradient is routed.
+        if let Some(act) = fused_activation_before(graph, tape, id) {
+            act.backward_from_output(&output(tape, node), &mut dy);
+        }
         // A pool that ran in BatchNorm's kernel hands its gradient to BatchNorm's backward
         // directly, which then stands for the pool, BatchNorm and any activation between.
-        let (id, input_grads) = match &tape.saved[id.0 as usize] {
+        let pooled_batchnorm = match &tape.saved[id.0 as usize] {
             Saved::MaxPool {
                 argmax,
                 producer: Some(bn),
                 ..
-            } if matches!(graph.node(*bn).op, Op::BatchNorm { .. }) => {
-                let mut dy = into_standard(dy);
-                if let Some(act) = fused_activation_before(graph, tape, id) {
-                    act.backward_from_output(&output(tape, graph.node(id)), &mut dy);
-                }
-                let argmax = argmax.as_slice().expect("fresh array");
+            } if matches!(graph.node(*bn).op, Op::BatchNorm { .. }) => Some((*bn, argmax)),
+            _ => None,
+        };
+        let target = pooled_batchnorm.map_or(id, |(bn, _)| bn);
+        let wants = wanted_inputs(target);
+        let input_grads = match pooled_batchnorm {
+            Some((bn, argmax)) => {
+                let dy = into_standard(dy);
                 let dy = OutputGradient::Pooled {
                     dy: dy.as_slice().expect("standard"),
-                    argmax,
+                    argmax: argmax.as_slice().expect("fresh array"),
                 };
-                (*bn, batchnorm_backward(graph, tape, *bn, dy)?)
+                batchnorm_backward(graph, tape, bn, dy)?
             }
-            _ => {
-                let wants = wanted_inputs(graph, id);
-                (id, backward_node(graph, tape, id, dy, &wants)?)
-            }
+            None => backward_node(graph, tape, id, dy, &wants)?,
         };
-        let node = graph.node(id);
-        let wants = wanted_inputs(graph, id);
+        let node = graph.node(target);
         // Kernels may return a gradient for an optional input the node does not have.
         for ((g, v), want) in input_grads.into_iter().zip(&node.inputs).zip(&wants) {
             let (Some(g), Some(v), true) = (g, *v, *want) else {
@@ -810,15 +799,10 @@ fn backward_node(
         let x = input(graph, tape, id, 0)?;
         return Ok(vec![Some(act.backward(&x, &y(), &dy.view()))]);
     }
-    // A max pool needs neither its input (which a fusion may not have kept) nor its output,
-    // unless an activation was fused before it.
+    // A max pool needs neither its input (which a fusion may not have kept) nor its output.
     if let (Op::MaxPool(_), Saved::MaxPool { window, argmax, .. }) =
         (&node.op, &tape.saved[id.0 as usize])
     {
-        // The fused activation's output at each winner is the pooled value.
-        if let Some(act) = fused_activation_before(graph, tape, id) {
-            act.backward_from_output(&y(), &mut dy);
-        }
         let dy4 = dy.view().into_dimensionality::<Ix4>().expect("4-d");
         return Ok(vec![Some(
             pool::max_backward(window, argmax, dy4).into_dyn(),

@@ -219,7 +219,7 @@ pub fn forward(
 /// The forward pass through im2col and one GEMM per chunk of samples and group.
 fn lowered_forward(
     geo: &ConvGeometry,
-    xs: &[f32],
+    x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     epilogue: &Epilogue,
@@ -231,12 +231,9 @@ fn lowered_forward(
     let sample_len = geo.c_in * geo.window.h * geo.window.w;
     let out_len = geo.c_out * p;
     let chunk_len = geo.chunk();
-    // `max(1)`: an empty output (no channels) has nothing to compute, and chunks of zero
-    // values would panic.
-    let all = xs;
     epilogue.produce_blocks(out, (chunk_len * geo.c_out, p), |chunk, ys| {
         let samples = ys.len() / out_len.max(1);
-        let xs = &all[chunk * chunk_len * sample_len..][..samples * sample_len];
+        let xs = &x[chunk * chunk_len * sample_len..][..samples * sample_len];
         let n = samples * p;
         with_buffer(&LOWERED, k * n + mg * n, |scratch| {
             let (cols, prod) = scratch.split_at_mut(k * n);

@@ -73,7 +73,8 @@ impl Epilogue {
         (block_planes, plane): (usize, usize),
         produce: impl Fn(usize, &mut [f32]) + Sync,
     ) {
-        let out_block = (block_planes * self.plane_len(plane)).max(1);
+        let out_plane = self.plane_len(plane).max(1);
+        let out_block = (block_planes * out_plane).max(1);
         let Outputs {
             y,
             argmax,
@@ -85,14 +86,13 @@ impl Epilogue {
                 .zip(argmax.par_chunks_mut(out_block))
                 .enumerate()
                 .for_each(|(b, (yb, ab))| {
-                    let planes = yb.len() / self.plane_len(plane).max(1);
+                    let planes = yb.len() / out_plane;
                     with_buffer(&BLOCK, planes * plane, |block| {
                         produce(b, block);
-                        let out = self.plane_len(plane);
                         for ((p, yp), ap) in block
                             .chunks_exact_mut(plane)
-                            .zip(yb.chunks_exact_mut(out))
-                            .zip(ab.chunks_exact_mut(out))
+                            .zip(yb.chunks_exact_mut(out_plane))
+                            .zip(ab.chunks_exact_mut(out_plane))
                         {
                             self.pool(p, yp, ap);
                         }

@@ -180,7 +180,7 @@ pub(crate) fn forward(
                     let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
                     gemm_shifted(1.0, wg, patches, 0.0, products);
                     let shift = |m: usize| bias.map_or(0.0, |b| b[g * mg + m]);
-                    let yg = &mut yb[g * mg * window.out.0 * window.out.1..];
+                    let yg = &mut yb[g * mg * plane..];
                     padded.unpad(products, shift, &mut yg[..out_len / geo.group]);
                 }
             });
