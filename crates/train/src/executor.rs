@@ -144,6 +144,16 @@ fn pair(v: &[usize], what: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// The kernel's description of a Gemm node.
+fn gemm_spec(g: &pare_ir::Gemm) -> GemmSpec {
+    GemmSpec {
+        alpha: g.alpha,
+        beta: g.beta,
+        trans_a: g.trans_a,
+        trans_b: g.trans_b,
+    }
+}
+
 /// The 2-d window of a Conv or pool node over an (h, w) input.
 fn window_2d(window: &Window, ceil_mode: bool, h: usize, w: usize) -> Result<Window2d, String> {
     let pads = window.resolved_pads(&[h, w]);
@@ -449,12 +459,7 @@ fn forward_node(
                 (out.y.into_dyn(), Saved::Conv(geo), mean)
             }
             Op::Gemm(g) => {
-                let spec = GemmSpec {
-                    alpha: g.alpha,
-                    beta: g.beta,
-                    trans_a: g.trans_a,
-                    trans_b: g.trans_b,
-                };
+                let spec = gemm_spec(g);
                 let b = input(graph, tape, id, 1)?;
                 if x.ndim() != 2 || b.ndim() != 2 {
                     return Err(err(format!(
@@ -848,12 +853,7 @@ fn backward_node(
             vec![dx.map(|d| d.into_dyn()), Some(dw), db]
         }
         (Op::Gemm(g), _) => {
-            let spec = GemmSpec {
-                alpha: g.alpha,
-                beta: g.beta,
-                trans_a: g.trans_a,
-                trans_b: g.trans_b,
-            };
+            let spec = gemm_spec(g);
             let b = input(graph, tape, id, 1)?;
             let c = optional(graph, tape, id, 2);
             let (da, db, dc) =
