@@ -36,17 +36,6 @@ const SPEED_MODELS: [(&str, &str); 3] = [
     ("VGG-style, BN folded", "vggbn_opset17.onnx"),
 ];
 
-pub const USAGE: &str = "cargo xtask bench train|convergence|kernels [layer]|prune [model]";
-
-/// Runs one benchmark by name.
-pub fn run(what: Option<&str>) -> Result<()> {
-    match what {
-        Some("train") => with_pool(train_speed),
-        Some("convergence") => with_pool(convergence),
-        _ => bail!("usage: {USAGE}"),
-    }
-}
-
 /// Runs `bench` on a global rayon pool of `THREADS` threads.
 pub fn with_pool(bench: impl FnOnce() -> Result<()>) -> Result<()> {
     if cfg!(debug_assertions) {
@@ -227,7 +216,7 @@ fn torch_speeds() -> Result<HashMap<String, f64>, String> {
     Ok(speeds)
 }
 
-fn train_speed() -> Result<()> {
+pub fn train_speed() -> Result<()> {
     let data = mnist()?.train;
     println!(
         "training speed: batch {BATCH}, {THREADS} threads, median of {TIMED_STEPS} steps after \
@@ -289,7 +278,7 @@ fn tract_accuracy(graph: &Graph, test: &Dataset, dir: &Path) -> Result<f64> {
     Ok(pare_verify::accuracy(&model, test)?.percent())
 }
 
-fn convergence() -> Result<()> {
+pub fn convergence() -> Result<()> {
     let Splits { train, test } = mnist()?;
     let mut start = load_graph("lenet5_opset17.onnx")?;
     kaiming_init(&mut start, SEED);

@@ -1,12 +1,5 @@
-//! Project chores, run as `cargo xtask <task>` (see .cargo/config.toml).
-//!
-//! - `gen-proto`: regenerate `crates/onnx/src/generated/onnx.rs` from `proto/onnx.proto` with protox,
-//!   so no protoc is needed. A test below fails when the committed file is stale.
-//! - `bench train`: training images per second (SGD and RLS, beside PyTorch when it is installed).
-//! - `bench convergence`: LeNet-5 from scratch with RLS, Adam and SGD, test accuracy per epoch.
-//! - `bench kernels [layer]`: the convolution kernels alone, per layer of the VGG-style net and
-//!   LeNet-5, and GEMM.
-//! - `bench prune [model]`: `compress` at 50% and 25% of the MACs, RLS beside one-shot L2.
+//! Project chores, run as `cargo xtask <task>` (see .cargo/config.toml) or, for benchmarks,
+//! `cargo run --release -p xtask -- bench <which>`. `--help` lists them.
 //!
 //! This crate is for maintainers; nothing in the tool depends on it.
 
@@ -15,23 +8,57 @@ mod kernel_bench;
 mod proto;
 mod prune_bench;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "pare's maintainer chores: ONNX bindings and benchmarks"
+)]
+enum Task {
+    /// Regenerate crates/onnx/src/generated/onnx.rs from proto/onnx.proto with protox (no protoc
+    /// needed). A test fails when the committed file is stale.
+    GenProto,
+    /// Run a benchmark (build with --release: a debug build's figures mean nothing).
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Training speed: SGD and RLS step times per model, beside PyTorch when it is importable.
+    Train,
+    /// LeNet-5 trained from scratch with RLS, Adam and SGD: tract test accuracy per epoch.
+    Convergence,
+    /// The convolution kernels alone, per layer of the VGG-style net and LeNet-5, and GEMM.
+    Kernels {
+        /// Keep only the layers whose label contains this (e.g. conv2).
+        layer: Option<String>,
+    },
+    /// `compress` at 50% and 25% of the MACs, RLS beside one-shot L2, from its --report.
+    Prune {
+        /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20).
+        model: Option<String>,
+    },
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("gen-proto") => {
+    match Task::parse() {
+        Task::GenProto => {
             let path = proto::write_committed()?;
             println!("wrote {}", path.display());
             Ok(())
         }
-        Some("bench") if args.get(1).is_some_and(|a| a == "prune") => {
-            prune_bench::quality(args.get(2).map(String::as_str))
-        }
-        Some("bench") if args.get(1).is_some_and(|a| a == "kernels") => {
-            bench::with_pool(|| kernel_bench::conv_speed(args.get(2).map(String::as_str)))
-        }
-        Some("bench") => bench::run(args.get(1).map(String::as_str)),
-        _ => bail!("usage: cargo xtask gen-proto | {}", bench::USAGE),
+        Task::Bench { which } => match which {
+            Bench::Train => bench::with_pool(bench::train_speed),
+            Bench::Convergence => bench::with_pool(bench::convergence),
+            Bench::Kernels { layer } => {
+                bench::with_pool(|| kernel_bench::conv_speed(layer.as_deref()))
+            }
+            Bench::Prune { model } => prune_bench::quality(model.as_deref()),
+        },
     }
 }
