@@ -14,6 +14,8 @@ pub enum TrainError {
         model: Vec<String>,
         data: Vec<usize>,
     },
+    #[error("the model's graph '{graph}' has no input: training feeds each batch to the first graph input; export the model with its image input declared as a graph input")]
+    NoInput { graph: String },
     #[error("the model's output has shape {0:?}; training needs [batch, classes] logits")]
     OutputShape(Vec<usize>),
     #[error("sample labels reach {label} but the model scores {classes} classes")]

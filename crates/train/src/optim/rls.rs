@@ -475,7 +475,7 @@ fn input_axis_len(graph: &Graph, g: &Geometry) -> usize {
 
 /// The layer's mean input vector of the last forward pass, with a 1 for the bias.
 fn mean_input(layer: &Layer, tape: &Tape) -> Option<Vec<f64>> {
-    let mean = tape.mean_inputs[layer.node.0 as usize].as_ref()?;
+    let mean = tape.mean_input(layer.node)?;
     let mut u: Vec<f64> = mean.iter().map(|&v| v as f64).collect();
     if layer.geometry.bias.is_some() {
         u.push(1.0);
