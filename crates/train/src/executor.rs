@@ -4,17 +4,17 @@
 //! Reads parameters straight from the graph's initializers and never changes the graph; the
 //! optimisers do that. Opaque ops cannot be trained through and are refused by name.
 
-use crate::kernels::batchnorm::{self, BatchStats, OutputGradient};
-use crate::kernels::conv::{self, ConvGeometry};
-use crate::kernels::elementwise::{self, Activation, Binary};
-use crate::kernels::epilogue::Epilogue;
-use crate::kernels::into_standard;
-use crate::kernels::linear::{self, GemmSpec};
-use crate::kernels::pool;
-use crate::kernels::window::Window2d;
 use crate::TrainError;
 use ndarray::{Array4, ArrayD, ArrayViewD, Axis, Ix4, IxDyn};
 use pare_ir::{Graph, NodeId, Op, Pool, Tensor, ValueId, ValueSource, Window};
+use pare_kernels::batchnorm::{self, BatchStats, OutputGradient};
+use pare_kernels::conv::{self, ConvGeometry};
+use pare_kernels::elementwise::{self, Activation, Binary};
+use pare_kernels::epilogue::Epilogue;
+use pare_kernels::into_standard;
+use pare_kernels::linear::{self, GemmSpec};
+use pare_kernels::pool;
+use pare_kernels::window::Window2d;
 
 /// Whether BatchNorm uses batch statistics (training) or running statistics (inference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
