@@ -330,7 +330,8 @@ fn convergence() -> Result<()> {
         // the accuracy is measured between epochs, with the optimiser's state kept.
         for (epoch, row) in accuracy.iter_mut().enumerate() {
             let t = Instant::now();
-            let order = pare_kernels::rng::permutation(train.len(), SEED.wrapping_add(epoch as u64));
+            let order =
+                pare_kernels::rng::permutation(train.len(), SEED.wrapping_add(epoch as u64));
             let mut loss = 0.0;
             let batches = order.len().div_ceil(BATCH);
             for (b, idx) in order.chunks(BATCH).enumerate() {

@@ -10,8 +10,9 @@
 //! - Every `unsafe` block of pare lives in this crate, each with a `// SAFETY:` comment saying
 //!   why it is sound (bounds, alignment, the CPU feature checked in `simd`).
 //!
-//! Imports: std, ndarray, rayon, matrixmultiply and libc only; no pare crate. Every other pare
-//! crate forbids unsafe code and calls these kernels instead.
+//! Imports: std, ndarray, rayon, matrixmultiply and libc only; no pare crate (pare-data, the
+//! trainer and the pruner depend on this one). Every other pare crate forbids unsafe code (or
+//! denies it, where ndarray's `s!` brings an `allow` of its own) and calls these kernels instead.
 
 pub mod batchnorm;
 pub mod conv;

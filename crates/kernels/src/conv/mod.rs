@@ -1,7 +1,7 @@
 //! 2-D convolution (NCHW) with stride, padding, dilation and groups: forward, backward, and the
 //! mean input patch RLS needs.
 //!
-//! Three ways to compute one, each an [`Algorithm`], chosen by shape: the 3×3 stride-1 shapes
+//! Three ways to compute one, each an `Algorithm`, chosen by shape: the 3×3 stride-1 shapes
 //! where `winograd::pays_off` go to `winograd`, the other stride-1 shapes `implicit::applies` to
 //! go to `implicit` (GEMM over shifted views of the padded input), and the rest to `lowered`
 //! (im2col, a chunk of samples per product). Reductions over the batch sum fixed chunks in a

@@ -1,5 +1,6 @@
 //! c = α·a·b + β·c where a's rows and b's columns are contiguous: every value is a dot product
-//! of two contiguous runs, 4 × 4 of them at a time in AVX-512 registers.
+//! of two contiguous runs, 4 × 4 of them at a time in AVX-512 registers. Also `broadcast_rows`,
+//! the thin products that skip packing. Both only run on CPUs with AVX-512F; `gemm` checks.
 
 use super::{store_scaled, Mat};
 use crate::simd::{lanes_mask, LANES};
