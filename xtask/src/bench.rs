@@ -42,7 +42,7 @@ pub fn with_pool(bench: impl FnOnce() -> Result<()>) -> Result<()> {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
     // As the compress binary does, so the figures are the ones a user gets.
-    pare_train::memory::keep_freed_memory();
+    pare_kernels::memory::keep_freed_memory();
     rayon::ThreadPoolBuilder::new()
         .num_threads(THREADS)
         .build_global()
@@ -108,7 +108,7 @@ struct StepTime {
 /// the same steps through the executor's public forward and backward passes, which is what
 /// `train_step` does minus the BatchNorm running-statistics update (a few vector operations).
 fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<StepTime> {
-    let order = pare_data::permutation(data.len(), SEED);
+    let order = pare_kernels::rng::permutation(data.len(), SEED);
     let batches: Vec<(ArrayD<f32>, Vec<usize>)> = order
         .chunks(BATCH)
         .take(WARMUP_STEPS + TIMED_STEPS)
@@ -319,7 +319,8 @@ pub fn convergence() -> Result<()> {
         // the accuracy is measured between epochs, with the optimiser's state kept.
         for (epoch, row) in accuracy.iter_mut().enumerate() {
             let t = Instant::now();
-            let order = pare_data::permutation(train.len(), SEED.wrapping_add(epoch as u64));
+            let order =
+                pare_kernels::rng::permutation(train.len(), SEED.wrapping_add(epoch as u64));
             let mut loss = 0.0;
             let batches = order.len().div_ceil(BATCH);
             for (b, idx) in order.chunks(BATCH).enumerate() {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench kernels [layer]`: milliseconds and GFLOP/s of pare-train's convolution
+//! `cargo xtask bench kernels [layer]`: milliseconds and GFLOP/s of pare-kernels' convolution
 //! kernels on the VGG-style net's and LeNet-5's layers (batch 64, two threads), forward and
 //! backward apart; of its GEMM beside matrixmultiply's on the convolutions' products (one
 //! thread); and of its max pools, BatchNorms and ReLUs. With a layer name, only the layers whose
@@ -6,13 +6,13 @@
 
 use anyhow::Result;
 use ndarray::{Array4, ArrayD};
-use pare_train::gemm::{self, Mat};
-use pare_train::kernels::batchnorm;
-use pare_train::kernels::conv::{self, ConvGeometry};
-use pare_train::kernels::elementwise::Activation;
-use pare_train::kernels::epilogue::Epilogue;
-use pare_train::kernels::pool;
-use pare_train::kernels::window::Window2d;
+use pare_kernels::batchnorm;
+use pare_kernels::conv::{self, ConvGeometry};
+use pare_kernels::elementwise::Activation;
+use pare_kernels::epilogue::Epilogue;
+use pare_kernels::gemm::{self, Mat};
+use pare_kernels::pool;
+use pare_kernels::window::Window2d;
 use std::time::Instant;
 
 /// A convolution layer of the benchmarked nets: square input and kernel, stride 1.
@@ -215,7 +215,7 @@ fn in_place_ms(dy: &ArrayD<f32>, f: impl Fn(ArrayD<f32>) -> ArrayD<f32>) -> f64 
     (total - refresh).max(0.0)
 }
 
-/// GFLOP/s of `pare_train::gemm` and of matrixmultiply's sgemm on one thread, on the products
+/// GFLOP/s of `pare_kernels::gemm` and of matrixmultiply's sgemm on one thread, on the products
 /// the convolutions run: (label, m, k, n), all row-major.
 fn gemm_table() {
     const PRODUCTS: [(&str, usize, usize, usize); 4] = [
@@ -235,25 +235,8 @@ fn gemm_table() {
             gemm::gemm(1.0, Mat::new(&a, m, k), Mat::new(&b, k, n), 0.0, &mut c);
         });
         let theirs = median_ms(|| {
-            // SAFETY: a, b and c hold m × k, k × n and m × n values, row-major.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    a.as_ptr(),
-                    k as isize,
-                    1,
-                    b.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            };
+            let (a, b) = (Mat::new(&a, m, k), Mat::new(&b, k, n));
+            gemm::matrixmultiply_gemm(1.0, a, b, 0.0, &mut c);
         });
         println!(
             "| {label}: {m} × {k} × {n} | {:.0} | {:.0} |",

@@ -3,6 +3,8 @@
 //!
 //! This crate is for maintainers; nothing in the tool depends on it.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod kernel_bench;
 mod proto;

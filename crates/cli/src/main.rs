@@ -1,6 +1,9 @@
 //! `compress`: the command-line front of pare. Parses arguments, calls the crates, prints
 //! reports. It holds no algorithm of its own.
 
+// deny rather than forbid: ndarray's `s!` expands to an `allow(unsafe_code)` of its own.
+#![deny(unsafe_code)]
+
 mod compress;
 mod convert;
 mod eval;
@@ -42,7 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    pare_train::memory::keep_freed_memory();
+    pare_kernels::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Inspect(args)) => inspect::run(args),

@@ -3,8 +3,9 @@
 //!
 //! Nothing here reads files or knows a format; the loaders build a `Dataset` and hand it over.
 
-use crate::{permutation, DataError};
+use crate::DataError;
 use ndarray::{Array4, ArrayView4, Axis};
+use pare_kernels::rng::permutation;
 use std::collections::HashMap;
 
 /// Images `[N, C, H, W]` (float32) with one class label each.

@@ -3,6 +3,8 @@
 //! This crate knows nothing of models or ONNX. It hands out `[N, C, H, W]` float32 images and class
 //! labels; checking that they fit a model is the caller's job.
 
+#![forbid(unsafe_code)]
+
 mod cifar;
 mod dataset;
 mod error;
@@ -10,12 +12,10 @@ mod folder;
 mod idx;
 mod npy;
 mod npz;
-mod rng;
 
 pub use dataset::{Dataset, Splits};
 pub use error::DataError;
 pub use idx::{read_idx, IdxArray};
-pub use rng::{permutation, SplitMix64};
 
 use std::path::Path;
 

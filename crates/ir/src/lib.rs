@@ -6,6 +6,8 @@
 //! unmodified graph gives a model with the same outputs. This crate does not run models (tract and
 //! the train crate do) and does not read files (pare-onnx does).
 
+#![forbid(unsafe_code)]
+
 mod cost;
 mod error;
 mod export;

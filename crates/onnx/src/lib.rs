@@ -4,6 +4,8 @@
 //! This crate knows bytes and messages only. It does not interpret operators or shapes; that is
 //! the IR's job.
 
+#![forbid(unsafe_code)]
+
 mod builder;
 mod error;
 mod external;

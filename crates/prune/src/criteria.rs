@@ -7,8 +7,8 @@
 
 use crate::groups::{ChannelGroups, GroupId, Slice, SliceKind};
 use ndarray::{ArrayD, Axis};
-use pare_data::SplitMix64;
 use pare_ir::{Graph, Op, Tensor, ValueId};
+use pare_kernels::rng::SplitMix64;
 use pare_train::optim::Rls;
 use pare_train::{BatchStream, Loss, Mode, TrainError};
 use std::collections::{BTreeMap, HashMap};

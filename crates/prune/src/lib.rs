@@ -6,6 +6,8 @@
 //! over channels). `criteria` scores channels, `selection` turns scores into plans, and
 //! `strategy` runs the training loops that prune and recover.
 
+#![forbid(unsafe_code)]
+
 pub mod criteria;
 mod groups;
 mod plan;

@@ -9,11 +9,11 @@
 //! ReLU stacks pare trains, and zero biases make the start independent of the layer width.
 //! BatchNorm starts as the identity: scale 1, bias 0, running mean 0, running variance 1.
 //!
-//! The draws come from pare-data's SplitMix64, in node order, so one seed gives the same weights
+//! The draws come from pare-kernels' SplitMix64, in node order, so one seed gives the same weights
 //! on every platform.
 
-use pare_data::SplitMix64;
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
+use pare_kernels::rng::SplitMix64;
 use std::collections::HashSet;
 
 /// Uniform in [−bound, bound).

@@ -1,19 +1,17 @@
-//! Training over pare's IR: forward and backward kernels per op, losses, optimisers (SGD, Adam,
-//! RLS) and the training loop.
+//! Training over pare's IR: forward and backward passes per op (mapped onto pare-kernels),
+//! losses, optimisers (SGD, Adam, RLS) and the training loop.
 //!
 //! The graph's initializers are the parameters; training updates them in place, so exporting the
 //! graph afterwards writes the tuned model. This crate does not read files or talk to tract.
 
+// deny rather than forbid: ndarray's `s!` expands to an `allow(unsafe_code)` of its own.
+#![deny(unsafe_code)]
+
 mod error;
 pub mod executor;
-pub mod gemm;
 pub mod init;
-pub mod kernels;
 pub mod loss;
-pub mod memory;
 pub mod optim;
-mod scratch;
-mod sums;
 mod trainer;
 
 pub use error::TrainError;

@@ -9,8 +9,9 @@ use crate::loss::Loss;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::TrainError;
 use ndarray::{ArrayD, Ix2};
-use pare_data::{Dataset, SplitMix64};
+use pare_data::Dataset;
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
+use pare_kernels::rng::SplitMix64;
 
 /// Settings of one training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -209,7 +210,7 @@ pub fn train_step(
 
 /// The batch order of one epoch: a permutation drawn from the seed and the epoch number.
 fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    pare_data::permutation(len, seed.wrapping_add(epoch as u64))
+    pare_kernels::rng::permutation(len, seed.wrapping_add(epoch as u64))
 }
 
 /// Minibatches in the order `train` visits them, epoch after epoch, without end: for loops that

@@ -4,6 +4,9 @@
 //! This crate only runs models. It does not change them and does not decide what is acceptable;
 //! the caller compares the figures.
 
+// deny rather than forbid: ndarray's `s!` expands to an `allow(unsafe_code)` of its own.
+#![deny(unsafe_code)]
+
 use ndarray::{Array2, ArrayView4, Axis};
 use pare_data::Dataset;
 use std::path::{Path, PathBuf};

@@ -4,15 +4,15 @@ use super::node::{
     activation, binary, four_d, gemm_spec, input, node_err, optional, output, softmax_axis,
 };
 use super::tape::{Saved, Tape};
-use crate::kernels::batchnorm::{self, OutputGradient};
-use crate::kernels::conv;
-use crate::kernels::elementwise::{self, Activation};
-use crate::kernels::into_standard;
-use crate::kernels::linear;
-use crate::kernels::pool;
 use crate::TrainError;
 use ndarray::{ArrayD, Axis, Ix4, IxDyn};
 use pare_ir::{Graph, NodeId, Op, PerValue, ValueId, ValueSource};
+use pare_kernels::batchnorm::{self, OutputGradient};
+use pare_kernels::conv;
+use pare_kernels::elementwise::{self, Activation};
+use pare_kernels::into_standard;
+use pare_kernels::linear;
+use pare_kernels::pool;
 
 /// Back-propagates `grad` of value `from` (see `super::backward`); the gradient of each value
 /// that received one.

@@ -7,14 +7,14 @@ use super::node::{
     window_2d,
 };
 use super::tape::{Mode, Saved, Tape};
-use crate::kernels::batchnorm;
-use crate::kernels::conv::{self, ConvGeometry};
-use crate::kernels::elementwise;
-use crate::kernels::linear;
-use crate::kernels::pool;
 use crate::TrainError;
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use pare_ir::{Graph, NodeId, Op, PerNode, Pool, Tensor, ValueId};
+use pare_kernels::batchnorm;
+use pare_kernels::conv::{self, ConvGeometry};
+use pare_kernels::elementwise;
+use pare_kernels::linear;
+use pare_kernels::pool;
 
 /// Runs the graph on `input`, fed to graph input `first` (see `super::forward`).
 pub(super) fn run(

@@ -3,11 +3,11 @@
 
 use super::node::{activation, node_err, window_2d};
 use super::tape::{Mode, Saved, Tape};
-use crate::kernels::elementwise::Activation;
-use crate::kernels::epilogue::Epilogue;
 use crate::TrainError;
 use ndarray::Array4;
 use pare_ir::{Graph, NodeId, Op, PerNode, PerValue, Pool, ValueId, ValueSource};
+use pare_kernels::elementwise::Activation;
+use pare_kernels::epilogue::Epilogue;
 
 /// Nodes that run inside their producer's kernel, right after it (see `Epilogue`). Each must
 /// be the only reader of the value before it, which is not a graph output; the values between

@@ -3,12 +3,12 @@
 //! and which elementwise kernel an op is.
 
 use super::tape::Tape;
-use crate::kernels::elementwise::{Activation, Binary};
-use crate::kernels::linear::GemmSpec;
-use crate::kernels::window::Window2d;
 use crate::TrainError;
 use ndarray::{ArrayViewD, Ix4};
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId, ValueSource, Window};
+use pare_kernels::elementwise::{Activation, Binary};
+use pare_kernels::linear::GemmSpec;
+use pare_kernels::window::Window2d;
 
 pub(super) fn node_err(graph: &Graph, id: NodeId, problem: impl Into<String>) -> TrainError {
     let node = graph.node(id);

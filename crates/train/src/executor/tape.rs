@@ -1,10 +1,10 @@
 //! The tape: what a forward pass keeps for the backward pass, per value and per node.
 
-use crate::kernels::batchnorm::BatchStats;
-use crate::kernels::conv::ConvGeometry;
-use crate::kernels::window::Window2d;
 use ndarray::{Array4, ArrayD};
 use pare_ir::{Graph, NodeId, PerNode, PerValue, ValueId};
+use pare_kernels::batchnorm::BatchStats;
+use pare_kernels::conv::ConvGeometry;
+use pare_kernels::window::Window2d;
 
 /// Whether BatchNorm uses batch statistics (training) or running statistics (inference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

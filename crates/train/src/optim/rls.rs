@@ -5,10 +5,10 @@
 
 use super::{param_mut, parameters, Optimizer, Sgd, SgdConfig};
 use crate::executor::{Gradients, Tape};
-use crate::gemm::{gemm, Mat};
-use crate::sums::slice_sums;
 use ndarray::{s, Array2};
 use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
+use pare_kernels::gemm::{gemm, Mat};
+use pare_kernels::sums::slice_sums;
 use rayon::prelude::*;
 use std::ops::Range;
 

@@ -12,6 +12,11 @@
 
 #[cfg(target_arch = "x86_64")]
 mod packed;
+#[cfg(target_arch = "x86_64")]
+mod row_dots;
+
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{self, lanes_mask};
 
 /// A matrix view: rows × cols over `data`, element (r, c) at `r * row_stride + c * col_stride`.
 #[derive(Clone, Copy)]
@@ -141,11 +146,12 @@ impl Element for f32 {
 
     fn own_product(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if simd::features().avx512f {
             let (k, n) = (a.cols, b.cols);
             if a.col_stride == 1 && b.row_stride == 1 && k >= LONG_DOTS {
                 let b_col = |j: usize| &b.data[j * b.col_stride as usize..][..k];
-                // SAFETY: the CPU has the feature the function is compiled for.
+                // SAFETY: the CPU has AVX-512F, the feature the function is compiled for; the
+                // asserts in `gemm` and `settled` keep every row and column inside a and b.
                 unsafe { row_dots::row_dots(alpha, a, n, b_col, beta, c) };
                 return true;
             }
@@ -153,11 +159,11 @@ impl Element for f32 {
             // product.
             if b.col_stride == 1 && (a.rows <= THIN || k <= THIN) {
                 let b_row = |p: usize| &b.data[p * b.row_stride as usize..][..n];
-                // SAFETY: as above.
+                // SAFETY: AVX-512F and bounds as for `row_dots` above.
                 unsafe { row_dots::broadcast_rows(alpha, a, n, b_row, beta, c) };
                 return true;
             }
-            // SAFETY: as above.
+            // SAFETY: the CPU has AVX-512F, `packed::gemm`'s requirement.
             unsafe { packed::gemm(alpha, a, &b, beta, c) };
             return true;
         }
@@ -182,15 +188,23 @@ impl Element for f64 {
 
 /// c = alpha · a · b + beta · c, with c a contiguous row-major `a.rows × b.cols` matrix.
 pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
-    if settled(&a, b.rows, b.cols, beta, c) {
+    if settled_product(&a, &b, beta, c) {
         return;
     }
-    assert!(b.last_index() < b.data.len() && b.row_stride >= 0 && b.col_stride >= 0);
     if T::own_product(alpha, a, b, beta, c) {
         return;
     }
+    matrixmultiply_gemm(alpha, a, b, beta, c);
+}
+
+/// `gemm` computed by matrixmultiply alone, never by this crate's own kernels: what `gemm` does
+/// where those do not run, and the baseline `cargo xtask bench kernels` times them against.
+pub fn matrixmultiply_gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
+    if settled_product(&a, &b, beta, c) {
+        return;
+    }
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    // SAFETY: the asserts here and in `settled` keep every element the product reads inside
+    // SAFETY: the asserts in `settled_product` keep every element the product reads inside
     // `a.data`, `b.data`, and every element it writes inside `c`.
     unsafe {
         (T::KERNEL)(
@@ -212,6 +226,15 @@ pub fn gemm<T: Element>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T]) {
     }
 }
 
+/// `settled` for a matrix b, whose bounds it checks too when there is a product to compute.
+fn settled_product<T: Element>(a: &Mat<T>, b: &Mat<T>, beta: T, c: &mut [T]) -> bool {
+    if settled(a, b.rows, b.cols, beta, c) {
+        return true;
+    }
+    assert!(b.last_index() < b.data.len() && b.row_stride >= 0 && b.col_stride >= 0);
+    false
+}
+
 /// c = α·a·b + β·c for b given as shifted rows, with c a contiguous row-major
 /// `a.rows × b.cols` matrix: a convolution's output or input gradient from its patches.
 pub fn gemm_shifted(alpha: f32, a: Mat<f32>, b: ShiftedRows, beta: f32, c: &mut [f32]) {
@@ -219,12 +242,13 @@ pub fn gemm_shifted(alpha: f32, a: Mat<f32>, b: ShiftedRows, beta: f32, c: &mut 
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if simd::features().avx512f {
         if a.rows <= THIN || a.cols <= THIN {
-            // SAFETY: the CPU has the feature the function is compiled for.
+            // SAFETY: the CPU has AVX-512F, the feature the function is compiled for; `settled`
+            // checked a's bounds and `ShiftedRows::new` b's.
             unsafe { row_dots::broadcast_rows(alpha, a, b.cols, |p| b.row(p), beta, c) };
         } else {
-            // SAFETY: as above.
+            // SAFETY: the CPU has AVX-512F, `packed::gemm`'s requirement.
             unsafe { packed::gemm(alpha, a, &b, beta, c) };
         }
         return;
@@ -240,12 +264,13 @@ pub fn gemm_shifted_t(alpha: f32, a: Mat<f32>, b: ShiftedRows, beta: f32, c: &mu
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if simd::features().avx512f {
         if a.col_stride == 1 && b.cols >= LONG_DOTS {
-            // SAFETY: the CPU has the feature the function is compiled for.
+            // SAFETY: the CPU has AVX-512F, the feature the function is compiled for; `settled`
+            // checked a's bounds and `ShiftedRows::new` b's.
             unsafe { row_dots::row_dots(alpha, a, b.rows(), |j| b.row(j), beta, c) };
         } else {
-            // SAFETY: as above.
+            // SAFETY: the CPU has AVX-512F, `packed::gemm`'s requirement.
             unsafe { packed::gemm(alpha, a, &packed::Transposed(b), beta, c) };
         }
         return;
@@ -276,16 +301,6 @@ fn settled<T: Element>(a: &Mat<T>, k: usize, n: usize, beta: T, c: &mut [T]) -> 
     false
 }
 
-/// Values in an AVX-512 register.
-#[cfg(target_arch = "x86_64")]
-const LANES: usize = 16;
-
-/// A mask of the first `n` (at most `LANES`) lanes.
-#[cfg(target_arch = "x86_64")]
-fn lanes_mask(n: usize) -> std::arch::x86_64::__mmask16 {
-    ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
-}
-
 /// dst = α·v + β·dst over dst's values (at most `LANES`, the first lanes of v); β = 0 never
 /// reads dst. How every AVX-512 kernel here writes its results into c.
 #[cfg(target_arch = "x86_64")]
@@ -302,123 +317,6 @@ fn store_scaled(dst: &mut [f32], v: std::arch::x86_64::__m512, alpha: f32, beta:
             r = _mm512_fmadd_ps(_mm512_set1_ps(beta), old, r);
         }
         _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, r);
-    }
-}
-
-/// c = α·a·b + β·c where a's rows and b's columns are contiguous: every value is a dot product
-/// of two contiguous runs, 4 × 4 of them at a time in AVX-512 registers.
-#[cfg(target_arch = "x86_64")]
-mod row_dots {
-    use super::{lanes_mask, store_scaled, Mat, LANES};
-    use std::arch::x86_64::*;
-
-    /// `b_col(j)` is b's column j, `a.cols` values.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn row_dots<'b>(
-        alpha: f32,
-        a: Mat<f32>,
-        n: usize,
-        b_col: impl Fn(usize) -> &'b [f32],
-        beta: f32,
-        c: &mut [f32],
-    ) {
-        let (m, k) = (a.rows, a.cols);
-        // Row i of a: k contiguous values (checked by the caller's bounds asserts and by
-        // slicing here).
-        let a_row = |i: usize| &a.data[i * a.row_stride as usize..][..k];
-        let full = k - k % LANES;
-        let tail = lanes_mask(k % LANES);
-        for i0 in (0..m).step_by(4) {
-            let rows: [Option<&[f32]>; 4] =
-                std::array::from_fn(|r| (i0 + r < m).then(|| a_row(i0 + r)));
-            for j0 in (0..n).step_by(4) {
-                let cols: [Option<&[f32]>; 4] =
-                    std::array::from_fn(|s| (j0 + s < n).then(|| b_col(j0 + s)));
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-                let load = |v: Option<&[f32]>, p: usize, mask: __mmask16| match v {
-                    // SAFETY: the masked lanes are inside the slice: p + popcount(mask) ≤ k.
-                    Some(v) => unsafe { _mm512_maskz_loadu_ps(mask, v[p..].as_ptr()) },
-                    None => _mm512_setzero_ps(),
-                };
-                let mut step = |p: usize, mask: __mmask16| {
-                    let av = rows.map(|v| load(v, p, mask));
-                    let bv = cols.map(|v| load(v, p, mask));
-                    for (acc, a) in acc.iter_mut().zip(av) {
-                        for (acc, b) in acc.iter_mut().zip(bv) {
-                            *acc = _mm512_fmadd_ps(a, b, *acc);
-                        }
-                    }
-                };
-                for p in (0..full).step_by(LANES) {
-                    step(p, !0);
-                }
-                if full < k {
-                    step(full, tail);
-                }
-                for (r, acc) in acc.iter().enumerate().take(m - i0) {
-                    for (s, acc) in acc.iter().enumerate().take(n - j0) {
-                        let out = &mut c[(i0 + r) * n + j0 + s];
-                        let dot = alpha * _mm512_reduce_add_ps(*acc);
-                        *out = if beta == 0.0 { dot } else { dot + beta * *out };
-                    }
-                }
-            }
-        }
-    }
-
-    /// Rows of c at a time.
-    const ROWS: usize = 8;
-
-    /// c = α·a·b + β·c for b with contiguous rows, without packing: each 8 × 32 block of c
-    /// accumulates a's values (broadcast) times b's rows, read where they lie. `b_row(p)` is
-    /// b's row p, n values. Two registers per row of c, so that even a few rows keep enough
-    /// independent sums in flight to hide the latency of each multiply-add.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn broadcast_rows<'b>(
-        alpha: f32,
-        a: Mat<f32>,
-        n: usize,
-        b_row: impl Fn(usize) -> &'b [f32],
-        beta: f32,
-        c: &mut [f32],
-    ) {
-        let (m, k) = (a.rows, a.cols);
-        let a_at = |i: usize, p: usize| {
-            a.data[(i as isize * a.row_stride + p as isize * a.col_stride) as usize]
-        };
-        for i0 in (0..m).step_by(ROWS) {
-            let rows = ROWS.min(m - i0);
-            for j0 in (0..n).step_by(2 * LANES) {
-                let widths = [LANES.min(n - j0), (n - j0).saturating_sub(LANES).min(LANES)];
-                let masks = widths.map(lanes_mask);
-                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-                for p in 0..k {
-                    let row = b_row(p)[j0..].as_ptr();
-                    // SAFETY: the masks read only inside b's row, j0 + widths ≤ n; an empty
-                    // second half reads nothing (and its address is only computed).
-                    let bv = unsafe {
-                        [
-                            _mm512_maskz_loadu_ps(masks[0], row),
-                            _mm512_maskz_loadu_ps(masks[1], row.wrapping_add(LANES)),
-                        ]
-                    };
-                    for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                        let av = _mm512_set1_ps(a_at(i0 + r, p));
-                        acc[0] = _mm512_fmadd_ps(av, bv[0], acc[0]);
-                        acc[1] = _mm512_fmadd_ps(av, bv[1], acc[1]);
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate().take(rows) {
-                    let out = &mut c[(i0 + r) * n + j0..];
-                    for (half, (v, width)) in acc.iter().zip(widths).enumerate() {
-                        if width > 0 {
-                            let at = half * LANES;
-                            store_scaled(&mut out[at..][..width], *v, alpha, beta);
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! reduction that undoes a broadcast in backward passes. Element-wise maps run on rayon's pool:
 //! each output element depends on its inputs only, so the results do not depend on the split.
 
+use crate::rng::SplitMix64;
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
-use pare_data::SplitMix64;
 
 /// Sums `grad` down to `shape`, undoing a numpy broadcast.
 pub fn unbroadcast(grad: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
@@ -300,7 +300,7 @@ mod tests {
     }
 
     fn fd_check(f: &dyn Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
-        crate::kernels::testing::check_gradient(f, x, grad, 3, 1e-2, what);
+        crate::testing::check_gradient(f, x, grad, 3, 1e-2, what);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Gemm (Y = α·op(A)·op(B) + β·C) and MatMul with a matrix right operand: forward and backward.
 
-use super::elementwise::unbroadcast;
+use crate::elementwise::unbroadcast;
 use crate::gemm::{gemm, Mat};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn check(f: &dyn Fn(&ArrayD<f32>) -> f64, x: &ArrayD<f32>, grad: &ArrayD<f32>, what: &str) {
-        crate::kernels::testing::check_gradient(f, x, grad, 1, 1e-3, what);
+        crate::testing::check_gradient(f, x, grad, 1, 1e-3, what);
     }
 
     #[test]

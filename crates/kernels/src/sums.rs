@@ -1,12 +1,12 @@
 //! Sums over slices in f64 with several independent accumulators, so the loops vectorise while
 //! every sum still adds its terms in a fixed order (results do not depend on threads or on the
-//! CPU's vector width). Used by BatchNorm's statistics and RLS's P·u.
+//! CPU's vector width). Used by BatchNorm's statistics and by pare-train's RLS (P·u).
 
 /// Independent accumulators per sum.
 const LANES: usize = 8;
 
 /// (Σ p, Σ q) over i of `f(a[i], b[i]) = (p, q)`, in f64, over `LANES` accumulators.
-pub(crate) fn slice_sums<T: Copy + Into<f64>>(
+pub fn slice_sums<T: Copy + Into<f64>>(
     a: &[T],
     b: &[T],
     f: impl Fn(f64, f64) -> (f64, f64),
@@ -31,7 +31,7 @@ pub(crate) fn slice_sums<T: Copy + Into<f64>>(
 }
 
 /// Σ v over `values`, in f64 over `LANES` accumulators.
-pub(crate) fn sum(values: &[f32]) -> f64 {
+pub fn sum(values: &[f32]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let body = values.chunks_exact(LANES);
     let tail: f64 = body.remainder().iter().map(|&v| v as f64).sum();
@@ -44,7 +44,7 @@ pub(crate) fn sum(values: &[f32]) -> f64 {
 }
 
 /// (Σ v, Σ v²) over `values`: BatchNorm's statistics of one plane, whoever computes them.
-pub(crate) fn sum_and_squares(values: &[f32]) -> (f64, f64) {
+pub fn sum_and_squares(values: &[f32]) -> (f64, f64) {
     slice_sums(values, values, |v, _| (v, v * v))
 }
 

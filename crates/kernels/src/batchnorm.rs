@@ -4,10 +4,10 @@
 //! Channels run in parallel; each channel's sums run over the batch in order, so results do not
 //! depend on the thread count.
 
-use crate::kernels::epilogue::Epilogue;
-use crate::kernels::{into_standard, par_zeroed};
+use crate::epilogue::Epilogue;
 use crate::scratch::with_buffer;
 use crate::sums::{slice_sums, sum_and_squares};
+use crate::{into_standard, par_zeroed};
 use ndarray::{Array4, ArrayD, ArrayViewD};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -283,9 +283,9 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::elementwise::Activation;
-    use crate::kernels::pool::max_forward;
-    use crate::kernels::window::Window2d;
+    use crate::elementwise::Activation;
+    use crate::pool::max_forward;
+    use crate::window::Window2d;
     use ndarray::{Array, Axis, IxDyn};
 
     /// `forward` with ε = 1e-5 and no sums from a producer.
@@ -404,7 +404,7 @@ mod tests {
             let g = Array::from_shape_fn(argmax.raw_dim(), |(a, b, c, d)| {
                 ((a * 7 + b * 5 + c * 3 + d) as f32 * 0.61).sin()
             });
-            let full = crate::kernels::pool::max_backward(&max_pool, &argmax, g.view());
+            let full = crate::pool::max_backward(&max_pool, &argmax, g.view());
             let stats = out.stats.as_ref();
             let run = |dy| backward(x().view(), dy, &scale, &rm, &rv, 1e-5, stats);
             let want = run(OutputGradient::Full(full.into_dyn()));

@@ -7,8 +7,9 @@
 //! Single-threaded: the kernels that call GEMM split their work over the pool themselves. Must
 //! only be called on CPUs with AVX-512F; `gemm` checks.
 
-use super::{lanes_mask, store_scaled, Mat, ShiftedRows, LANES};
+use super::{store_scaled, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
+use crate::simd::{lanes_mask, LANES};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -111,10 +112,11 @@ pub(super) unsafe fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    // SAFETY (both): the caller guarantees AVX-512F.
     if a.rows.next_multiple_of(SHORT_MR) < a.rows.next_multiple_of(TALL_MR) {
+        // SAFETY: the caller guarantees AVX-512F, `tiled`'s only requirement.
         unsafe { tiled::<SHORT_MR>(alpha, a, b, beta, c) }
     } else {
+        // SAFETY: as in the branch above.
         unsafe { tiled::<TALL_MR>(alpha, a, b, beta, c) }
     }
 }
@@ -164,16 +166,18 @@ unsafe fn tiled<const MR: usize>(
                                 cols,
                                 ldc: n,
                             };
-                            // SAFETY (both): the caller guarantees the CPU has AVX-512F.
                             match in_place {
                                 Some(rows) => {
                                     let b = RowsInPlace::new(rows, pc, kc, jc + jr, cols);
+                                    // SAFETY: the caller guarantees the CPU has AVX-512F; the
+                                    // panel and tile are sized for kc steps (see `micro_kernel`).
                                     unsafe {
                                         micro_kernel::<MR>(kc, a_panel, b, alpha, beta, c, tile)
                                     }
                                 }
                                 None => {
                                     let b = PackedPanel::new(&pb[jr * kc..], kc);
+                                    // SAFETY: as in the branch above.
                                     unsafe {
                                         micro_kernel::<MR>(kc, a_panel, b, alpha, beta, c, tile)
                                     }

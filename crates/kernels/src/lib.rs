@@ -1,17 +1,34 @@
-//! Numerical kernels, one family per file, each with its forward, backward and reference tests.
-//! Kernels work on ndarray values and know nothing of the graph.
+//! pare's numerical kernels: dense products (GEMM), convolutions, pooling, BatchNorm,
+//! element-wise ops and their gradients, on ndarray values and plain slices, with the seeded
+//! randomness they draw from.
+//!
+//! Invariants every kernel keeps:
+//! - Results do not depend on the thread count: work splits into chunks fixed by the shapes,
+//!   and every reduction sums its terms (and the chunks' partial sums) in a fixed order.
+//! - No graph knowledge: kernels see shapes, slices and arrays, never pare's IR. The executor in
+//!   pare-train maps nodes onto them.
+//! - Every `unsafe` block of pare lives in this crate, each with a `// SAFETY:` comment saying
+//!   why it is sound (bounds, alignment, the CPU feature checked in `simd`).
+//!
+//! Imports: std, ndarray, rayon, matrixmultiply and libc only; no pare crate (pare-data, the
+//! trainer and the pruner depend on this one). Every other pare crate forbids unsafe code (or
+//! denies it, where ndarray's `s!` brings an `allow` of its own) and calls these kernels instead.
 
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
 pub mod epilogue;
-mod implicit;
+pub mod gemm;
 pub mod linear;
+pub mod memory;
 pub mod pool;
+pub mod rng;
+mod scratch;
+mod simd;
+pub mod sums;
 #[cfg(test)]
 mod testing;
 pub mod window;
-mod winograd;
 
 /// A new array of `shape` (row-major), zeroed `chunk` values at a time in parallel, each chunk
 /// then handed to `fill(index, values)` while it is in cache. `Array::zeros` zeroes a fresh

@@ -5,11 +5,11 @@
 //! pooled value came from do. It can also sum each plane (Σ and Σ²) for a BatchNorm that reads
 //! the output next, so BatchNorm need not read it once more for its statistics.
 
-use super::elementwise::Activation;
-use super::pool::max_plane;
-use super::window::Window2d;
+use crate::elementwise::Activation;
+use crate::pool::max_plane;
 use crate::scratch::with_buffer;
 use crate::sums::sum_and_squares;
+use crate::window::Window2d;
 use rayon::prelude::*;
 use std::cell::RefCell;
 

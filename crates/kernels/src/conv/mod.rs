@@ -1,166 +1,67 @@
 //! 2-D convolution (NCHW) with stride, padding, dilation and groups: forward, backward, and the
 //! mean input patch RLS needs.
 //!
-//! Three ways to compute one, chosen by shape: the 3×3 stride-1 shapes where
-//! `winograd::pays_off` go to `winograd`, the other stride-1 shapes `implicit::applies` to go to
-//! `implicit` (GEMM over shifted views of the padded input), and the rest are lowered to GEMM
-//! here through im2col, a chunk of samples per product. Lowered work is split over chunks;
-//! reductions over the batch sum the chunks in a fixed order, so results do not depend on the
-//! thread count. The mean patch is computed here for all three.
+//! Three ways to compute one, each an `Algorithm`, chosen by shape: the 3×3 stride-1 shapes
+//! where `winograd::pays_off` go to `winograd`, the other stride-1 shapes `implicit::applies` to
+//! go to `implicit` (GEMM over shifted views of the padded input), and the rest to `lowered`
+//! (im2col, a chunk of samples per product). Reductions over the batch sum fixed chunks in a
+//! fixed order, so results do not depend on the thread count. The mean patch and the bias
+//! gradient are computed here for all three.
 
-use super::epilogue::{Epilogue, Outputs};
-use super::par_zeroed;
-use super::window::Window2d;
-use super::{implicit, winograd};
-use crate::gemm::{gemm, Mat};
-use crate::scratch::with_buffer;
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
+mod geometry;
+mod implicit;
+mod lowered;
+#[cfg(test)]
+mod reference;
+mod winograd;
+
+pub use geometry::ConvGeometry;
+
+use crate::epilogue::{Epilogue, Outputs};
+use crate::par_zeroed;
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 use rayon::prelude::*;
-use std::cell::RefCell;
-use std::ops::Range;
 
-/// Everything about one convolution's shapes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ConvGeometry {
-    pub batch: usize,
-    pub c_in: usize,
-    pub c_out: usize,
-    pub group: usize,
-    /// The kernel's window over each input plane.
-    pub window: Window2d,
+/// y = conv(x, w) + bias, then the epilogue, into `Outputs`: (geo, x, w, bias, epilogue, out).
+type Forward = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>, &Epilogue, Outputs);
+
+/// One way to compute a convolution: the signature all three share, over NCHW slices and OIHW
+/// weights.
+struct Algorithm {
+    forward: Forward,
+    /// dx for the output gradient dy, (geo, w, dy, dx) with dx zeroed beforehand.
+    input_gradient: fn(&ConvGeometry, &[f32], &[f32], &mut [f32]),
+    /// dw (OIHW) for the input x and output gradient dy, (geo, x, dy).
+    weight_gradient: fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>,
 }
 
-impl ConvGeometry {
-    /// Input channels per group times the kernel area: the length of one patch.
-    pub fn patch_len(&self) -> usize {
-        self.c_in / self.group * self.window.kh * self.window.kw
+static WINOGRAD: Algorithm = Algorithm {
+    forward: winograd::forward,
+    input_gradient: winograd::input_gradient,
+    weight_gradient: winograd::weight_gradient,
+};
+
+static IMPLICIT: Algorithm = Algorithm {
+    forward: implicit::forward,
+    input_gradient: implicit::input_gradient,
+    weight_gradient: implicit::weight_gradient,
+};
+
+static LOWERED: Algorithm = Algorithm {
+    forward: lowered::forward,
+    input_gradient: lowered::input_gradient,
+    weight_gradient: lowered::weight_gradient,
+};
+
+/// The way `geo` is computed.
+fn algorithm(geo: &ConvGeometry) -> &'static Algorithm {
+    if winograd::pays_off(geo) {
+        &WINOGRAD
+    } else if implicit::applies(geo) {
+        &IMPLICIT
+    } else {
+        &LOWERED
     }
-
-    /// Visits every output row of every patch element of group `g`: the patch element (the row
-    /// of `im2col`'s matrix), the input channel, the output row, the input row it reads (None in
-    /// the padding), and the output columns that read inside the input with their offset (as
-    /// `WindowAxis::inside` gives them).
-    fn for_each_patch_row(
-        &self,
-        g: usize,
-        mut visit: impl FnMut(usize, usize, usize, Option<usize>, &Range<usize>, isize),
-    ) {
-        let cg = self.c_in / self.group;
-        let Window2d { kh, kw, out, .. } = self.window;
-        let (rows, columns) = self.window.axes();
-        for c in 0..cg {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let element = (c * kh + i) * kw + j;
-                    let (inside, off) = columns.inside(j);
-                    for oy in 0..out.0 {
-                        visit(element, g * cg + c, oy, rows.input(oy, i), &inside, off);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes the patches of group `g` of one sample `x` into `cols`, a [patch_len, ld] row-major
-    /// matrix: row r gets the sample's ho·wo values of patch element r from `cols[r·ld]` on, so
-    /// the patches of several samples can sit side by side.
-    fn im2col(&self, x: &[f32], g: usize, cols: &mut [f32], ld: usize) {
-        let Window2d { h, w, stride, .. } = self.window;
-        let wo = self.window.out.1;
-        self.for_each_patch_row(g, |element, channel, oy, y, inside, off| {
-            let out = &mut cols[element * ld + oy * wo..][..wo];
-            let Some(y) = y else {
-                out.fill(0.0);
-                return;
-            };
-            let src = &x[(channel * h + y) * w..][..w];
-            out[..inside.start].fill(0.0);
-            out[inside.end..].fill(0.0);
-            let first = ((inside.start * stride.1) as isize + off) as usize;
-            let out = &mut out[inside.clone()];
-            if stride.1 == 1 {
-                out.copy_from_slice(&src[first..][..out.len()]);
-            } else {
-                let src = src[first..].iter().step_by(stride.1);
-                out.iter_mut().zip(src).for_each(|(o, v)| *o = *v);
-            }
-        });
-    }
-
-    /// Adds the patch gradients of group `g` of one sample, laid out as `im2col` writes them,
-    /// back into that sample's input gradient `dx`.
-    fn col2im(&self, cols: &[f32], ld: usize, g: usize, dx: &mut [f32]) {
-        let Window2d { h, w, stride, .. } = self.window;
-        let wo = self.window.out.1;
-        self.for_each_patch_row(g, |element, channel, oy, y, inside, off| {
-            let Some(y) = y else {
-                return;
-            };
-            let at = element * ld + oy * wo;
-            let first = ((inside.start * stride.1) as isize + off) as usize;
-            let dst = dx[(channel * h + y) * w..][..w][first..]
-                .iter_mut()
-                .step_by(stride.1);
-            dst.zip(&cols[at + inside.start..at + inside.end])
-                .for_each(|(d, v)| *d += v);
-        });
-    }
-
-    /// The mean patch of the NCHW batch `x` over samples, groups and output positions: the
-    /// average of `im2col`'s columns, with the padding's zeros.
-    fn mean_patch(&self, x: &[f32]) -> Array1<f32> {
-        let Window2d {
-            h, w, stride, out, ..
-        } = self.window;
-        // Patches are linear in the input, so the batch is summed first, in sample order.
-        let plane = h * w;
-        let sample_len = self.c_in * plane;
-        let mut total = vec![0.0f32; sample_len];
-        total.par_chunks_mut(plane).enumerate().for_each(|(c, t)| {
-            for xb in x.chunks_exact(sample_len) {
-                t.iter_mut()
-                    .zip(&xb[c * plane..][..plane])
-                    .for_each(|(a, v)| *a += v);
-            }
-        });
-        let mut sums = Array1::<f32>::zeros(self.patch_len());
-        for g in 0..self.group {
-            self.for_each_patch_row(g, |element, channel, _, y, inside, off| {
-                let Some(y) = y else {
-                    return;
-                };
-                let first = ((inside.start * stride.1) as isize + off) as usize;
-                let row = &total[(channel * h + y) * w..][..w];
-                sums[element] += row[first..]
-                    .iter()
-                    .step_by(stride.1)
-                    .take(inside.len())
-                    .sum::<f32>();
-            });
-        }
-        sums / (self.batch * self.group * out.0 * out.1) as f32
-    }
-}
-
-/// Values of lowered patches per product: several samples side by side make a product wide
-/// enough to run GEMM at full speed, while the patches (and GEMM's packed copy of them) still
-/// fit in a core's L2 cache.
-const LOWERED_VALUES: usize = 1 << 18;
-/// The most samples lowered into one product, so a batch still splits between threads.
-const MAX_CHUNK: usize = 16;
-
-impl ConvGeometry {
-    /// Samples lowered into one product. It depends on the shapes only, so batch sums are the
-    /// same on any number of threads.
-    fn chunk(&self) -> usize {
-        let per_sample = self.patch_len() * self.window.out.0 * self.window.out.1;
-        (LOWERED_VALUES / per_sample.max(1)).clamp(1, MAX_CHUNK)
-    }
-}
-
-thread_local! {
-    /// Each thread's lowering buffer.
-    static LOWERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The output of a convolution's forward pass.
@@ -201,13 +102,7 @@ pub fn forward(
             .map(|a| a.as_slice_mut().expect("fresh array")),
         plane_sums: plane_sums.as_deref_mut(),
     };
-    if winograd::pays_off(geo) {
-        winograd::forward(geo, xs, w, bias.as_deref(), &epilogue, out);
-    } else if implicit::applies(geo) {
-        implicit::forward(geo, xs, w, bias.as_deref(), &epilogue, out);
-    } else {
-        lowered_forward(geo, xs, w, bias.as_deref(), &epilogue, out);
-    }
+    (algorithm(geo).forward)(geo, xs, w, bias.as_deref(), &epilogue, out);
     Convolved {
         y,
         argmax,
@@ -215,46 +110,6 @@ pub fn forward(
         plane_sums,
     }
 }
-
-/// The forward pass through im2col and one GEMM per chunk of samples and group.
-fn lowered_forward(
-    geo: &ConvGeometry,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    epilogue: &Epilogue,
-    out: Outputs,
-) {
-    let p = geo.window.out.0 * geo.window.out.1;
-    let k = geo.patch_len();
-    let mg = geo.c_out / geo.group;
-    let sample_len = geo.c_in * geo.window.h * geo.window.w;
-    let out_len = geo.c_out * p;
-    let chunk_len = geo.chunk();
-    epilogue.produce_blocks(out, (chunk_len * geo.c_out, p), |chunk, ys| {
-        let samples = ys.len() / out_len.max(1);
-        let xs = &x[chunk * chunk_len * sample_len..][..samples * sample_len];
-        let n = samples * p;
-        with_buffer(&LOWERED, k * n + mg * n, |scratch| {
-            let (cols, prod) = scratch.split_at_mut(k * n);
-            for g in 0..geo.group {
-                for (b, xb) in xs.chunks_exact(sample_len).enumerate() {
-                    geo.im2col(xb, g, &mut cols[b * p..], n);
-                }
-                let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                gemm(1.0, wg, Mat::new(cols, k, n), 0.0, prod);
-                for (b, yb) in ys.chunks_exact_mut(out_len).enumerate() {
-                    for (m, plane) in yb[g * mg * p..][..mg * p].chunks_exact_mut(p).enumerate() {
-                        let shift = bias.map_or(0.0, |bias| bias[g * mg + m]);
-                        let src = &prod[m * n + b * p..][..p];
-                        plane.iter_mut().zip(src).for_each(|(o, v)| *o = v + shift);
-                    }
-                }
-            }
-        });
-    });
-}
-
 /// Gradients of a convolution: (dx, dw, db) from the output gradient `dy`.
 pub fn backward(
     geo: &ConvGeometry,
@@ -264,53 +119,12 @@ pub fn backward(
     want_dx: bool,
 ) -> (Option<Array4<f32>>, Vec<f32>, Vec<f32>) {
     let p = geo.window.out.0 * geo.window.out.1;
-    let k = geo.patch_len();
-    let mg = geo.c_out / geo.group;
     let x = x.as_standard_layout();
     let dy = dy.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let dys = dy.as_slice().expect("standard layout");
     let sample_len = geo.c_in * geo.window.h * geo.window.w;
-    let out_len = geo.c_out * p;
-
-    // One chunk of samples: its partial weight gradient, and its input gradients written into
-    // `dx` (the chunk's rows of the full dx) when that is wanted.
-    let chunk_len = geo.chunk();
-    let chunk = |chunk: usize, mut dx: Option<&mut [f32]>| -> Vec<f32> {
-        let first = chunk * chunk_len;
-        let samples = chunk_len.min(geo.batch - first);
-        let xs = &xs[first * sample_len..][..samples * sample_len];
-        let dys = &dys[first * out_len..][..samples * out_len];
-        let n = samples * p;
-        let mut dw = vec![0.0f32; geo.c_out * k];
-        with_buffer(&LOWERED, k * n + mg * n, |scratch| {
-            let (cols, dyg) = scratch.split_at_mut(k * n);
-            for g in 0..geo.group {
-                for (b, (xb, dyb)) in xs
-                    .chunks_exact(sample_len)
-                    .zip(dys.chunks_exact(out_len))
-                    .enumerate()
-                {
-                    geo.im2col(xb, g, &mut cols[b * p..], n);
-                    for (m, plane) in dyb[g * mg * p..][..mg * p].chunks_exact(p).enumerate() {
-                        dyg[m * n + b * p..][..p].copy_from_slice(plane);
-                    }
-                }
-                let dyg = Mat::new(dyg, mg, n);
-                let dwg = &mut dw[g * mg * k..][..mg * k];
-                gemm(1.0, dyg, Mat::new(cols, k, n).t(), 0.0, dwg);
-                if let Some(dx) = dx.as_deref_mut() {
-                    let wg = Mat::new(&w[g * mg * k..][..mg * k], mg, k);
-                    gemm(1.0, wg.t(), dyg, 0.0, cols);
-                    for (b, dxb) in dx.chunks_exact_mut(sample_len).enumerate() {
-                        geo.col2im(&cols[b * p..], n, g, dxb);
-                    }
-                }
-            }
-        });
-        dw
-    };
-
+    let algorithm = algorithm(geo);
     let mut dx = want_dx.then(|| {
         par_zeroed(
             (geo.batch, geo.c_in, geo.window.h, geo.window.w),
@@ -318,37 +132,10 @@ pub fn backward(
             |_, _| {},
         )
     });
-    if winograd::pays_off(geo) {
-        if let Some(dx) = dx.as_mut() {
-            winograd::input_gradient(geo, w, dys, dx.as_slice_mut().expect("fresh array"));
-        }
-        let dw = winograd::weight_gradient(geo, xs, dys);
-        return (dx, dw, channel_sums(dys, geo.c_out, p));
+    if let Some(dx) = dx.as_mut() {
+        (algorithm.input_gradient)(geo, w, dys, dx.as_slice_mut().expect("fresh array"));
     }
-    if implicit::applies(geo) {
-        if let Some(dx) = dx.as_mut() {
-            implicit::input_gradient(geo, w, dys, dx.as_slice_mut().expect("fresh array"));
-        }
-        let dw = implicit::weight_gradient(geo, xs, dys);
-        return (dx, dw, channel_sums(dys, geo.c_out, p));
-    }
-    let partial: Vec<Vec<f32>> = match dx.as_mut() {
-        Some(dx) => dx
-            .axis_chunks_iter_mut(Axis(0), chunk_len)
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, mut dxc)| chunk(i, Some(dxc.as_slice_mut().expect("fresh array"))))
-            .collect(),
-        None => (0..geo.batch.div_ceil(chunk_len))
-            .into_par_iter()
-            .map(|i| chunk(i, None))
-            .collect(),
-    };
-    // Summed in chunk order, whatever thread computed each part.
-    let mut dw = vec![0.0f32; geo.c_out * k];
-    for pw in &partial {
-        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-    }
+    let dw = (algorithm.weight_gradient)(geo, xs, dys);
     (dx, dw, channel_sums(dys, geo.c_out, p))
 }
 
@@ -372,10 +159,13 @@ fn channel_sums(y: &[f32], channels: usize, plane: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::lowered::MAX_CHUNK;
+    use super::reference::conv_reference;
     use super::*;
-    use crate::kernels::elementwise::Activation;
-    use crate::kernels::pool::max_forward;
-    use crate::kernels::testing::{conv_reference, wave};
+    use crate::elementwise::Activation;
+    use crate::pool::max_forward;
+    use crate::testing::wave;
+    use crate::window::Window2d;
     use ndarray::Array;
 
     /// A 7×6 input with a 3×2 kernel and 4 → 6 channels: stride 1 runs `implicit` (unless the
@@ -420,9 +210,10 @@ mod tests {
 
     /// Which of the three ways computes the convolution.
     fn path(geo: &ConvGeometry) -> &'static str {
-        if winograd::pays_off(geo) {
+        let way = algorithm(geo);
+        if std::ptr::eq(way, &WINOGRAD) {
             "winograd"
-        } else if implicit::applies(geo) {
+        } else if std::ptr::eq(way, &IMPLICIT) {
             "implicit"
         } else {
             "lowered"

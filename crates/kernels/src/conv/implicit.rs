@@ -13,11 +13,11 @@
 //! are summed per fixed chunk of samples, then over chunks in order, so results do not depend on
 //! the thread count.
 
-use super::conv::ConvGeometry;
-use super::epilogue::{Epilogue, Outputs};
-use super::window::Window2d;
+use super::geometry::ConvGeometry;
+use crate::epilogue::{Epilogue, Outputs};
 use crate::gemm::{gemm_shifted, gemm_shifted_t, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
+use crate::window::Window2d;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -34,7 +34,7 @@ thread_local! {
 /// Whether the convolution runs here: stride 1, and no padding as wide as the kernel, so that
 /// the input gradient's padding (the rest of the kernel) is not negative. Empty shapes stay
 /// with im2col.
-pub(crate) fn applies(geo: &ConvGeometry) -> bool {
+pub(super) fn applies(geo: &ConvGeometry) -> bool {
     let Window2d {
         h,
         w,
@@ -155,7 +155,7 @@ fn extents(window: &Window2d) -> (usize, usize) {
 }
 
 /// y = conv(x, w) + bias for NCHW `x` and `y` and OIHW `w`. Every value of `y` is written.
-pub(crate) fn forward(
+pub(super) fn forward(
     geo: &ConvGeometry,
     x: &[f32],
     w: &[f32],
@@ -190,7 +190,7 @@ pub(crate) fn forward(
 
 /// dx for NCHW `dy`: the convolution of the output gradient, padded by the rest of the kernel,
 /// with the kernel flipped and its channels transposed. Every value of `dx` is written.
-pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+pub(super) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let window = &geo.window;
     let padded = Padded::input_gradient(window);
     let (ho, wo) = window.out;
@@ -230,7 +230,7 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
 }
 
 /// dw (OIHW) for NCHW `x` and `dy`.
-pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+pub(super) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let window = &geo.window;
     let padded = Padded::forward(window);
     let (ho, wo) = window.out;

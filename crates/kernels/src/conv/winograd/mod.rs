@@ -15,114 +15,26 @@
 //! [channel] so that each sample's are contiguous. Each value is computed in a fixed order,
 //! whatever the number of threads.
 
-use super::conv::ConvGeometry;
-use super::epilogue::{Epilogue, Outputs};
-use super::window::Window2d;
+mod transforms;
+
+use super::geometry::ConvGeometry;
+use crate::epilogue::{Epilogue, Outputs};
 use crate::gemm::{gemm, Mat};
 use crate::scratch::with_buffer;
+use crate::simd::{Block, LANES};
+use crate::window::Window2d;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
+use transforms::{
+    block, in_blocks, transform_tile, InputTiles, KernelGradients, Kernels, OutputGradients,
+    OutputTiles, Transform, M, POINTS,
+};
 
-/// Output values per tile side.
-const M: usize = 4;
-/// Input values per tile side: M + 3 − 1.
-const A: usize = 6;
-/// Points of a transformed tile.
-const POINTS: usize = A * A;
 /// Fewer channels than this on either side make the 36 products too thin to beat the lowered
 /// product: on the VGG-style net's layers (`cargo xtask bench kernels`), 32 → 64 channels on
 /// 14×14 planes ran slower this way, 64 → 128 and 128 → 128 on 7×7 planes 1.3 to 1.5× faster.
 const MIN_CHANNELS: usize = 64;
-
-/// A tile transform: y = T x Tᵀ for the matrix T (`OUT` × `IN`), applied to tiles of vectors.
-/// The matrix is a constant so that each transform compiles to straight-line code with its zero
-/// coefficients gone.
-trait Transform {
-    const OUT: usize;
-    const IN: usize;
-    /// T, row-major, in the top-left corner of a 6 × 6 frame.
-    const MATRIX: [[f32; A]; A];
-}
-
-/// The transpose of a matrix held in a 6 × 6 frame.
-const fn transposed(m: [[f32; A]; A]) -> [[f32; A]; A] {
-    let mut t = [[0.0; A]; A];
-    let mut i = 0;
-    while i < A {
-        let mut j = 0;
-        while j < A {
-            t[j][i] = m[i][j];
-            j += 1;
-        }
-        i += 1;
-    }
-    t
-}
-
-/// Bᵀ: an input tile to its transform.
-struct InputTiles;
-impl Transform for InputTiles {
-    const OUT: usize = A;
-    const IN: usize = A;
-    #[rustfmt::skip]
-    const MATRIX: [[f32; A]; A] = [
-        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-    ];
-}
-
-/// G: a 3×3 kernel to its transform.
-struct Kernels;
-impl Transform for Kernels {
-    const OUT: usize = A;
-    const IN: usize = 3;
-    #[rustfmt::skip]
-    const MATRIX: [[f32; A]; A] = [
-        [1.0 / 4.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, 0.0, 0.0, 0.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 0.0, 0.0, 0.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 0.0, 0.0, 0.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, 0.0, 0.0, 0.0],
-        [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
-    ];
-}
-
-/// Gᵀ: the gradient of a transformed kernel back to the kernel's.
-struct KernelGradients;
-impl Transform for KernelGradients {
-    const OUT: usize = 3;
-    const IN: usize = A;
-    const MATRIX: [[f32; A]; A] = transposed(Kernels::MATRIX);
-}
-
-/// Aᵀ: a transformed product back to its output tile.
-struct OutputTiles;
-impl Transform for OutputTiles {
-    const OUT: usize = M;
-    const IN: usize = A;
-    #[rustfmt::skip]
-    const MATRIX: [[f32; A]; A] = [
-        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
-        [0.0; A],
-        [0.0; A],
-    ];
-}
-
-/// A: an output tile's gradient to the gradient of its transformed product.
-struct OutputGradients;
-impl Transform for OutputGradients {
-    const OUT: usize = A;
-    const IN: usize = M;
-    const MATRIX: [[f32; A]; A] = transposed(OutputTiles::MATRIX);
-}
 
 thread_local! {
     /// The transformed inputs and products of the call this thread runs.
@@ -134,7 +46,7 @@ thread_local! {
 /// Whether this module can compute the convolution: a 3×3 kernel, stride 1, undilated,
 /// ungrouped, leading pads of at most 2 (the input gradient pads by 2 − pad), and something to
 /// compute (the lowered path handles empty batches and outputs).
-pub(crate) fn supports(geo: &ConvGeometry) -> bool {
+pub(super) fn supports(geo: &ConvGeometry) -> bool {
     let Window2d {
         kh,
         kw,
@@ -156,12 +68,12 @@ pub(crate) fn supports(geo: &ConvGeometry) -> bool {
 }
 
 /// Whether the convolution should take this path rather than the lowered one.
-pub(crate) fn pays_off(geo: &ConvGeometry) -> bool {
+pub(super) fn pays_off(geo: &ConvGeometry) -> bool {
     supports(geo) && geo.c_in >= MIN_CHANNELS && geo.c_out >= MIN_CHANNELS
 }
 
 /// y = conv(x, w) + bias for NCHW `x` and `y` and OIHW `w`. Every value of `y` is written.
-pub(crate) fn forward(
+pub(super) fn forward(
     geo: &ConvGeometry,
     x: &[f32],
     w: &[f32],
@@ -176,7 +88,7 @@ pub(crate) fn forward(
 
 /// dx for the output gradient `dy`: the convolution of `dy` with the kernel flipped in space and
 /// transposed in channels, padded by 2 − pad in front. Every value of `dx` is written.
-pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+pub(super) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     debug_assert!(supports(geo));
     let (k, c) = (geo.c_out, geo.c_in);
     let mut flipped = vec![0.0f32; w.len()];
@@ -214,7 +126,7 @@ pub(crate) fn input_gradient(geo: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut
 
 /// dw (OIHW) for the input `x` and output gradient `dy`: the chain rule through the forward
 /// pass's transforms, dU = Σ over tiles of (A dY Aᵀ) ⊙ (Bᵀ d B), then dw = Gᵀ dU G.
-pub(crate) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+pub(super) fn weight_gradient(geo: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     debug_assert!(supports(geo));
     let (c, k) = (geo.c_in, geo.c_out);
     let (cp, kp) = (in_blocks(c), in_blocks(k));
@@ -495,221 +407,11 @@ fn interleave(x: &[f32], channels: Range<usize>, window: &Window2d, pw: usize, p
     }
 }
 
-/// Tiles' channels per transform: one AVX-512 register.
-const LANES: usize = 16;
-
-/// `LANES` channels' values at one position of a tile.
-type Block = [f32; LANES];
-
-/// `channels` padded to whole blocks: the width of every transformed buffer.
-fn in_blocks(channels: usize) -> usize {
-    channels.next_multiple_of(LANES)
-}
-
-/// The block at `at` in `buf`.
-#[inline(always)]
-fn block(buf: &[f32], at: usize) -> &Block {
-    buf[at..][..LANES].try_into().expect("a block")
-}
-
-/// y = T x Tᵀ for one tile of blocks: x's element (r, s) is `read(r·IN + s)`, y's element (i, j)
-/// goes to `write(i·OUT + j, ..)`. T is applied to the columns, then to the rows.
-#[inline(always)]
-fn transform_tile<'a, T: Transform>(
-    read: impl Fn(usize) -> &'a Block,
-    write: impl FnMut(usize, &Block),
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { x86::transform_tile_avx512::<T>(read, write) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            unsafe { x86::transform_tile_avx2::<T>(read, write) };
-            return;
-        }
-    }
-    portable_transform_tile::<T>(read, write);
-}
-
-/// `transform_tile` in plain Rust, for CPUs without AVX2.
-#[inline(always)]
-fn portable_transform_tile<'a, T: Transform>(
-    read: impl Fn(usize) -> &'a Block,
-    mut write: impl FnMut(usize, &Block),
-) {
-    let (n, k) = (T::OUT, T::IN);
-    let mut half = [[0.0f32; LANES]; POINTS];
-    for s in 0..k {
-        for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-            half[i * A + s] = combine(coefficients, k, |r| read(r * k + s));
-        }
-    }
-    for i in 0..n {
-        for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-            write(i * n + j, &combine(coefficients, k, |s| &half[i * A + s]));
-        }
-    }
-}
-
-/// Σ coefficients[r] · v(r) over r < len, skipping the zero coefficients.
-#[inline(always)]
-fn combine<'a>(coefficients: &[f32; A], len: usize, v: impl Fn(usize) -> &'a Block) -> Block {
-    let mut acc = [0.0f32; LANES];
-    for (r, c) in coefficients.iter().enumerate().take(len) {
-        if *c != 0.0 {
-            acc.iter_mut().zip(v(r)).for_each(|(a, v)| *a += c * v);
-        }
-    }
-    acc
-}
-
-/// `transform_tile` with each block in registers, written with intrinsics: the compiler's own
-/// vectorisation of the portable version splits the blocks into partial-width pieces and
-/// round-trips them through the stack. One generic body, compiled once for AVX-512 (a block in
-/// one register) and once for AVX2 with FMA (a block in two).
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Block, Transform, A, LANES, POINTS};
-    use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn transform_tile_avx512<'a, T: Transform>(
-        read: impl Fn(usize) -> &'a Block,
-        write: impl FnMut(usize, &Block),
-    ) {
-        // SAFETY: this function is compiled for the features `Zmm` needs.
-        unsafe { transform_tile::<Zmm, T>(read, write) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn transform_tile_avx2<'a, T: Transform>(
-        read: impl Fn(usize) -> &'a Block,
-        write: impl FnMut(usize, &Block),
-    ) {
-        // SAFETY: this function is compiled for the features `Ymm2` needs.
-        unsafe { transform_tile::<Ymm2, T>(read, write) }
-    }
-
-    /// A block held in registers. Every method must be inlined into a function compiled for the
-    /// implementation's CPU features (hence unsafe), so that the intrinsics inline too.
-    trait Registers: Copy {
-        unsafe fn zero() -> Self;
-        unsafe fn load(block: &Block) -> Self;
-        unsafe fn store(self) -> Block;
-        /// acc + c · v.
-        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self;
-    }
-
-    /// One AVX-512 register.
-    #[derive(Clone, Copy)]
-    struct Zmm(__m512);
-
-    impl Registers for Zmm {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Zmm(_mm512_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn load(block: &Block) -> Self {
-            Zmm(unsafe { _mm512_loadu_ps(block.as_ptr()) })
-        }
-        #[inline(always)]
-        unsafe fn store(self) -> Block {
-            let mut out = [0.0f32; LANES];
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) };
-            out
-        }
-        #[inline(always)]
-        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self {
-            Zmm(_mm512_fmadd_ps(_mm512_set1_ps(c), v.0, acc.0))
-        }
-    }
-
-    /// Two AVX registers.
-    #[derive(Clone, Copy)]
-    struct Ymm2(__m256, __m256);
-
-    impl Registers for Ymm2 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Ymm2(_mm256_setzero_ps(), _mm256_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn load(block: &Block) -> Self {
-            let p = block.as_ptr();
-            unsafe { Ymm2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES / 2))) }
-        }
-        #[inline(always)]
-        unsafe fn store(self) -> Block {
-            let mut out = [0.0f32; LANES];
-            let p = out.as_mut_ptr();
-            unsafe {
-                _mm256_storeu_ps(p, self.0);
-                _mm256_storeu_ps(p.add(LANES / 2), self.1);
-            }
-            out
-        }
-        #[inline(always)]
-        unsafe fn mul_add(c: f32, v: Self, acc: Self) -> Self {
-            let c = _mm256_set1_ps(c);
-            Ymm2(
-                _mm256_fmadd_ps(c, v.0, acc.0),
-                _mm256_fmadd_ps(c, v.1, acc.1),
-            )
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn transform_tile<'a, R: Registers, T: Transform>(
-        read: impl Fn(usize) -> &'a Block,
-        mut write: impl FnMut(usize, &Block),
-    ) {
-        let (n, k) = (T::OUT, T::IN);
-        unsafe {
-            let mut half = [R::zero(); POINTS];
-            for s in 0..k {
-                let mut column = [R::zero(); A];
-                for (r, value) in column.iter_mut().enumerate().take(k) {
-                    *value = R::load(read(r * k + s));
-                }
-                for (i, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-                    half[i * A + s] = combine(coefficients, k, &column);
-                }
-            }
-            for i in 0..n {
-                let mut row = [R::zero(); A];
-                row[..k].copy_from_slice(&half[i * A..][..k]);
-                for (j, coefficients) in T::MATRIX.iter().enumerate().take(n) {
-                    write(i * n + j, &combine(coefficients, k, &row).store());
-                }
-            }
-        }
-    }
-
-    /// Σ coefficients[r] · v[r] over r < len, skipping the zero coefficients.
-    #[inline(always)]
-    unsafe fn combine<R: Registers>(coefficients: &[f32; A], len: usize, v: &[R; A]) -> R {
-        unsafe {
-            let mut acc = R::zero();
-            for (c, v) in coefficients.iter().zip(v).take(len) {
-                if *c != 0.0 {
-                    acc = R::mul_add(*c, *v, acc);
-                }
-            }
-            acc
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{conv_reference, wave};
+    use crate::conv::reference::conv_reference;
+    use crate::testing::wave;
 
     fn geometry(
         batch: usize,
@@ -753,69 +455,11 @@ mod tests {
     /// The largest error relative to 1 + |want|. F(4×4, 3×3) rounds more than the definition
     /// (its transforms scale by up to 8 and by 1/24), about 2e-5 here; a wrong tap, sign or
     /// offset errs by order 1.
-    fn max_error(got: &[f32], want: impl Iterator<Item = f64>) -> f64 {
+    pub(super) fn max_error(got: &[f32], want: impl Iterator<Item = f64>) -> f64 {
         got.iter()
             .zip(want)
             .map(|(a, b)| (*a as f64 - b).abs() / (1.0 + b.abs()))
             .fold(0.0, f64::max)
-    }
-
-    /// Where a transform under test writes its blocks.
-    type Sink<'a> = dyn FnMut(usize, &Block) + 'a;
-
-    /// Every transform, in every version the CPU can run, against T x Tᵀ computed from its
-    /// definition.
-    #[test]
-    fn tile_transforms_match_their_definition() {
-        fn check<T: Transform>() {
-            let (n, k) = (T::OUT, T::IN);
-            let x: Vec<Block> = (0..k * k)
-                .map(|e| std::array::from_fn(|l| ((e * LANES + l) as f32 * 0.37).sin()))
-                .collect();
-            let mut want = vec![[0.0f64; LANES]; n * n];
-            for (ij, want) in want.iter_mut().enumerate() {
-                let (i, j) = (ij / n, ij % n);
-                for (rs, x) in x.iter().enumerate() {
-                    let c = T::MATRIX[i][rs / k] as f64 * T::MATRIX[j][rs % k] as f64;
-                    want.iter_mut()
-                        .zip(x)
-                        .for_each(|(w, x)| *w += c * *x as f64);
-                }
-            }
-            let collect = |f: &dyn Fn(&mut Sink)| {
-                let mut out = vec![[f32::NAN; LANES]; n * n];
-                f(&mut |ij, v| out[ij] = *v);
-                out.concat()
-            };
-            let mut versions = vec![(
-                "portable",
-                collect(&|w| portable_transform_tile::<T>(|e| &x[e], w)),
-            )];
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") {
-                    // SAFETY: the CPU has the features.
-                    let f = |w: &mut Sink| unsafe { x86::transform_tile_avx512::<T>(|e| &x[e], w) };
-                    versions.push(("avx512", collect(&f)));
-                }
-                if has!("avx2") && has!("fma") {
-                    // SAFETY: the CPU has the features.
-                    let f = |w: &mut Sink| unsafe { x86::transform_tile_avx2::<T>(|e| &x[e], w) };
-                    versions.push(("avx2", collect(&f)));
-                }
-            }
-            for (version, got) in versions {
-                let err = max_error(&got, want.concat().into_iter());
-                let transform = std::any::type_name::<T>();
-                assert!(err < 1e-5, "{transform}, {version}: {err}");
-            }
-        }
-        check::<InputTiles>();
-        check::<Kernels>();
-        check::<KernelGradients>();
-        check::<OutputTiles>();
-        check::<OutputGradients>();
     }
 
     #[test]

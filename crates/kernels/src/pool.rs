@@ -1,7 +1,7 @@
 //! 2-D max and average pooling (NCHW) and global average pooling: forward and backward.
 
-use super::par_zeroed;
-use super::window::Window2d;
+use crate::par_zeroed;
+use crate::window::Window2d;
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
@@ -110,7 +110,7 @@ impl Window2d {
 /// per cell cost more than the comparisons.
 fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::simd::features().avx512f {
         // SAFETY: the CPU has AVX-512F, checked just above.
         return unsafe { max_2x2_avx512(geo, xp, yp, ap) };
     }
@@ -148,6 +148,7 @@ fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
+    use crate::simd::lanes_mask;
     use std::arch::x86_64::*;
     let (w, (ho, wo)) = (geo.w, geo.out);
     // Every access below stays inside these bounds (is_plain_2x2: 2·ho ≤ h, 2·wo ≤ w).
@@ -155,12 +156,14 @@ fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     assert!(2 * ho <= geo.h && 2 * wo <= w && geo.h * w <= i32::MAX as usize);
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    let lanes = |n: usize| ((1u32 << n) - 1) as __mmask16;
     for oy in 0..ho {
         let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
         for ox in (0..wo).step_by(16) {
             let n = (wo - ox).min(16);
-            let (low, high) = (lanes((2 * n).min(16)), lanes((2 * n).saturating_sub(16)));
+            let (low, high) = (
+                lanes_mask((2 * n).min(16)),
+                lanes_mask((2 * n).saturating_sub(16)),
+            );
             // SAFETY: the masked loads read 2n values from column 2·ox of rows 2·oy and
             // 2·oy + 1, inside xp; masked-off lanes are not read.
             let pair = |row: usize| unsafe {
@@ -187,8 +190,8 @@ fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
             // SAFETY: n outputs from oy·wo + ox, inside yp and ap.
             unsafe {
                 let out = oy * wo + ox;
-                _mm512_mask_storeu_ps(yp.as_mut_ptr().add(out), lanes(n), v);
-                _mm512_mask_storeu_epi32(ap.as_mut_ptr().add(out).cast(), lanes(n), i);
+                _mm512_mask_storeu_ps(yp.as_mut_ptr().add(out), lanes_mask(n), v);
+                _mm512_mask_storeu_epi32(ap.as_mut_ptr().add(out).cast(), lanes_mask(n), i);
             }
         }
     }

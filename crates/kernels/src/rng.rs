@@ -1,4 +1,5 @@
-//! Seeded randomness for shuffling and splitting: SplitMix64 and an index permutation.
+//! Seeded randomness for shuffling, splitting, initialisation and dropout: SplitMix64 and an
+//! index permutation.
 //!
 //! Written here rather than taken from `rand` so that a seed gives the same order on every
 //! platform and with every dependency version. It is not for anything that needs real
