@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod loss;
 pub mod memory;
 pub mod optim;
+mod schedule;
 mod scratch;
 mod sums;
 mod trainer;
@@ -20,7 +21,8 @@ pub use error::TrainError;
 pub use executor::{backward, forward, Gradients, Mode, Tape};
 pub use loss::Loss;
 pub use optim::{AdamConfig, OptimizerConfig, RlsConfig, SgdConfig};
+pub use schedule::Schedule;
 pub use trainer::{
     evaluate, scores_value, train, train_step, BatchProgress, BatchStream, EpochReport, Evaluation,
-    TrainConfig,
+    StepReport, TrainConfig, TrainingLoop,
 };
