@@ -6,7 +6,7 @@
 //! developed on, so figures from different runs compare. Build with `--release`: the figures of a
 //! debug build say nothing.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ndarray::ArrayD;
 use pare_data::{Dataset, Splits};
 use pare_ir::Graph;
@@ -14,6 +14,7 @@ use pare_train::executor::{self, Mode};
 use pare_train::init::kaiming_init;
 use pare_train::{
     scores_value, train_step, AdamConfig, Loss, OptimizerConfig, RlsConfig, SgdConfig, TrainConfig,
+    TrainingLoop,
 };
 use pare_verify::TractModel;
 use std::collections::HashMap;
@@ -315,29 +316,18 @@ pub fn convergence() -> Result<()> {
         let config = config(optimizer.clone());
         let mut graph = start.clone();
         let mut opt = config.optimizer.build(&graph);
-        // The same batches in the same order as `pare_train::train`; written out here because
-        // the accuracy is measured between epochs, with the optimiser's state kept.
+        // `train`'s loop, run an epoch at a time: the accuracy is measured between epochs, with
+        // the optimiser's state kept.
+        let mut steps = TrainingLoop::new(&train, config.clone());
+        let per_epoch = steps.steps_per_epoch();
         for (epoch, row) in accuracy.iter_mut().enumerate() {
             let t = Instant::now();
-            let order =
-                pare_kernels::rng::permutation(train.len(), SEED.wrapping_add(epoch as u64));
             let mut loss = 0.0;
-            let batches = order.len().div_ceil(BATCH);
-            for (b, idx) in order.chunks(BATCH).enumerate() {
-                let (images, labels) = train.gather(idx);
-                let out = train_step(
-                    &mut graph,
-                    opt.as_mut(),
-                    images.into_dyn(),
-                    &labels,
-                    &config,
-                    (epoch * batches + b) as u64,
-                )?;
-                if !out.loss.is_finite() {
-                    bail!("{name} diverged in epoch {}", epoch + 1);
-                }
-                loss += out.loss as f64 * labels.len() as f64;
-            }
+            steps
+                .run(&mut graph, opt.as_mut(), per_epoch, &mut |s| {
+                    loss += s.loss as f64 * s.samples as f64
+                })
+                .with_context(|| format!("{name}, epoch {}", epoch + 1))?;
             seconds[j] += t.elapsed().as_secs_f64();
             last_loss[j] = loss / train.len() as f64;
             row[j] = tract_accuracy(&graph, &test, dir.path())?;

@@ -8,10 +8,9 @@ use crate::train_args::{OptimizerKind, TrainArgs};
 use crate::{model, table};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pare_prune::strategy::{HistoryEntry, Progress};
 use pare_prune::{
-    CompressConfig, Cost, Criterion, EventSize, LayerWidth, Ranking, RecoveryReference, Strategy,
-    Target,
+    CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress, Ranking,
+    RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Latency, TractModel};
 use serde::Serialize;
@@ -473,12 +472,12 @@ fn render(r: &Report) -> String {
     let prunes = r
         .history
         .iter()
-        .filter(|h| matches!(h.event, pare_prune::strategy::Event::Prune { .. }))
+        .filter(|h| matches!(h.event, Event::Prune { .. }))
         .count();
     let rolled_back = r
         .history
         .iter()
-        .any(|h| matches!(h.event, pare_prune::strategy::Event::RolledBack { .. }));
+        .any(|h| matches!(h.event, Event::RolledBack { .. }));
     out.push_str(&format!(
         "\n{prunes} pruning event(s){}; validation: {}\n",
         if rolled_back {

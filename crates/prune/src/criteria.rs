@@ -6,6 +6,7 @@
 //! does not choose channels.
 
 use crate::groups::{ChannelGroups, GroupId, Slice, SliceKind};
+use crate::PruneError;
 use ndarray::{ArrayD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueId};
 use pare_kernels::rng::SplitMix64;
@@ -42,14 +43,6 @@ pub struct Evidence<'a> {
     /// Mean parameter gradients over some batches.
     pub gradients: Option<&'a HashMap<ValueId, ArrayD<f32>>>,
     pub seed: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ScoreError {
-    #[error("the {0:?} criterion needs {1}")]
-    Missing(Criterion, &'static str),
-    #[error("no prunable group has a BatchNormalization to score by bn-scale (a model with BatchNorm folded into its convolutions has none); use l2 or rls")]
-    NoBatchNorm,
 }
 
 /// Runs `batches` forward and backward passes on training data (BatchNorm in inference mode, no
@@ -148,7 +141,7 @@ pub fn score(
     graph: &Graph,
     groups: &ChannelGroups,
     evidence: &Evidence,
-) -> Result<Scores, ScoreError> {
+) -> Result<Scores, PruneError> {
     let mut scores = Scores::new();
     let mut rng = SplitMix64::new(evidence.seed);
     for group in groups.groups.iter().filter(|g| g.prunable()) {
@@ -180,9 +173,10 @@ pub fn score(
                     })
                 }),
                 Criterion::Taylor => {
-                    let grads = evidence
-                        .gradients
-                        .ok_or(ScoreError::Missing(criterion, "gradients from calibration"))?;
+                    let grads = evidence.gradients.ok_or(PruneError::CriterionNeeds(
+                        criterion,
+                        "gradients from calibration",
+                    ))?;
                     match (is_weight(graph, slice), grads.get(&slice.tensor)) {
                         (true, Some(g)) => {
                             let wg = t * g;
@@ -194,7 +188,7 @@ pub fn score(
                     }
                 }
                 Criterion::Rls => {
-                    let rls = evidence.rls.ok_or(ScoreError::Missing(
+                    let rls = evidence.rls.ok_or(PruneError::CriterionNeeds(
                         criterion,
                         "the RLS state of the network",
                     ))?;
@@ -221,7 +215,7 @@ pub fn score(
         }
     }
     if criterion == Criterion::BnScale && scores.is_empty() {
-        return Err(ScoreError::NoBatchNorm);
+        return Err(PruneError::NoBatchNorm);
     }
     Ok(scores)
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod criteria;
+mod error;
 mod groups;
 mod plan;
 pub mod selection;
@@ -16,8 +17,12 @@ pub mod strategy;
 mod summary;
 
 pub use criteria::Criterion;
+pub use error::PruneError;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
-pub use plan::{PlanError, PruningPlan};
+pub use plan::PruningPlan;
 pub use selection::{Cost, Ranking, Target};
-pub use strategy::{compress, CompressConfig, EventSize, Outcome, RecoveryReference, Strategy};
+pub use strategy::{
+    compress, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress, RecoveryReference,
+    Strategy,
+};
 pub use summary::{layer_widths, LayerWidth};

@@ -3,6 +3,7 @@
 //! `group` attributes and flattening Reshape targets, and infers shapes again.
 
 use crate::groups::{ChannelGroups, GroupId, Segment};
+use crate::PruneError;
 use ndarray::{ArrayD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueSource};
 use std::collections::BTreeMap;
@@ -11,23 +12,6 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PruningPlan {
     pub drop: BTreeMap<GroupId, Vec<usize>>,
-}
-
-/// Why a plan cannot be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("group {0:?} is frozen: {1}")]
-    Frozen(GroupId, String),
-    #[error("group {group:?} has {channels} channels; cannot drop channel {index}")]
-    OutOfRange {
-        group: GroupId,
-        channels: usize,
-        index: usize,
-    },
-    #[error("group {0:?} would lose all its channels; a group keeps at least one")]
-    Empty(GroupId),
-    #[error("after surgery: {0}")]
-    Shapes(#[from] pare_ir::IrError),
 }
 
 impl PruningPlan {
@@ -47,21 +31,21 @@ impl PruningPlan {
             .collect()
     }
 
-    fn check(&self, groups: &ChannelGroups) -> Result<(), PlanError> {
+    fn check(&self, groups: &ChannelGroups) -> Result<(), PruneError> {
         for (&id, list) in &self.drop {
             let g = groups.group(id);
             if !g.frozen.is_empty() && !list.is_empty() {
-                return Err(PlanError::Frozen(id, g.frozen.join("; ")));
+                return Err(PruneError::Frozen(id, g.frozen.join("; ")));
             }
             if let Some(&index) = list.iter().find(|&&c| c >= g.channels) {
-                return Err(PlanError::OutOfRange {
+                return Err(PruneError::OutOfRange {
                     group: id,
                     channels: g.channels,
                     index,
                 });
             }
             if list.len() >= g.channels && g.channels > 0 {
-                return Err(PlanError::Empty(id));
+                return Err(PruneError::Empty(id));
             }
         }
         Ok(())
@@ -93,7 +77,7 @@ impl PruningPlan {
     }
 
     /// Applies the plan to `graph` (which `groups` was computed from).
-    pub fn apply(&self, graph: &mut Graph, groups: &ChannelGroups) -> Result<(), PlanError> {
+    pub fn apply(&self, graph: &mut Graph, groups: &ChannelGroups) -> Result<(), PruneError> {
         self.check(groups)?;
         for slice in &groups.slices {
             let Some(keep) = self.kept_indices(groups, &slice.segments) else {

@@ -7,7 +7,8 @@
 
 use crate::criteria::Scores;
 use crate::groups::{ChannelGroups, GroupId};
-use crate::plan::{PlanError, PruningPlan};
+use crate::plan::PruningPlan;
+use crate::PruneError;
 use pare_ir::Graph;
 use std::collections::BTreeMap;
 
@@ -166,9 +167,9 @@ impl DropOrder {
         groups: &ChannelGroups,
         limit: usize,
         within: impl Fn(Cost) -> bool,
-    ) -> Result<(PruningPlan, bool), PlanError> {
+    ) -> Result<(PruningPlan, bool), PruneError> {
         let limit = limit.min(self.len());
-        let meets = |chosen: &[(GroupId, usize)]| -> Result<bool, PlanError> {
+        let meets = |chosen: &[(GroupId, usize)]| -> Result<bool, PruneError> {
             let mut copy = graph.clone();
             self.plan_of(chosen).apply(&mut copy, groups)?;
             Ok(within(Cost::of(&copy)))

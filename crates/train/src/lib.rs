@@ -12,13 +12,15 @@ pub mod executor;
 pub mod init;
 pub mod loss;
 pub mod optim;
+mod schedule;
 mod trainer;
 
 pub use error::TrainError;
 pub use executor::{backward, forward, Gradients, Mode, Tape};
 pub use loss::Loss;
 pub use optim::{AdamConfig, OptimizerConfig, RlsConfig, SgdConfig};
+pub use schedule::Schedule;
 pub use trainer::{
     evaluate, scores_value, train, train_step, BatchProgress, BatchStream, EpochReport, Evaluation,
-    TrainConfig,
+    StepReport, TrainConfig, TrainingLoop,
 };

@@ -1,5 +1,6 @@
 //! The training loop: shuffled minibatches, forward, loss, backward, optimiser step, BatchNorm
-//! running statistics; and evaluation of loss and accuracy with our own forward pass.
+//! running statistics, the step-size schedule and the divergence check; and evaluation of loss and
+//! accuracy with our own forward pass.
 //!
 //! Deterministic: the batch order comes from the seed and every kernel reduces in a fixed order,
 //! so the same seed gives the same weights bit for bit.
@@ -7,6 +8,7 @@
 use crate::executor::{self, Mode, Tape};
 use crate::loss::Loss;
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::schedule::Schedule;
 use crate::TrainError;
 use ndarray::{ArrayD, Ix2};
 use pare_data::Dataset;
@@ -213,8 +215,8 @@ fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
     pare_kernels::rng::permutation(len, seed.wrapping_add(epoch as u64))
 }
 
-/// Minibatches in the order `train` visits them, epoch after epoch, without end: for loops that
-/// stop between epochs (pruning checks recovery every fraction of an epoch).
+/// Minibatches epoch after epoch, without end, each epoch in an order drawn from the seed and the
+/// epoch number: what `TrainingLoop` steps over, and what calibration passes read.
 pub struct BatchStream<'d> {
     data: &'d Dataset,
     batch_size: usize,
@@ -255,6 +257,99 @@ impl<'d> BatchStream<'d> {
     }
 }
 
+/// What one step of a `TrainingLoop` did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// Steps taken so far, this one included.
+    pub step: usize,
+    pub loss: f32,
+    pub correct: usize,
+    /// Samples in the step's batch.
+    pub samples: usize,
+}
+
+/// The one training loop: steps over the batches of `BatchStream`, numbered across the whole run
+/// (which draws their Dropout masks), each scaled by the schedule and checked for divergence.
+/// `train` runs it epoch by epoch; pruning runs it a few steps at a time between validation
+/// checks, changing the network and the schedule in between.
+pub struct TrainingLoop<'d> {
+    config: TrainConfig,
+    stream: BatchStream<'d>,
+    schedule: Schedule,
+    step: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl<'d> TrainingLoop<'d> {
+    /// A loop over `config.epochs` epochs of `data`, in the batch order of `config.seed`.
+    pub fn new(data: &'d Dataset, config: TrainConfig) -> Self {
+        let stream = BatchStream::new(data, config.batch_size, config.seed);
+        let steps_per_epoch = stream.batches_per_epoch().max(1);
+        TrainingLoop {
+            total_steps: config.epochs * steps_per_epoch,
+            config,
+            stream,
+            schedule: Schedule::Constant,
+            step: 0,
+            steps_per_epoch,
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The budget: steps in all epochs.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Steps in one epoch (at least one).
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps_per_epoch
+    }
+
+    /// The schedule of the steps from now on.
+    pub fn set_schedule(&mut self, schedule: Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// Trains `steps` steps (fewer at the budget's end), calling `on_step` after each. A loss that
+    /// is not finite stops the loop with `TrainError::Diverged`; that step still counts.
+    pub fn run(
+        &mut self,
+        graph: &mut Graph,
+        optimizer: &mut dyn Optimizer,
+        steps: usize,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<(), TrainError> {
+        let steps = steps.min(self.total_steps - self.step);
+        for _ in 0..steps {
+            optimizer.set_step_scale(self.schedule.scale(self.step, self.total_steps));
+            let (images, labels) = self.stream.next_batch();
+            let step = self.step;
+            let out = train_step(graph, optimizer, images, &labels, &self.config, step as u64)?;
+            self.step += 1;
+            if !out.loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    loss: out.loss,
+                    epoch: step / self.steps_per_epoch + 1,
+                    batch: step % self.steps_per_epoch + 1,
+                });
+            }
+            on_step(&StepReport {
+                step: self.step,
+                loss: out.loss,
+                correct: out.correct,
+                samples: labels.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Trains for `config.epochs` epochs, reporting every batch and returning each epoch's figures.
 pub fn train(
     graph: &mut Graph,
@@ -263,39 +358,24 @@ pub fn train(
     on_batch: &mut dyn FnMut(BatchProgress),
 ) -> Result<Vec<EpochReport>, TrainError> {
     let mut optimizer = config.optimizer.build(graph);
+    let mut steps = TrainingLoop::new(data, config.clone());
     let batches = data.len().div_ceil(config.batch_size.max(1));
     let mut reports = Vec::new();
     for epoch in 0..config.epochs {
-        let order = epoch_order(data.len(), config.seed, epoch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0, 0);
-        for (batch, indices) in order.chunks(config.batch_size.max(1)).enumerate() {
-            let (images, labels) = data.gather(indices);
-            let out = train_step(
-                graph,
-                optimizer.as_mut(),
-                images.into_dyn(),
-                &labels,
-                config,
-                (epoch * batches + batch) as u64,
-            )?;
-            if !out.loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    loss: out.loss,
-                    epoch: epoch + 1,
-                    batch: batch + 1,
-                });
-            }
-            loss_sum += out.loss as f64 * labels.len() as f64;
-            correct += out.correct;
-            seen += labels.len();
+        let (mut loss_sum, mut correct, mut seen, mut batch) = (0.0f64, 0, 0, 0);
+        steps.run(graph, optimizer.as_mut(), batches, &mut |s| {
+            loss_sum += s.loss as f64 * s.samples as f64;
+            correct += s.correct;
+            seen += s.samples;
+            batch += 1;
             on_batch(BatchProgress {
                 epoch: epoch + 1,
-                batch: batch + 1,
+                batch,
                 batches,
                 loss: (loss_sum / seen as f64) as f32,
                 accuracy_percent: 100.0 * correct as f64 / seen as f64,
             });
-        }
+        })?;
         reports.push(EpochReport {
             epoch: epoch + 1,
             train: Evaluation {

@@ -1,0 +1,143 @@
+//! The settings of one compression run, and the common checks on them.
+
+use crate::criteria::Criterion;
+use crate::selection::{Ranking, Target};
+use crate::PruneError;
+use pare_train::{Loss, OptimizerConfig, RlsConfig};
+
+/// Which strategy a run uses (`compress --strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Train with RLS; prune a ratio of every group; prune again once validation recovers.
+    Rls,
+    /// Prune straight to the target, then fine-tune for the whole budget.
+    Oneshot,
+}
+
+/// Everything one compression run needs besides the model and the data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CompressConfig {
+    pub strategy: Strategy,
+    pub criterion: Criterion,
+    pub ranking: Ranking,
+    /// None: `rls` prunes for as long as it recovers; `oneshot` needs a target.
+    pub target: Option<Target>,
+    /// Total training budget, in passes over the training set.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub loss: Loss,
+    /// The optimiser of the `rls` strategy.
+    pub rls: RlsConfig,
+    /// The optimiser that fine-tunes after a one-shot prune.
+    pub finetune: OptimizerConfig,
+    /// Fraction of each group's channels one RLS pruning event removes (at least one).
+    pub ratio: f64,
+    /// How `ratio` sizes an event in each group.
+    pub event_size: EventSize,
+    /// Each RLS event prunes one group, the groups taken in forward order in turn
+    /// (docs/methods/rls.md, "Event size"), instead of every group at once.
+    pub one_group_per_event: bool,
+    /// Fraction of its original width every group keeps (at least one channel).
+    pub min_keep: f64,
+    /// Widths that shrink stay multiples of this.
+    pub round_to: usize,
+    /// RLS training before the first prune, in epochs.
+    pub warmup_epochs: f64,
+    /// How often recovery is checked, in epochs.
+    pub check_every_epochs: f64,
+    /// Recovered when validation loss is back to its level before the prune, or validation
+    /// accuracy is within this many points of it (docs/methods/rls.md, "Recovery": memorised
+    /// training splits need this).
+    pub accuracy_tolerance: f64,
+    /// What a prune must recover to: the level just before it (docs/methods/rls.md, "Recovery"),
+    /// or the unpruned network's.
+    pub recovery_reference: RecoveryReference,
+    /// After a prune the step starts at this fraction and ramps back to 1 over one check.
+    pub restart_scale: f64,
+    /// Once pruning is over, the step decays to 0 on a cosine over the rest of the budget.
+    pub anneal: bool,
+    pub max_grad_norm: Option<f32>,
+    pub batchnorm_training: bool,
+    /// Batches the `taylor` criterion (and `rls` for one-shot) averages over.
+    pub calibration_batches: usize,
+}
+
+impl Default for CompressConfig {
+    /// The measured defaults (docs/methods/rls.md, "Defaults").
+    fn default() -> Self {
+        CompressConfig {
+            strategy: Strategy::Rls,
+            criterion: Criterion::Rls,
+            ranking: Ranking::Local,
+            target: None,
+            epochs: 10,
+            batch_size: 64,
+            seed: 0,
+            loss: Loss::CrossEntropy,
+            rls: RlsConfig::default(),
+            finetune: OptimizerConfig::Rls(RlsConfig::default()),
+            ratio: 0.1,
+            event_size: EventSize::Channels,
+            one_group_per_event: false,
+            min_keep: 0.05,
+            round_to: 1,
+            warmup_epochs: 0.5,
+            check_every_epochs: 0.25,
+            accuracy_tolerance: 0.5,
+            recovery_reference: RecoveryReference::LastPrune,
+            restart_scale: 0.1,
+            anneal: true,
+            max_grad_norm: Some(5.0),
+            batchnorm_training: true,
+            calibration_batches: 8,
+        }
+    }
+}
+
+impl CompressConfig {
+    /// Refuses settings no strategy can run with; each strategy checks its own after this.
+    pub(crate) fn check(&self) -> Result<(), PruneError> {
+        let fraction = |f: f64| f > 0.0 && f <= 1.0;
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(PruneError::Setting("epochs and batch size", "at least 1"));
+        }
+        if !fraction(self.ratio) {
+            return Err(PruneError::Setting("the pruning ratio", "in (0, 1]"));
+        }
+        if !(0.0..1.0).contains(&self.min_keep) {
+            return Err(PruneError::Setting(
+                "the minimum kept fraction",
+                "in [0, 1)",
+            ));
+        }
+        if let Some(Target::Macs(f) | Target::Params(f)) = self.target {
+            if !fraction(f) {
+                return Err(PruneError::Setting("the target", "a fraction in (0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many channels of a group one RLS event removes (docs/methods/rls.md, "Event size").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventSize {
+    /// round(ratio · width), at least one: the preset pruning ratio.
+    Channels,
+    /// The lowest-scored channels whose scores sum to at most `ratio` of the group's total (at
+    /// least one): a count that follows the data.
+    ScoreShare,
+}
+
+/// The validation level a prune must get back to (docs/methods/rls.md, "Recovery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryReference {
+    /// The level just before the latest prune (the paper's "last unpruned level").
+    LastPrune,
+    /// The unpruned network's level: stricter, tolerances do not add up over prunes.
+    Original,
+}

@@ -1,0 +1,57 @@
+//! What a compression run reports: its history of events, its progress after every step, and
+//! its outcome. The history and outcome are the `--report` JSON.
+
+use crate::plan::PruningPlan;
+use crate::selection::Cost;
+
+/// What happened at one point of the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Event {
+    /// Validation before the first prune.
+    Start,
+    /// Channels removed.
+    Prune { channels: usize },
+    /// A validation check: whether the network was back to its level before the last prune.
+    Check { recovered: bool },
+    /// The budget ended (or training diverged) before the last prune recovered: the last
+    /// recovered network was restored.
+    RolledBack { diverged: bool },
+}
+
+/// One line of the pruning history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub step: usize,
+    pub epoch: f64,
+    #[serde(flatten)]
+    pub event: Event,
+    pub params: u64,
+    pub macs: u64,
+    pub validation_loss: f32,
+    pub validation_accuracy: f64,
+}
+
+/// The result of a run; the graph itself was changed in place.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub original: Cost,
+    pub compressed: Cost,
+    /// None without a target.
+    pub target_met: Option<bool>,
+    pub history: Vec<HistoryEntry>,
+    /// Every plan applied, in order, each on the groups of the graph it was applied to (the same
+    /// seed gives the same plans). A rolled-back plan stays listed.
+    pub plans: Vec<PruningPlan>,
+}
+
+/// Reported after every training step.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub loss: f32,
+    /// Current MACs over the original's.
+    pub macs_fraction: f64,
+    pub prunes: usize,
+}
