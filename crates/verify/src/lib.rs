@@ -4,7 +4,8 @@
 //!
 //! This crate only runs models; it does not change them. It fits the data to the model (input
 //! shape, labels) and holds the regression gate on test accuracy; the caller decides what to do
-//! when a model fails it.
+//! when a model fails it. Of pare's IR it reads only the declared input shape, from the import
+//! the caller has made anyway.
 
 mod accuracy;
 mod compare;
