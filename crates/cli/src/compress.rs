@@ -5,16 +5,16 @@
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
 use crate::train_args::{OptimizerKind, TrainArgs};
-use crate::{model, table};
+use crate::{model, paths, progress, table};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::ValueEnum;
 use pare_prune::{
     CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress, Ranking,
     RecoveryReference, Strategy, Target,
 };
-use pare_verify::{Latency, TractModel};
+use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -26,20 +26,31 @@ enum StrategyKind {
     Oneshot,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum CriterionKind {
-    /// OBS saliency from RLS's P and the weights (default of --strategy rls).
-    Rls,
-    /// L1 norm of the filters writing the channel.
-    L1,
-    /// Group L2 norm of every weight on the channel (default of --strategy oneshot).
-    L2,
-    /// |γ| of the channel's BatchNorms.
-    BnScale,
-    /// |w·∂L/∂w| summed over the channel's weights.
-    Taylor,
-    /// Random, from --seed.
-    Random,
+impl StrategyKind {
+    /// The criterion used when --criterion is not given.
+    fn default_criterion(self) -> Criterion {
+        match self {
+            StrategyKind::Rls => Criterion::Rls,
+            StrategyKind::Oneshot => Criterion::L2,
+        }
+    }
+}
+
+/// `--criterion`'s values: pare-prune's criteria by name, with their help and the strategy each
+/// is the default of.
+fn criterion_parser() -> impl TypedValueParser<Value = Criterion> {
+    let values = Criterion::ALL.map(|criterion| {
+        let default_of = StrategyKind::value_variants()
+            .iter()
+            .filter(|s| s.default_criterion() == criterion)
+            .filter_map(|s| s.to_possible_value());
+        let help = default_of.fold(criterion.help().to_string(), |help, strategy| {
+            format!("{help} (default of --strategy {})", strategy.get_name())
+        });
+        PossibleValue::new(criterion.name()).help(help)
+    });
+    PossibleValuesParser::new(values)
+        .map(|name| Criterion::from_name(&name).expect("clap accepts only the criteria's names"))
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -90,8 +101,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = StrategyKind::Rls)]
     strategy: StrategyKind,
     /// How channels are scored. Default: rls for --strategy rls, l2 for oneshot.
-    #[arg(long, value_enum)]
-    criterion: Option<CriterionKind>,
+    #[arg(long, value_parser = criterion_parser())]
+    criterion: Option<Criterion>,
     /// How scores of different groups are compared.
     #[arg(long, value_enum, default_value_t = RankingKind::Local)]
     ranking: RankingKind,
@@ -190,16 +201,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
     };
-    let criterion = match args.criterion {
-        Some(CriterionKind::Rls) => Criterion::Rls,
-        Some(CriterionKind::L1) => Criterion::L1,
-        Some(CriterionKind::L2) => Criterion::L2,
-        Some(CriterionKind::BnScale) => Criterion::BnScale,
-        Some(CriterionKind::Taylor) => Criterion::Taylor,
-        Some(CriterionKind::Random) => Criterion::Random,
-        None if strategy == Strategy::Oneshot => Criterion::L2,
-        None => Criterion::Rls,
-    };
+    let criterion = args.criterion.unwrap_or(args.strategy.default_criterion());
     if strategy == Strategy::Rls
         && args
             .train
@@ -245,20 +247,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
     })
 }
 
-fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    if quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {msg} ({eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
-fn figures(cost: Cost, bytes: u64, accuracy: pare_verify::Accuracy, latency: Latency) -> Figures {
+fn figures(cost: Cost, bytes: u64, accuracy: Accuracy, latency: Latency) -> Figures {
     Figures {
         params: cost.params,
         macs: cost.macs,
@@ -274,15 +263,9 @@ pub fn run(args: Args) -> Result<()> {
     else {
         bail!("give a model, --data and -o (see `compress --help`)");
     };
-    crate::convert::refuse_overwrite(&model_path, &output)?;
+    paths::refuse_overwrite(&model_path, &output)?;
     if let Some(report) = &args.report {
-        crate::convert::refuse_overwrite(&model_path, report)?;
-        if crate::convert::same_file(report, &output) {
-            bail!(
-                "--report {} is also the output model; give the report another path",
-                report.display()
-            );
-        }
+        paths::refuse_report(&model_path, &output, report)?;
     }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
@@ -292,28 +275,26 @@ pub fn run(args: Args) -> Result<()> {
     let mut graph = model::load(&model_path)?;
     let before_graph = graph.clone();
     let splits = pare_data::load_dir(&data)?;
-    let test_shape = model::input_shape_for(&graph, &model_path, &data, &splits.test, 100)?;
-    let one = model::input_shape_for(&graph, &model_path, &data, &splits.test, 1)?;
+    let test_shape = pare_verify::input_shape_for(&graph, &model_path, &data, &splits.test, 100)?;
     if splits.test.is_empty() {
         bail!(
             "{}: the test split is empty; the comparison of both models needs test images",
             data.display()
         );
     }
-    let original_tract = TractModel::load(&model_path, &test_shape)?;
-    let classes = original_tract.class_count()?;
-    model::check_labels(&data, "train", &splits.train, &model_path, classes)?;
-    model::check_labels(&data, "test", &splits.test, &model_path, classes)?;
+    let original = Subject::load(Source::File(&model_path), &test_shape)?;
+    original.check_labels(&data, "train", &splits.train)?;
+    original.check_labels(&data, "test", &splits.test)?;
     let (train, val, validation) = match &args.val {
         Some(dir) => {
-            if crate::convert::same_file(dir, &data) {
+            if paths::same_file(dir, &data) {
                 eprintln!(
                     "warning: --val is --data, so recovery is judged on the test split the final table reports"
                 );
             }
             let v = pare_data::load_dir(dir)?.test;
-            model::input_shape_for(&graph, &model_path, dir, &v, 1)?;
-            model::check_labels(dir, "test", &v, &model_path, classes)?;
+            pare_verify::input_shape_for(&graph, &model_path, dir, &v, 1)?;
+            original.check_labels(dir, "test", &v)?;
             let label = format!("{} ({} images)", dir.display(), v.len());
             (splits.train, v, label)
         }
@@ -332,9 +313,10 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
-    let bar = progress_bar(
+    let bar = progress::bar(
         config.epochs * train.len().div_ceil(config.batch_size),
         args.quiet,
+        "[{bar:30}] {pos}/{len} steps {msg} ({eta})",
     );
     let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |p: &Progress| {
         bar.set_position(p.step as u64);
@@ -349,17 +331,17 @@ pub fn run(args: Args) -> Result<()> {
     bar.finish_and_clear();
 
     let bytes = pare_onnx::encode(&pare_ir::export(&graph));
-    let compressed_tract = TractModel::from_bytes(&output, &bytes, &test_shape)?;
-    let acc_before = pare_verify::accuracy(&original_tract, &splits.test)?;
-    let acc_after = pare_verify::accuracy(&compressed_tract, &splits.test)?;
-    let (lat_before, lat_after) = {
-        let a = TractModel::load(&model_path, &one)?;
-        let b = TractModel::from_bytes(&output, &bytes, &one)?;
-        let image = splits.test.head(1);
-        pare_verify::latency_pair(&a, &b, image.images.view(), 10, args.latency_runs)?
-    };
-    let drop = acc_before.percent() - acc_after.percent();
-    let write = drop <= args.max_drop || args.force;
+    let compressed = Subject::load(
+        Source::Bytes {
+            path: &output,
+            bytes: &bytes,
+        },
+        &test_shape,
+    )?;
+    let comparison = pare_verify::compare(&original, &compressed, &data, &splits.test)?;
+    let (lat_before, lat_after) =
+        pare_verify::compare_latency(&original, &compressed, &splits.test, 10, args.latency_runs)?;
+    let write = comparison.within(args.max_drop) || args.force;
     if write {
         pare_onnx::write_atomic(&output, &bytes)?;
     }
@@ -376,8 +358,18 @@ pub fn run(args: Args) -> Result<()> {
         validation,
         validation_held_out: args.val.is_none(),
         test_images: splits.test.len(),
-        original: figures(outcome.original, original_bytes, acc_before, lat_before),
-        compressed: figures(outcome.compressed, bytes.len() as u64, acc_after, lat_after),
+        original: figures(
+            outcome.original,
+            original_bytes,
+            comparison.before,
+            lat_before,
+        ),
+        compressed: figures(
+            outcome.compressed,
+            bytes.len() as u64,
+            comparison.after,
+            lat_after,
+        ),
         target_met: outcome.target_met,
         layers,
         history: outcome.history,
@@ -388,7 +380,8 @@ pub fn run(args: Args) -> Result<()> {
     print!("{}", render(&report));
     if !write {
         bail!(
-            "test accuracy fell by {drop:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
+            "test accuracy fell by {:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
+            comparison.accuracy_drop(),
             args.max_drop,
             output.display()
         );

@@ -3,7 +3,7 @@
 use crate::model;
 use anyhow::{bail, Context, Result};
 use ndarray::s;
-use pare_verify::{latency, TractModel};
+use pare_verify::{latency, Source, Subject};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -48,9 +48,10 @@ pub fn run(args: Args) -> Result<()> {
     let graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
     let test = &splits.test;
-    let shape = model::input_shape_for(&graph, &args.model, &args.data, test, args.batch)?;
-    let acc = model::tract_accuracy(&args.model, &shape, &args.data, "test", test)?;
-    let single = TractModel::load(&args.model, &[&[1], &shape[1..]].concat())?;
+    let shape = pare_verify::input_shape_for(&graph, &args.model, &args.data, test, args.batch)?;
+    let subject = Subject::load(Source::File(&args.model), &shape)?;
+    let acc = subject.test_accuracy(&args.data, test)?;
+    let single = subject.single()?;
     let lat = latency(
         &single,
         test.images.slice(s![..1, .., .., ..]),

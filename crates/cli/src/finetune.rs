@@ -2,12 +2,11 @@
 //! then verify the written file with tract.
 
 use crate::train_args::TrainArgs;
-use crate::{model, table};
+use crate::{model, paths, progress, table};
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pare_train::TrainConfig;
+use pare_verify::{Source, Subject};
 use serde::Serialize;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// Fine-tune a model on a dataset's training split, write it, and compare tract's test accuracy
@@ -51,7 +50,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::convert::refuse_overwrite(&args.model, &args.output)?;
+    paths::refuse_overwrite(&args.model, &args.output)?;
     if args.epochs == 0 {
         bail!("--epochs must be at least 1");
     }
@@ -66,21 +65,16 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
-    let shape = model::input_shape_for(&graph, &args.model, &args.data, &splits.test, 100)?;
-    model::input_shape_for(&graph, &args.model, &args.data, &splits.train, 1)?;
-    let before = model::tract_accuracy(&args.model, &shape, &args.data, "test", &splits.test)?;
-    let classes = pare_verify::TractModel::load(&args.model, &shape)?.class_count()?;
-    model::check_labels(&args.data, "train", &splits.train, &args.model, classes)?;
+    let shape = pare_verify::input_shape_for(&graph, &args.model, &args.data, &splits.test, 100)?;
+    pare_verify::input_shape_for(&graph, &args.model, &args.data, &splits.train, 1)?;
+    let original = Subject::load(Source::File(&args.model), &shape)?;
+    original.check_labels(&args.data, "test", &splits.test)?;
+    original.check_labels(&args.data, "train", &splits.train)?;
 
-    let bar =
-        ProgressBar::new((splits.train.len().div_ceil(args.train.batch) * args.epochs) as u64);
-    if args.quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = progress::bar(
+        splits.train.len().div_ceil(args.train.batch) * args.epochs,
+        args.quiet,
+        "{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
     );
     let epochs = pare_train::train(&mut graph, &splits.train, &config, &mut |p| {
         bar.set_prefix(format!("epoch {}/{}", p.epoch, args.epochs));
@@ -91,15 +85,16 @@ pub fn run(args: Args) -> Result<()> {
     bar.finish_and_clear();
 
     pare_onnx::write_model(&args.output, &pare_ir::export(&graph))?;
-    let after = model::tract_accuracy(&args.output, &shape, &args.data, "test", &splits.test)?;
+    let tuned = Subject::load(Source::File(&args.output), &shape)?;
+    let comparison = pare_verify::compare(&original, &tuned, &args.data, &splits.test)?;
     let report = Report {
         model: args.model.clone(),
         output: args.output.clone(),
         config,
         epochs,
-        test_accuracy_before: before.percent(),
-        test_accuracy_after: after.percent(),
-        test_images: after.total,
+        test_accuracy_before: comparison.before.percent(),
+        test_accuracy_after: comparison.after.percent(),
+        test_images: comparison.after.total,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

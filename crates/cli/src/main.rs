@@ -10,6 +10,8 @@ mod eval;
 mod finetune;
 mod inspect;
 mod model;
+mod paths;
+mod progress;
 mod table;
 mod train_args;
 

@@ -19,7 +19,7 @@ use std::ops::Range;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Criterion {
-    /// OBS saliency from each consumer's RLS P and W: ½·tr(W_S P_SS⁻¹ W_Sᵀ) (specs/rls.md §3.2).
+    /// OBS saliency from each consumer's RLS P and W: ½·tr(W_S P_SS⁻¹ W_Sᵀ) (docs/methods/rls.md).
     Rls,
     /// Sum of |w| of the filters that write the channel (Li et al.).
     L1,
@@ -31,6 +31,47 @@ pub enum Criterion {
     Taylor,
     /// Uniform random, from the seed.
     Random,
+}
+
+impl Criterion {
+    /// Every criterion, in the order users see them listed.
+    pub const ALL: [Criterion; 6] = [
+        Criterion::Rls,
+        Criterion::L1,
+        Criterion::L2,
+        Criterion::BnScale,
+        Criterion::Taylor,
+        Criterion::Random,
+    ];
+
+    /// The name users give it, as in the JSON report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Criterion::Rls => "rls",
+            Criterion::L1 => "l1",
+            Criterion::L2 => "l2",
+            Criterion::BnScale => "bn-scale",
+            Criterion::Taylor => "taylor",
+            Criterion::Random => "random",
+        }
+    }
+
+    /// One line on what it scores, for users.
+    pub fn help(self) -> &'static str {
+        match self {
+            Criterion::Rls => "OBS saliency from RLS's P and the weights",
+            Criterion::L1 => "L1 norm of the filters writing the channel",
+            Criterion::L2 => "Group L2 norm of every weight on the channel",
+            Criterion::BnScale => "|γ| of the channel's BatchNorms",
+            Criterion::Taylor => "|w·∂L/∂w| summed over the channel's weights",
+            Criterion::Random => "Random, from --seed",
+        }
+    }
+
+    /// The criterion called `name`.
+    pub fn from_name(name: &str) -> Option<Criterion> {
+        Criterion::ALL.into_iter().find(|c| c.name() == name)
+    }
 }
 
 /// Per prunable group, one score per channel.
@@ -225,6 +266,21 @@ mod tests {
     use super::*;
     use crate::analyze;
     use pare_onnx::{attr, GraphBuilder};
+
+    #[test]
+    fn names_are_the_kebab_case_variant_names_the_report_uses() {
+        for c in Criterion::ALL {
+            let mut kebab = String::new();
+            for (i, ch) in format!("{c:?}").chars().enumerate() {
+                if ch.is_uppercase() && i > 0 {
+                    kebab.push('-');
+                }
+                kebab.push(ch.to_ascii_lowercase());
+            }
+            assert_eq!(c.name(), kebab);
+            assert_eq!(Criterion::from_name(c.name()), Some(c));
+        }
+    }
 
     /// x[N,1,4,4] → Conv c1 (3 channels) → BN → Relu → Conv c2 (2) → GAP → Flatten → y.
     /// Channel 1 is dead: its BN shift of −100 keeps it below zero for inputs in [0, 1).
