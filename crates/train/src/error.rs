@@ -16,6 +16,8 @@ pub enum TrainError {
     },
     #[error("the model's graph '{graph}' has no input: training feeds each batch to the first graph input; export the model with its image input declared as a graph input")]
     NoInput { graph: String },
+    #[error("the model's graph '{graph}' has no output: training needs the logits as the first graph output")]
+    NoOutput { graph: String },
     #[error("the model's output has shape {0:?}; training needs [batch, classes] logits")]
     OutputShape(Vec<usize>),
     #[error("sample labels reach {label} but the model scores {classes} classes")]
@@ -26,4 +28,13 @@ pub enum TrainError {
         epoch: usize,
         batch: usize,
     },
+}
+
+/// How errors name a graph: its name in the file, or "unnamed".
+pub(crate) fn graph_name(graph: &pare_ir::Graph) -> String {
+    graph
+        .meta
+        .graph_name
+        .clone()
+        .unwrap_or_else(|| "unnamed".into())
 }

@@ -5,6 +5,7 @@
 //! Deterministic: the batch order comes from the seed and every kernel reduces in a fixed order,
 //! so the same seed gives the same weights bit for bit.
 
+use crate::error::graph_name;
 use crate::executor::{self, Mode, Tape};
 use crate::loss::Loss;
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -65,10 +66,9 @@ pub struct EpochReport {
 /// The value whose gradient training starts from: the logits. A model that ends in Softmax is
 /// trained on the Softmax's input, which is the same cross-entropy but numerically stable.
 pub fn scores_value(graph: &Graph) -> Result<ValueId, TrainError> {
-    let out = *graph
-        .outputs
-        .first()
-        .ok_or(TrainError::OutputShape(vec![]))?;
+    let out = *graph.outputs.first().ok_or_else(|| TrainError::NoOutput {
+        graph: graph_name(graph),
+    })?;
     if let ValueSource::Node(n) = graph.value(out).source {
         let node = graph.node(n);
         if matches!(node.op, Op::Softmax { .. }) {
@@ -158,7 +158,7 @@ fn clip_grad_norm(graph: &Graph, grads: &mut executor::Gradients, max: f32) {
     if norm > max as f64 {
         let scale = (max as f64 / norm) as f32;
         for v in params {
-            if let Some(g) = &mut grads.0[v.0 as usize] {
+            if let Some(g) = grads.of_mut(v) {
                 g.mapv_inplace(|x| x * scale);
             }
         }
@@ -386,4 +386,18 @@ pub fn train(
         });
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graph_without_output_is_refused_by_name() {
+        let mut graph = Graph::default();
+        graph.meta.graph_name = Some("main_graph".into());
+        let err = scores_value(&graph).expect_err("no logits to train on");
+        assert!(matches!(&err, TrainError::NoOutput { graph } if graph == "main_graph"));
+        assert!(err.to_string().contains("has no output"), "{err}");
+    }
 }

@@ -16,9 +16,10 @@ mod tape;
 
 pub use tape::{Mode, Tape};
 
+use crate::error::graph_name;
 use crate::TrainError;
 use ndarray::ArrayD;
-use pare_ir::{Graph, Id, ValueId};
+use pare_ir::{Graph, PerValue, ValueId};
 
 /// Runs the graph on `input` (the first graph input). `mean_inputs` records the RLS input means.
 /// With `dropout: Some(seed)` Dropout nodes drop as in training, with masks drawn from the seed;
@@ -31,22 +32,22 @@ pub fn forward(
     dropout: Option<u64>,
 ) -> Result<Tape, TrainError> {
     let first = *graph.inputs.first().ok_or_else(|| TrainError::NoInput {
-        graph: graph
-            .meta
-            .graph_name
-            .clone()
-            .unwrap_or_else(|| "unnamed".into()),
+        graph: graph_name(graph),
     })?;
     forward::run(graph, first, input, mode, mean_inputs, dropout)
 }
 
 /// Gradients of every float value that received one, indexed by ValueId. Initializers among
 /// them are the parameter gradients.
-pub struct Gradients(pub Vec<Option<ArrayD<f32>>>);
+pub struct Gradients(PerValue<Option<ArrayD<f32>>>);
 
 impl Gradients {
     pub fn of(&self, v: ValueId) -> Option<&ArrayD<f32>> {
-        self.0[v.index()].as_ref()
+        self.0[v].as_ref()
+    }
+
+    pub fn of_mut(&mut self, v: ValueId) -> Option<&mut ArrayD<f32>> {
+        self.0[v].as_mut()
     }
 }
 
@@ -57,7 +58,7 @@ pub fn backward(
     from: ValueId,
     grad: ArrayD<f32>,
 ) -> Result<Gradients, TrainError> {
-    backward::run(graph, tape, from, grad).map(|grads| Gradients(grads.into()))
+    backward::run(graph, tape, from, grad).map(Gradients)
 }
 
 #[cfg(test)]
