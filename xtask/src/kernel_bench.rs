@@ -225,7 +225,7 @@ fn gemm_table() {
         ("conv2 as Winograd point", 1024, 32, 64),
     ];
     println!();
-    println!("| GEMM m × k × n, one thread | pare-train GFLOP/s | matrixmultiply GFLOP/s |");
+    println!("| GEMM m × k × n, one thread | pare-kernels GFLOP/s | matrixmultiply GFLOP/s |");
     println!("|---|---|---|");
     for (label, m, k, n) in PRODUCTS {
         let (a, b) = (wave(m * k, 1.0), wave(k * n, 2.0));
