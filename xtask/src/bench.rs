@@ -290,8 +290,8 @@ pub fn convergence() -> Result<()> {
         train.len(),
         test.len()
     );
-    // specs/rls.md §5: λ 1, α 1, η 1 from scratch (LeNet-5 has no parameters outside its layers,
-    // so the SGD settings RLS keeps for other parameters do not matter here).
+    // docs/methods/rls.md, "Defaults": λ 1, α 1, η 1 from scratch (LeNet-5 has no parameters
+    // outside its layers, so the SGD settings RLS keeps for other parameters do not matter here).
     let optimizers = [
         (
             "RLS (α 1, η 1, λ 1)",
