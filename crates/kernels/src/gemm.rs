@@ -16,7 +16,7 @@ mod packed;
 mod row_dots;
 
 #[cfg(target_arch = "x86_64")]
-use crate::simd::{self, lanes_mask};
+use crate::simd::{self, Mask, Zmm};
 
 /// A matrix view: rows × cols over `data`, element (r, c) at `r * row_stride + c * col_stride`.
 #[derive(Clone, Copy)]
@@ -306,17 +306,16 @@ fn settled<T: Element>(a: &Mat<T>, k: usize, n: usize, beta: T, c: &mut [T]) -> 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn store_scaled(dst: &mut [f32], v: std::arch::x86_64::__m512, alpha: f32, beta: f32) {
-    use std::arch::x86_64::*;
-    let mask = lanes_mask(dst.len());
-    let mut r = _mm512_mul_ps(_mm512_set1_ps(alpha), v);
+fn store_scaled(dst: &mut [f32], v: Zmm, alpha: f32, beta: f32) {
+    let mask = Mask::first(dst.len());
+    let mut r = Zmm::splat(alpha).mul(v);
     // SAFETY: the mask covers only dst's values.
     unsafe {
         if beta != 0.0 {
-            let old = _mm512_maskz_loadu_ps(mask, dst.as_ptr());
-            r = _mm512_fmadd_ps(_mm512_set1_ps(beta), old, r);
+            let old = Zmm::load_masked(mask, dst.as_ptr());
+            r = Zmm::splat(beta).mul_add(old, r);
         }
-        _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, r);
+        r.store_masked(mask, dst.as_mut_ptr());
     }
 }
 

@@ -9,6 +9,8 @@
 //!   pare-train maps nodes onto them.
 //! - Every `unsafe` block of pare lives in this crate, each with a `// SAFETY:` comment saying
 //!   why it is sound (bounds, alignment, the CPU feature checked in `simd`).
+//! - Every vector path is written over `simd`'s register types (`Zmm`, `I32x16`, `Mask`, the
+//!   `Registers` trait): no other module calls an intrinsic.
 //!
 //! Imports: std, ndarray, rayon, matrixmultiply and libc only; no pare crate (pare-data, the
 //! trainer and the pruner depend on this one). Every other pare crate forbids unsafe code (or

@@ -148,50 +148,46 @@ fn max_2x2(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn max_2x2_avx512(geo: &Window2d, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
-    use crate::simd::lanes_mask;
-    use std::arch::x86_64::*;
+    use crate::simd::{I32x16, Mask, Zmm};
     let (w, (ho, wo)) = (geo.w, geo.out);
     // Every access below stays inside these bounds (is_plain_2x2: 2·ho ≤ h, 2·wo ≤ w).
     assert!(xp.len() >= geo.h * w && yp.len() >= ho * wo && ap.len() >= ho * wo);
     assert!(2 * ho <= geo.h && 2 * wo <= w && geo.h * w <= i32::MAX as usize);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    let even = I32x16::from_array([0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]);
+    let odd = even.add(I32x16::splat(1));
     for oy in 0..ho {
         let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
         for ox in (0..wo).step_by(16) {
             let n = (wo - ox).min(16);
             let (low, high) = (
-                lanes_mask((2 * n).min(16)),
-                lanes_mask((2 * n).saturating_sub(16)),
+                Mask::first((2 * n).min(16)),
+                Mask::first((2 * n).saturating_sub(16)),
             );
             // SAFETY: the masked loads read 2n values from column 2·ox of rows 2·oy and
             // 2·oy + 1, inside xp; masked-off lanes are not read.
             let pair = |row: usize| unsafe {
                 let p = xp.as_ptr().add(row + 2 * ox);
-                let a = _mm512_maskz_loadu_ps(low, p);
-                let b = _mm512_maskz_loadu_ps(high, p.add(16));
-                (
-                    _mm512_permutex2var_ps(a, even, b),
-                    _mm512_permutex2var_ps(a, odd, b),
-                )
+                let a = Zmm::load_masked(low, p);
+                let b = Zmm::load_masked(high, p.add(16));
+                (a.permute2(even, b), a.permute2(odd, b))
             };
             let ((t0, t1), (b0, b1)) = (pair(top), pair(bottom));
             let at = |row: usize, col: i32| {
-                let first = _mm512_set1_epi32((row + 2 * ox) as i32 + col);
-                _mm512_add_epi32(first, even)
+                let first = I32x16::splat((row + 2 * ox) as i32 + col);
+                first.add(even)
             };
             let cells = [(t0, at(top, 0)), (t1, at(top, 1)), (b0, at(bottom, 0))];
-            let (mut v, mut i) = (_mm512_set1_ps(f32::NEG_INFINITY), at(top, 0));
+            let (mut v, mut i) = (Zmm::splat(f32::NEG_INFINITY), at(top, 0));
             for (value, index) in cells.into_iter().chain([(b1, at(bottom, 1))]) {
-                let wins = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(value, v);
-                v = _mm512_mask_blend_ps(wins, v, value);
-                i = _mm512_mask_blend_epi32(wins, i, index);
+                let wins = value.greater(v);
+                v = v.blend(wins, value);
+                i = i.blend(wins, index);
             }
             // SAFETY: n outputs from oy·wo + ox, inside yp and ap.
             unsafe {
                 let out = oy * wo + ox;
-                _mm512_mask_storeu_ps(yp.as_mut_ptr().add(out), lanes_mask(n), v);
-                _mm512_mask_storeu_epi32(ap.as_mut_ptr().add(out).cast(), lanes_mask(n), i);
+                v.store_masked(Mask::first(n), yp.as_mut_ptr().add(out));
+                i.store_masked(Mask::first(n), ap.as_mut_ptr().add(out).cast());
             }
         }
     }

@@ -9,8 +9,7 @@
 
 use super::{store_scaled, Mat, ShiftedRows};
 use crate::scratch::with_buffer;
-use crate::simd::{lanes_mask, LANES};
-use std::arch::x86_64::*;
+use crate::simd::{transpose, Mask, Zmm, LANES};
 use std::cell::RefCell;
 
 /// Rows of c per micro-kernel tile, each one broadcast of a value of a: 12 rows keep 24 of the 32
@@ -247,58 +246,24 @@ fn pack_rows<'m, const W: usize>(
                 *source = &row(first + i0 + i)[..cols];
             }
             // A column's rows i0.. of the panel: 16 of them, or the rest of a narrower panel.
-            let store = lanes_mask(LANES.min(W - i0));
+            let store = Mask::first(LANES.min(W - i0));
             for j0 in (0..cols).step_by(LANES) {
                 let width = LANES.min(cols - j0);
-                let load = lanes_mask(width);
-                let mut block = [_mm512_setzero_ps(); LANES];
+                let load = Mask::first(width);
+                let mut block = [Zmm::zero(); LANES];
                 for (v, source) in block.iter_mut().zip(&sources[..block_rows]) {
                     // SAFETY: the mask reads only the row's `width` values from j0.
-                    *v = unsafe { _mm512_maskz_loadu_ps(load, source[j0..].as_ptr()) };
+                    *v = unsafe { Zmm::load_masked(load, source[j0..].as_ptr()) };
                 }
                 transpose(&mut block);
                 for (j, column) in block.iter().enumerate().take(width) {
                     let dst = &mut panel[(j0 + j) * W + i0..];
                     // SAFETY: the mask writes W − i0 values at most, inside column j0 + j.
-                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), store, *column) };
+                    unsafe { column.store_masked(store, dst.as_mut_ptr()) };
                 }
             }
         }
     });
-}
-
-/// Transposes 16 × 16 values in registers: `r[i]` holds row i before and column i after.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn transpose(r: &mut [__m512; LANES]) {
-    let mut t = [_mm512_setzero_ps(); LANES];
-    // Pairs of rows interleaved value by value, then pairs of pairs two values at a time: in
-    // each 128-bit lane L, r[4g + c] ends up with column 4L + c of rows 4g..4g + 4.
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    let pd = _mm512_castps_pd;
-    for g in 0..4 {
-        let (lo, hi) = (t[4 * g], t[4 * g + 1]);
-        let (next_lo, next_hi) = (t[4 * g + 2], t[4 * g + 3]);
-        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(lo), pd(next_lo)));
-        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(lo), pd(next_lo)));
-        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(hi), pd(next_hi)));
-        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(hi), pd(next_hi)));
-    }
-    // Then the 128-bit lanes gathered across the four groups of rows, in two rounds.
-    for half in 0..2 {
-        for c in 0..4 {
-            let (a, b) = (r[8 * half + c], r[8 * half + 4 + c]);
-            t[8 * half + c] = _mm512_shuffle_f32x4::<0x88>(a, b);
-            t[8 * half + 4 + c] = _mm512_shuffle_f32x4::<0xdd>(a, b);
-        }
-    }
-    for j in 0..8 {
-        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
-        r[8 + j] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[8 + j]);
-    }
 }
 
 /// `pack` for a matrix whose columns run contiguously: `column(first, j, height)` is the
@@ -343,7 +308,7 @@ trait PanelRows {
     ///
     /// # Safety
     /// The CPU must have AVX-512F, and k < the kc the rows were made for.
-    unsafe fn row(&self, k: usize) -> [__m512; 2];
+    unsafe fn row(&self, k: usize) -> [Zmm; 2];
 }
 
 /// A packed panel of b: kc rows of NR values, one after another.
@@ -359,11 +324,11 @@ impl<'a> PackedPanel<'a> {
 impl PanelRows for PackedPanel<'_> {
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn row(&self, k: usize) -> [__m512; 2] {
+    unsafe fn row(&self, k: usize) -> [Zmm; 2] {
         // SAFETY: `new` sized the panel for kc rows, and the caller keeps k below kc.
         unsafe {
             let p = self.0.as_ptr().add(k * NR);
-            [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(LANES))]
+            [Zmm::load(p), Zmm::load(p.add(LANES))]
         }
     }
 }
@@ -375,7 +340,7 @@ struct RowsInPlace<'a> {
     data: &'a [f32],
     starts: &'a [usize],
     col: usize,
-    masks: [__mmask16; 2],
+    masks: [Mask; 2],
 }
 
 impl<'a> RowsInPlace<'a> {
@@ -387,8 +352,8 @@ impl<'a> RowsInPlace<'a> {
             starts: &rows.starts[pc..][..kc],
             col,
             masks: [
-                lanes_mask(cols.min(LANES)),
-                lanes_mask(cols.saturating_sub(LANES)),
+                Mask::first(cols.min(LANES)),
+                Mask::first(cols.saturating_sub(LANES)),
             ],
         }
     }
@@ -397,7 +362,7 @@ impl<'a> RowsInPlace<'a> {
 impl PanelRows for RowsInPlace<'_> {
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn row(&self, k: usize) -> [__m512; 2] {
+    unsafe fn row(&self, k: usize) -> [Zmm; 2] {
         // SAFETY: row k's values col..col + cols lie inside `data` (see `new`); the masks read
         // those only.
         unsafe {
@@ -406,8 +371,8 @@ impl PanelRows for RowsInPlace<'_> {
                 .as_ptr()
                 .add(*self.starts.get_unchecked(k) + self.col);
             [
-                _mm512_maskz_loadu_ps(self.masks[0], p),
-                _mm512_maskz_loadu_ps(self.masks[1], p.add(LANES)),
+                Zmm::load_masked(self.masks[0], p),
+                Zmm::load_masked(self.masks[1], p.add(LANES)),
             ]
         }
     }
@@ -428,7 +393,7 @@ fn micro_kernel<const MR: usize>(
     tile: Tile,
 ) {
     assert!(a_panel.len() >= MR * kc);
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[Zmm::zero(); 2]; MR];
     let mut pa = a_panel.as_ptr();
     for k in 0..kc {
         // SAFETY: the assert above keeps kc steps of MR values of a in the panel; b was made
@@ -436,9 +401,9 @@ fn micro_kernel<const MR: usize>(
         unsafe {
             let [b0, b1] = b.row(k);
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*pa.add(i));
-                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                let ai = Zmm::splat(*pa.add(i));
+                row[0] = ai.mul_add(b0, row[0]);
+                row[1] = ai.mul_add(b1, row[1]);
             }
             pa = pa.add(MR);
         }

@@ -3,8 +3,7 @@
 //! the thin products that skip packing. Both only run on CPUs with AVX-512F; `gemm` checks.
 
 use super::{store_scaled, Mat};
-use crate::simd::{lanes_mask, LANES};
-use std::arch::x86_64::*;
+use crate::simd::{Mask, Zmm, LANES};
 
 /// `b_col(j)` is b's column j, `a.cols` values.
 #[target_feature(enable = "avx512f")]
@@ -21,30 +20,30 @@ pub(super) fn row_dots<'b>(
     // slicing here).
     let a_row = |i: usize| &a.data[i * a.row_stride as usize..][..k];
     let full = k - k % LANES;
-    let tail = lanes_mask(k % LANES);
+    let tail = Mask::first(k % LANES);
     for i0 in (0..m).step_by(4) {
         let rows: [Option<&[f32]>; 4] =
             std::array::from_fn(|r| (i0 + r < m).then(|| a_row(i0 + r)));
         for j0 in (0..n).step_by(4) {
             let cols: [Option<&[f32]>; 4] =
                 std::array::from_fn(|s| (j0 + s < n).then(|| b_col(j0 + s)));
-            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-            let load = |v: Option<&[f32]>, p: usize, mask: __mmask16| match v {
+            let mut acc = [[Zmm::zero(); 4]; 4];
+            let load = |v: Option<&[f32]>, p: usize, mask: Mask| match v {
                 // SAFETY: the masked lanes are inside the slice: p + popcount(mask) ≤ k.
-                Some(v) => unsafe { _mm512_maskz_loadu_ps(mask, v[p..].as_ptr()) },
-                None => _mm512_setzero_ps(),
+                Some(v) => unsafe { Zmm::load_masked(mask, v[p..].as_ptr()) },
+                None => Zmm::zero(),
             };
-            let mut step = |p: usize, mask: __mmask16| {
+            let mut step = |p: usize, mask: Mask| {
                 let av = rows.map(|v| load(v, p, mask));
                 let bv = cols.map(|v| load(v, p, mask));
                 for (acc, a) in acc.iter_mut().zip(av) {
                     for (acc, b) in acc.iter_mut().zip(bv) {
-                        *acc = _mm512_fmadd_ps(a, b, *acc);
+                        *acc = a.mul_add(b, *acc);
                     }
                 }
             };
             for p in (0..full).step_by(LANES) {
-                step(p, !0);
+                step(p, Mask::ALL);
             }
             if full < k {
                 step(full, tail);
@@ -52,7 +51,7 @@ pub(super) fn row_dots<'b>(
             for (r, acc) in acc.iter().enumerate().take(m - i0) {
                 for (s, acc) in acc.iter().enumerate().take(n - j0) {
                     let out = &mut c[(i0 + r) * n + j0 + s];
-                    let dot = alpha * _mm512_reduce_add_ps(*acc);
+                    let dot = alpha * acc.sum();
                     *out = if beta == 0.0 { dot } else { dot + beta * *out };
                 }
             }
@@ -84,22 +83,22 @@ pub(super) fn broadcast_rows<'b>(
         let rows = ROWS.min(m - i0);
         for j0 in (0..n).step_by(2 * LANES) {
             let widths = [LANES.min(n - j0), (n - j0).saturating_sub(LANES).min(LANES)];
-            let masks = widths.map(lanes_mask);
-            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+            let masks = widths.map(Mask::first);
+            let mut acc = [[Zmm::zero(); 2]; ROWS];
             for p in 0..k {
                 let row = b_row(p)[j0..].as_ptr();
                 // SAFETY: the masks read only inside b's row, j0 + widths ≤ n; an empty
                 // second half reads nothing (and its address is only computed).
                 let bv = unsafe {
                     [
-                        _mm512_maskz_loadu_ps(masks[0], row),
-                        _mm512_maskz_loadu_ps(masks[1], row.wrapping_add(LANES)),
+                        Zmm::load_masked(masks[0], row),
+                        Zmm::load_masked(masks[1], row.wrapping_add(LANES)),
                     ]
                 };
                 for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                    let av = _mm512_set1_ps(a_at(i0 + r, p));
-                    acc[0] = _mm512_fmadd_ps(av, bv[0], acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, bv[1], acc[1]);
+                    let av = Zmm::splat(a_at(i0 + r, p));
+                    acc[0] = av.mul_add(bv[0], acc[0]);
+                    acc[1] = av.mul_add(bv[1], acc[1]);
                 }
             }
             for (r, acc) in acc.iter().enumerate().take(rows) {
