@@ -318,3 +318,54 @@ fn dropout_drops_and_rescales_in_training_and_is_the_identity_otherwise() {
     assert_ne!(run(Some(4)), dropped, "another seed draws another mask");
     assert!(run(None).iter().all(|&(b, a)| a == b));
 }
+
+/// x → Conv → Sigmoid → Relu → Sigmoid → Flatten → Gemm: activations in a row, each the only
+/// reader of the one before. Each needs its own output for its gradient, so a chain must not
+/// write one over another; with `unfused`, every value between them is a graph output too.
+fn chained_activations_graph(unfused: bool) -> Graph {
+    let mut b = GraphBuilder::new("chained activations", 17);
+    b.input("x", [2i64, 2, 5, 5]);
+    b.initializer(attr::tensor_f32("w", &[3, 2, 3, 3], wave(54, 1.0, 0.6)));
+    b.initializer(attr::tensor_f32("fc", &[2, 27], wave(54, 2.0, 0.5)));
+    b.node("Conv", &["x", "w"], &["c"], vec![]);
+    b.node("Sigmoid", &["c"], &["s1"], vec![]);
+    b.node("Relu", &["s1"], &["r"], vec![]);
+    b.node("Sigmoid", &["r"], &["s2"], vec![]);
+    b.node("Flatten", &["s2"], &["f"], vec![]);
+    b.node("Gemm", &["f", "fc"], &["y"], vec![attr::int("transB", 1)]);
+    b.output("y", [2i64, 2]);
+    if unfused {
+        for (name, shape) in [
+            ("c", [2i64, 3, 3, 3]),
+            ("s1", [2, 3, 3, 3]),
+            ("r", [2, 3, 3, 3]),
+        ] {
+            b.output(name, shape);
+        }
+    }
+    pare_ir::import(&b.build()).unwrap()
+}
+
+#[test]
+fn chained_activations_back_propagate_as_they_do_unfused() {
+    let (graph, unfused) = (
+        chained_activations_graph(false),
+        chained_activations_graph(true),
+    );
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 2, 5, 5]), wave(100, 4.0, 1.5)).unwrap();
+    let r = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.0, -0.5, 0.3, 2.0]).unwrap();
+    let run = |graph: &Graph| {
+        let tape = forward(graph, x.clone(), Mode::Train, false, None).unwrap();
+        let y = tape.value(graph.outputs[0]).unwrap().clone();
+        (
+            y,
+            backward(graph, &tape, graph.outputs[0], r.clone()).unwrap(),
+        )
+    };
+    let ((y, grads), (want_y, want_grads)) = (run(&graph), run(&unfused));
+    assert_eq!(y, want_y);
+    for name in ["w", "fc"] {
+        let v = graph.find_value(name).unwrap();
+        assert_eq!(grads.of(v), want_grads.of(v), "{name}");
+    }
+}

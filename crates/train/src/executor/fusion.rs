@@ -57,7 +57,10 @@ pub(super) fn fusions(graph: &Graph, tape: &Tape, mode: Mode) -> PerNode<Fusion>
                     && activation(graph, tape, reader)
                         .is_some_and(|a| a.output_determines_derivative())
             };
-            if let Some(reader) = sole_reader(v).filter(|&r| in_place(r)) {
+            // An activation's backward reads its own output, so no other one may overwrite it:
+            // in a chain of activations only the first runs inside its producer.
+            let keeps_own_output = activation(graph, tape, id).is_some();
+            if let Some(reader) = sole_reader(v).filter(|&r| !keeps_own_output && in_place(r)) {
                 fusion.activation = Some(reader);
                 v = graph.node(reader).outputs[0];
             }
