@@ -219,6 +219,44 @@ fn labels_beyond_the_models_classes_are_refused() {
 }
 
 #[test]
+fn eval_refuses_an_empty_test_split_and_absurd_run_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), &[]);
+    let data = path_str(dir.path());
+    let o = compress(&["eval", "models/lenet5_opset17.onnx", "--data", data]);
+    assert_clean_error(&o, &[data, "test split has no images"]);
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/mnist5k",
+        "--runs",
+        "18446744073709551615",
+    ]);
+    assert_clean_error(&o, &["--runs", "at most"]);
+}
+
+#[test]
+fn eval_with_a_batch_beyond_the_data_measures_every_image_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), &[3, 1, 4]);
+    let o = compress(&[
+        "eval",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(dir.path()),
+        "--batch",
+        "1000000000000",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["total"], 3);
+}
+
+#[test]
 fn a_missing_dataset_folder_or_model_is_named() {
     let o = compress(&[
         "eval",

@@ -275,7 +275,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut graph = model::load(&model_path)?;
     let before_graph = graph.clone();
     let splits = pare_data::load_dir(&data)?;
-    let test_shape = pare_verify::input_shape_for(&graph, &model_path, &data, &splits.test, 100)?;
+    let test_shape =
+        pare_verify::input_shape_for(&graph, &model_path, &data, "test", &splits.test, 100)?;
     if splits.test.is_empty() {
         bail!(
             "{}: the test split is empty; the comparison of both models needs test images",
@@ -293,7 +294,7 @@ pub fn run(args: Args) -> Result<()> {
                 );
             }
             let v = pare_data::load_dir(dir)?.test;
-            pare_verify::input_shape_for(&graph, &model_path, dir, &v, 1)?;
+            pare_verify::input_shape_for(&graph, &model_path, dir, "validation", &v, 1)?;
             original.check_labels(dir, "test", &v)?;
             let label = format!("{} ({} images)", dir.display(), v.len());
             (splits.train, v, label)

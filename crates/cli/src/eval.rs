@@ -32,6 +32,9 @@ pub struct Args {
     json: bool,
 }
 
+/// The most timed (or warm-up) runs `eval` makes: beyond this a typo, not a measurement.
+const MAX_RUNS: usize = 100_000;
+
 #[derive(Serialize)]
 struct Report {
     model: PathBuf,
@@ -45,10 +48,15 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 || args.runs == 0 {
         bail!("--batch and --runs must be at least 1");
     }
+    if args.runs > MAX_RUNS || args.warmup > MAX_RUNS {
+        bail!("--runs and --warmup must be at most {MAX_RUNS}");
+    }
     let graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
     let test = &splits.test;
-    let shape = pare_verify::input_shape_for(&graph, &args.model, &args.data, test, args.batch)?;
+    // More images per run than the split has would only pad (and allocate) empty samples.
+    let batch = args.batch.min(test.len()).max(1);
+    let shape = pare_verify::input_shape_for(&graph, &args.model, &args.data, "test", test, batch)?;
     let subject = Subject::load(Source::File(&args.model), &shape)?;
     let acc = subject.test_accuracy(&args.data, test)?;
     let single = subject.single()?;

@@ -65,8 +65,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
-    let shape = pare_verify::input_shape_for(&graph, &args.model, &args.data, &splits.test, 100)?;
-    pare_verify::input_shape_for(&graph, &args.model, &args.data, &splits.train, 1)?;
+    let shape =
+        pare_verify::input_shape_for(&graph, &args.model, &args.data, "test", &splits.test, 100)?;
+    pare_verify::input_shape_for(&graph, &args.model, &args.data, "train", &splits.train, 1)?;
     let original = Subject::load(Source::File(&args.model), &shape)?;
     original.check_labels(&args.data, "test", &splits.test)?;
     original.check_labels(&args.data, "train", &splits.train)?;

@@ -28,6 +28,8 @@ pub enum VerifyError {
         model: PathBuf,
         takes: Vec<usize>,
     },
+    #[error("{data}: the {split} split has no images; give a dataset with {split} images")]
+    EmptySplit { data: PathBuf, split: String },
     #[error("{data}: {split} sample {index} has label {label}, but the model {model} scores only {classes} classes (0..{})", .classes.saturating_sub(1))]
     Label {
         data: PathBuf,

@@ -12,9 +12,16 @@ pub fn input_shape_for(
     graph: &Graph,
     model: &Path,
     data: &Path,
+    split: &str,
     images: &Dataset,
     batch: usize,
 ) -> Result<Vec<usize>, VerifyError> {
+    if images.is_empty() {
+        return Err(VerifyError::EmptySplit {
+            data: data.into(),
+            split: split.into(),
+        });
+    }
     let image = images.image_shape();
     let shape = declared_shape(graph, model, batch, image)?;
     if shape[1..] != image {
