@@ -237,6 +237,25 @@ fn eval_refuses_an_empty_test_split_and_absurd_run_counts() {
 }
 
 #[test]
+fn training_budgets_and_run_counts_past_any_real_run_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let max = "18446744073709551615";
+    let model = "models/lenet5_opset17.onnx";
+    for (args, flag) in [
+        (vec!["finetune", model, "--epochs", max], "--epochs"),
+        (vec![model, "--epochs", max], "--epochs"),
+        (vec![model, "--latency-runs", max], "--latency-runs"),
+    ] {
+        let mut args = args;
+        args.extend(["--data", "models/mnist5k", "-o", path_str(&out)]);
+        let o = compress(&args);
+        assert_clean_error(&o, &[flag, "between 1 and"]);
+        assert!(!out.exists(), "nothing written");
+    }
+}
+
+#[test]
 fn eval_with_a_batch_beyond_the_data_measures_every_image_once() {
     let dir = tempfile::tempdir().unwrap();
     write_idx_dataset(dir.path(), &[3, 1, 4]);

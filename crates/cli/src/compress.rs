@@ -4,8 +4,9 @@
 //! The compressed model is verified from its encoded bytes before anything is written, so a
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
+use crate::eval::MAX_RUNS;
 use crate::train_args::{OptimizerKind, TrainArgs};
-use crate::{model, paths, progress, table};
+use crate::{model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
@@ -197,6 +198,10 @@ struct LayerReport {
 }
 
 fn config(args: &Args) -> Result<CompressConfig> {
+    train_args::check_epochs(args.epochs)?;
+    if args.latency_runs == 0 || args.latency_runs > MAX_RUNS {
+        bail!("--latency-runs must be between 1 and {MAX_RUNS}");
+    }
     let strategy = match args.strategy {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,

@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 /// The most timed (or warm-up) runs `eval` makes: beyond this a typo, not a measurement.
-const MAX_RUNS: usize = 100_000;
+pub(crate) const MAX_RUNS: usize = 100_000;
 
 #[derive(Serialize)]
 struct Report {

@@ -2,8 +2,8 @@
 //! then verify the written file with tract.
 
 use crate::train_args::TrainArgs;
-use crate::{model, paths, progress, table};
-use anyhow::{bail, Result};
+use crate::{model, paths, progress, table, train_args};
+use anyhow::Result;
 use pare_train::TrainConfig;
 use pare_verify::{Source, Subject};
 use serde::Serialize;
@@ -51,9 +51,7 @@ struct Report {
 
 pub fn run(args: Args) -> Result<()> {
     paths::refuse_overwrite(&args.model, &args.output)?;
-    if args.epochs == 0 {
-        bail!("--epochs must be at least 1");
-    }
+    train_args::check_epochs(args.epochs)?;
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.train.batch,

@@ -5,6 +5,18 @@ use anyhow::{bail, Result};
 use pare_train::{AdamConfig, Loss, OptimizerConfig, RlsConfig, SgdConfig};
 use serde::Serialize;
 
+/// The longest training budget a command accepts: far beyond any real run, and small enough that
+/// counting its steps cannot overflow.
+const MAX_EPOCHS: usize = 100_000;
+
+/// Refuses a training budget of no epochs or of more than `MAX_EPOCHS`.
+pub fn check_epochs(epochs: usize) -> Result<()> {
+    if epochs == 0 || epochs > MAX_EPOCHS {
+        bail!("--epochs must be between 1 and {MAX_EPOCHS}");
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum OptimizerKind {
     /// Recursive least squares (W ← W − η·G·P per layer; other parameters by SGD).
