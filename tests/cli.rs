@@ -94,6 +94,65 @@ fn convert_writes_a_model_eval_accepts_and_refuses_to_overwrite_its_input() {
     assert_eq!(std::fs::read(&out).unwrap(), before);
 }
 
+/// Writes `model`, whose one weight lives in external data at `location`.
+fn write_model_with_external_weight(model: &Path, location: &str) {
+    let mut b = GraphBuilder::new("g", 17);
+    b.input("x", [1i64, 4]);
+    b.initializer(TensorProto {
+        name: Some("w".into()),
+        dims: vec![4],
+        data_type: Some(1),
+        data_location: Some(DataLocation::External as i32),
+        external_data: vec![StringStringEntryProto {
+            key: Some("location".into()),
+            value: Some(location.into()),
+        }],
+        ..Default::default()
+    });
+    b.node("Add", &["x", "w"], &["y"], vec![]);
+    b.output("y", [1i64, 4]);
+    pare_onnx::write_model(model, &b.build()).unwrap();
+}
+
+#[test]
+fn no_output_replaces_an_external_data_file_or_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    let weights = dir.path().join("weights.bin");
+    std::fs::write(&weights, [0u8; 16]).unwrap();
+    write_model_with_external_weight(&model, "weights.bin");
+    let o = compress(&["convert", path_str(&model), "-o", path_str(&weights)]);
+    assert_clean_error(&o, &["weights.bin", "overwrite", "external data"]);
+    assert_eq!(std::fs::read(&weights).unwrap(), [0u8; 16]);
+
+    // A FIFO stands in for a device node (/dev/null): it must stay what it is.
+    let fifo = dir.path().join("null");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = compress(&["convert", path_str(&model), "-o", path_str(&fifo)]);
+    assert_clean_error(&o, &["null", "not a regular file"]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let o = compress(&["inspect", path_str(&fifo)]);
+    assert_clean_error(&o, &["null", "a pipe"]);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["m.onnx", "null", "weights.bin"],
+        "no temporary files"
+    );
+}
+
 #[test]
 fn empty_random_and_truncated_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +189,7 @@ fn missing_or_short_external_data_is_refused() {
     std::fs::copy(root().join("models").join(name), &model).unwrap();
     let err = assert_clean_error(
         &compress(&["inspect", path_str(&model)]),
-        &[name, "cannot read external data"],
+        &[name, "external data file"],
     );
     assert!(err.contains(".onnx.data"), "{err}");
 
@@ -153,23 +212,8 @@ fn external_data_outside_the_model_folder_is_refused() {
     std::fs::create_dir(&inner).unwrap();
     std::fs::write(dir.path().join("w.data"), [0u8; 16]).unwrap();
     for location in ["../w.data", path_str(&dir.path().join("w.data"))] {
-        let mut b = GraphBuilder::new("g", 17);
-        b.input("x", [1i64, 4]);
-        b.initializer(TensorProto {
-            name: Some("w".into()),
-            dims: vec![4],
-            data_type: Some(1),
-            data_location: Some(DataLocation::External as i32),
-            external_data: vec![StringStringEntryProto {
-                key: Some("location".into()),
-                value: Some(location.into()),
-            }],
-            ..Default::default()
-        });
-        b.node("Add", &["x", "w"], &["y"], vec![]);
-        b.output("y", [1i64, 4]);
         let model = inner.join("escape.onnx");
-        pare_onnx::write_model(&model, &b.build()).unwrap();
+        write_model_with_external_weight(&model, location);
         assert_clean_error(
             &compress(&["inspect", path_str(&model)]),
             &["escape.onnx", "leaves the model's folder"],
@@ -190,16 +234,21 @@ fn a_dataset_of_another_image_size_is_refused() {
 
 /// Writes an MNIST-style folder of `n` blank 28×28 images with the given labels.
 fn write_idx_dataset(dir: &Path, labels: &[u8]) {
-    let n = labels.len() as u32;
-    let mut images = vec![0, 0, 8, 3];
-    for d in [n, 28, 28] {
-        images.extend(d.to_be_bytes());
-    }
-    images.extend(vec![0u8; (n * 28 * 28) as usize]);
-    let mut label_file = vec![0, 0, 8, 1];
-    label_file.extend(n.to_be_bytes());
-    label_file.extend(labels);
-    for split in ["train", "t10k"] {
+    write_idx_splits(dir, labels, labels);
+}
+
+/// An MNIST-shaped IDX dataset of black images with these labels in each split.
+fn write_idx_splits(dir: &Path, train: &[u8], test: &[u8]) {
+    for (split, labels) in [("train", train), ("t10k", test)] {
+        let n = labels.len() as u32;
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n, 28, 28] {
+            images.extend(d.to_be_bytes());
+        }
+        images.extend(vec![0u8; (n * 28 * 28) as usize]);
+        let mut label_file = vec![0, 0, 8, 1];
+        label_file.extend(n.to_be_bytes());
+        label_file.extend(labels);
         std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), &images).unwrap();
         std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), &label_file).unwrap();
     }
@@ -382,6 +431,51 @@ fn finetune_refuses_bad_settings_and_its_own_input() {
 }
 
 #[test]
+fn finetune_refuses_an_empty_train_split_and_non_finite_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_splits(dir.path(), &[], &[1, 2]);
+    let out = dir.path().join("o.onnx");
+    let finetune = |model: &Path, data: &Path| {
+        compress(&[
+            "finetune",
+            path_str(model),
+            "--data",
+            path_str(data),
+            "-o",
+            path_str(&out),
+            "--epochs",
+            "1",
+        ])
+    };
+    let lenet = root().join("models/lenet5_opset17.onnx");
+    let o = finetune(&lenet, dir.path());
+    assert_clean_error(&o, &[path_str(dir.path()), "train split has no images"]);
+    assert!(!out.exists());
+
+    // One NaN in the first float weight: ReLU would hide it from the loss, not from the model.
+    let mut proto = pare_onnx::read_model(&lenet).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let weight = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.data_type == Some(1) && t.dims.len() == 4)
+        .unwrap();
+    let name = weight.name.clone().unwrap();
+    match weight.raw_data.as_mut() {
+        Some(raw) => raw[4..8].copy_from_slice(&f32::NAN.to_le_bytes()),
+        None => weight.float_data[1] = f32::NAN,
+    }
+    let broken = dir.path().join("nan.onnx");
+    pare_onnx::write_model(&broken, &proto).unwrap();
+    let o = finetune(&broken, &root().join("models/mnist5k"));
+    assert_clean_error(
+        &o,
+        &["nan.onnx", &format!("weight '{name}' holds NaN at index 1")],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn compress_writes_a_smaller_verified_model_and_a_report() {
     let dir = tempfile::tempdir().unwrap();
     let (out, report) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
@@ -483,6 +577,26 @@ fn compress_refuses_bad_settings_and_its_own_input() {
             "--strategy rls trains with RLS",
         ),
         (vec!["-o", "x.onnx", "--report", "x.onnx"], "another path"),
+        (
+            vec!["-o", "models/mnist5k/t10k-labels-idx1-ubyte.gz"],
+            "overwrite the --data dataset",
+        ),
+        (
+            vec![
+                "-o",
+                "x.onnx",
+                "--report",
+                "models/mnist5k/t10k-labels-idx1-ubyte.gz",
+            ],
+            "overwrite the --data dataset",
+        ),
+        (vec!["-o", "x.onnx", "--tolerance", "NaN"], "--tolerance"),
+        (vec!["-o", "x.onnx", "--tolerance=-1"], "--tolerance"),
+        (vec!["-o", "x.onnx", "--max-drop", "inf"], "--max-drop"),
+        (
+            vec!["-o", "x.onnx", "--max-grad-norm", "nan"],
+            "--max-grad-norm",
+        ),
     ] {
         let args: Vec<&str> = base.iter().copied().chain(extra).collect();
         let o = compress(&args);

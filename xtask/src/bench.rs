@@ -318,7 +318,7 @@ pub fn convergence() -> Result<()> {
         let mut opt = config.optimizer.build(&graph);
         // `train`'s loop, run an epoch at a time: the accuracy is measured between epochs, with
         // the optimiser's state kept.
-        let mut steps = TrainingLoop::new(&train, config.clone());
+        let mut steps = TrainingLoop::new(&graph, &train, config.clone())?;
         let per_epoch = steps.steps_per_epoch();
         for (epoch, row) in accuracy.iter_mut().enumerate() {
             let t = Instant::now();

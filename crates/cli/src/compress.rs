@@ -202,6 +202,17 @@ fn config(args: &Args) -> Result<CompressConfig> {
     if args.latency_runs == 0 || args.latency_runs > MAX_RUNS {
         bail!("--latency-runs must be between 1 and {MAX_RUNS}");
     }
+    // NaN passes no comparison, so each check is written to fail for it.
+    let points = |v: f64| v >= 0.0 && v.is_finite();
+    if !points(args.tolerance) {
+        bail!("--tolerance must be a number of points, 0 or more");
+    }
+    if !args.max_drop.is_finite() {
+        bail!("--max-drop must be a number of points");
+    }
+    if !points(f64::from(args.max_grad_norm)) {
+        bail!("--max-grad-norm must be 0 (no clipping) or a positive number");
+    }
     let strategy = match args.strategy {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
@@ -268,16 +279,27 @@ pub fn run(args: Args) -> Result<()> {
     else {
         bail!("give a model, --data and -o (see `compress --help`)");
     };
-    paths::refuse_overwrite(&model_path, &output)?;
-    if let Some(report) = &args.report {
-        paths::refuse_report(&model_path, &output, report)?;
-    }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
     }
     let config = config(&args)?;
 
-    let mut graph = model::load(&model_path)?;
+    let mut inputs = paths::Inputs::default();
+    let mut graph = model::load(&model_path, &mut inputs)?;
+    inputs.add("the --data dataset", &data);
+    if let Some(val) = &args.val {
+        inputs.add("the --val dataset", val);
+    }
+    inputs.refuse_overwrite("-o", &output)?;
+    if let Some(report) = &args.report {
+        inputs.refuse_overwrite("--report", report)?;
+        if paths::same_file(report, &output) {
+            bail!(
+                "--report {} is also the output model; give the report another path",
+                report.display()
+            );
+        }
+    }
     let before_graph = graph.clone();
     let splits = pare_data::load_dir(&data)?;
     let test_shape =

@@ -16,8 +16,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    paths::refuse_overwrite(&args.model, &args.output)?;
-    let graph = model::load(&args.model)?;
+    let mut inputs = paths::Inputs::default();
+    let graph = model::load(&args.model, &mut inputs)?;
+    inputs.refuse_overwrite("-o", &args.output)?;
     pare_onnx::write_model(&args.output, &pare_ir::export(&graph))?;
     println!("wrote {}", args.output.display());
     Ok(())

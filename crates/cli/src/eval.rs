@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.runs > MAX_RUNS || args.warmup > MAX_RUNS {
         bail!("--runs and --warmup must be at most {MAX_RUNS}");
     }
-    let graph = model::load(&args.model)?;
+    let graph = model::load(&args.model, &mut Default::default())?;
     let splits = pare_data::load_dir(&args.data)?;
     let test = &splits.test;
     // More images per run than the split has would only pad (and allocate) empty samples.

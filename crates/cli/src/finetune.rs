@@ -50,7 +50,6 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    paths::refuse_overwrite(&args.model, &args.output)?;
     train_args::check_epochs(args.epochs)?;
     let config = TrainConfig {
         epochs: args.epochs,
@@ -61,7 +60,10 @@ pub fn run(args: Args) -> Result<()> {
         batchnorm_training: !args.train.freeze_bn,
         max_grad_norm: None,
     };
-    let mut graph = model::load(&args.model)?;
+    let mut inputs = paths::Inputs::default();
+    let mut graph = model::load(&args.model, &mut inputs)?;
+    inputs.add("the --data dataset", &args.data);
+    inputs.refuse_overwrite("-o", &args.output)?;
     let splits = pare_data::load_dir(&args.data)?;
     let shape =
         pare_verify::input_shape_for(&graph, &args.model, &args.data, "test", &splits.test, 100)?;

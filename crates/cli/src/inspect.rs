@@ -98,7 +98,7 @@ fn report(path: PathBuf, graph: &Graph) -> Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let graph = model::load(&args.model)?;
+    let graph = model::load(&args.model, &mut Default::default())?;
     let report = report(args.model, &graph);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -48,6 +48,14 @@ enum Command {
 
 fn main() -> ExitCode {
     pare_kernels::memory::keep_freed_memory();
+    // Ctrl-C (or SIGTERM) during a write would leave its hidden temporary file behind.
+    let interrupted = ctrlc::set_handler(|| {
+        pare_onnx::remove_unfinished_writes();
+        std::process::exit(130);
+    });
+    if let Err(e) = interrupted {
+        eprintln!("warning: cannot handle interrupts ({e}); one during a write may leave a temporary file");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Inspect(args)) => inspect::run(args),

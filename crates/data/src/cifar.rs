@@ -3,7 +3,7 @@
 //!
 //! It reads only these record files; it must not guess at the Python-pickle versions.
 
-use crate::{DataError, Dataset, Splits};
+use crate::{file, DataError, Dataset, Splits};
 use ndarray::Array4;
 use std::path::{Path, PathBuf};
 
@@ -104,10 +104,7 @@ fn read_batch(
     pixels: &mut Vec<f32>,
     labels: &mut Vec<usize>,
 ) -> Result<(), DataError> {
-    let bytes = std::fs::read(path).map_err(|cause| DataError::Read {
-        path: path.into(),
-        cause,
-    })?;
+    let bytes = file::read(path)?;
     let bad = |problem: String| DataError::Malformed {
         path: path.into(),
         problem,

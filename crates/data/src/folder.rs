@@ -4,7 +4,7 @@
 //! Every image must match the first one's size and channel count; this module must not resize,
 //! crop or otherwise alter images to make them fit.
 
-use crate::{DataError, Dataset, Splits};
+use crate::{file, DataError, Dataset, Splits};
 use image::ImageReader;
 use ndarray::Array4;
 use std::path::{Path, PathBuf};
@@ -148,8 +148,8 @@ fn read_images(
 /// One image as `[C, H, W]` and its pixels in that order, scaled to 0..1. Grayscale gives one
 /// channel, colour three; alpha is dropped and 16-bit samples are reduced to 8 bits.
 fn decode(path: &Path) -> Result<([usize; 3], Vec<f32>), DataError> {
-    let image = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+    let image = ImageReader::new(std::io::BufReader::new(file::open(path)?))
+        .with_guessed_format()
         .map_err(|cause| DataError::Read {
             path: path.into(),
             cause,

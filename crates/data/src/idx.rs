@@ -3,10 +3,9 @@
 //!
 //! Only files of unsigned bytes are read; it must not guess at IDX files of other element types.
 
-use crate::{DataError, Dataset, Splits};
+use crate::{file, DataError, Dataset, Splits};
 use flate2::read::GzDecoder;
 use ndarray::Array4;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The decoded contents of an IDX file of unsigned bytes.
@@ -19,20 +18,14 @@ pub struct IdxArray {
 /// Reads an IDX file of unsigned bytes (type code 0x08), gzipped (detected from its magic bytes)
 /// or raw.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|cause| DataError::Read {
-        path: path.into(),
-        cause,
-    })?;
+    let raw = file::read(path)?;
     let bad = |problem: String| DataError::Malformed {
         path: path.into(),
         problem,
     };
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| bad(format!("gzip stream is corrupt: {e}")))?;
-        out
+        file::read_decompressed(GzDecoder::new(&raw[..]), raw.len() as u64)
+            .map_err(|e| bad(format!("gzip stream: {e}")))?
     } else {
         raw
     };

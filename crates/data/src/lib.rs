@@ -8,6 +8,7 @@
 mod cifar;
 mod dataset;
 mod error;
+mod file;
 mod folder;
 mod idx;
 mod npy;

@@ -5,10 +5,9 @@
 //! module must not carve a test split out of training data on its own.
 
 use crate::npy::{self, NpyArray};
-use crate::{DataError, Dataset, Splits};
+use crate::{file, DataError, Dataset, Splits};
 use ndarray::{Array4, ArrayD, IxDyn};
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What `load` looks for, for the message when no format is found.
@@ -95,10 +94,7 @@ struct Archive {
 
 impl Archive {
     fn open(path: &Path) -> Result<Archive, DataError> {
-        let file = File::open(path).map_err(|cause| DataError::Read {
-            path: path.into(),
-            cause,
-        })?;
+        let file = file::open(path)?;
         let zip = zip::ZipArchive::new(file).map_err(|e| DataError::Malformed {
             path: path.into(),
             problem: format!("not a .npz (zip) archive: {e}"),
@@ -133,15 +129,15 @@ impl Archive {
                 held.join(", ")
             )));
         };
-        let mut bytes = Vec::new();
         let read = self
             .zip
             .by_name(&member)
-            .map_err(std::io::Error::from)
-            .and_then(|mut f| f.read_to_end(&mut bytes));
-        if let Err(e) = read {
-            return Err(self.bad(format!("cannot read {member}: {e}")));
-        }
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                let compressed = f.compressed_size();
+                file::read_decompressed(f, compressed)
+            });
+        let bytes = read.map_err(|e| self.bad(format!("cannot read {member}: {e}")))?;
         npy::parse(&bytes).map_err(|problem| self.bad(format!("{member}: {problem}")))
     }
 
@@ -161,6 +157,10 @@ impl Archive {
     }
 }
 
+/// The largest float pixel magnitude accepted: far beyond any scaling of 8- or 16-bit images, far
+/// below where a convolution's sums overflow f32.
+const MAX_FLOAT_PIXEL: f64 = 1e6;
+
 /// `[N, H, W]`, `[N, C, H, W]` or `[N, H, W, C]` (C = 1 or 3) into `[N, C, H, W]` float32.
 /// Integer pixels are 8-bit intensities, scaled by 1/255; float pixels are taken as they are.
 fn to_images(a: &NpyArray) -> Result<Array4<f32>, String> {
@@ -179,6 +179,14 @@ fn to_images(a: &NpyArray) -> Result<Array4<f32>, String> {
     let mut pixels = Vec::with_capacity(shape.iter().product());
     for (i, v) in a.values().enumerate() {
         let p = if a.dtype.is_float() {
+            // Training would carry a NaN, or overflow a huge value, into every weight.
+            if !v.is_finite() || v.abs() > MAX_FLOAT_PIXEL {
+                return Err(format!(
+                    "sample {} has pixel value {v}; float pixels must be finite and within \
+                     ±{MAX_FLOAT_PIXEL:e} (rescale the data)",
+                    i / per_sample
+                ));
+            }
             v as f32
         } else if (0.0..=255.0).contains(&v) {
             (v / 255.0) as f32
@@ -453,6 +461,21 @@ mod tests {
                 i64s(&[2, 1, 2], &[0, 255, 256, 0]),
                 i64s(&[2], &[0, 0]),
                 "sample 1 has pixel value 256",
+            ),
+            (
+                f32s(&[2, 1, 2], &[0.0, 0.5, 0.25, f32::NAN]),
+                i64s(&[2], &[0, 0]),
+                "sample 1 has pixel value NaN",
+            ),
+            (
+                f32s(&[2, 1, 1], &[f32::NEG_INFINITY, 0.0]),
+                i64s(&[2], &[0, 0]),
+                "sample 0 has pixel value -inf",
+            ),
+            (
+                f32s(&[2, 1, 1], &[0.0, 3e30]),
+                i64s(&[2], &[0, 0]),
+                "must be finite and within",
             ),
         ];
         for (x, y, expected) in cases {

@@ -14,6 +14,8 @@ pub enum OnnxError {
     Empty { path: PathBuf },
     #[error("{path}: not a valid ONNX model (protobuf decoding failed: {reason}); is the file truncated or of another format?")]
     Decode { path: PathBuf, reason: String },
+    #[error("{path}: {bytes} bytes is more than the 2 GiB a protobuf file can hold; is it an ONNX model?")]
+    TooLarge { path: PathBuf, bytes: u64 },
     #[error("{path}: the model has no graph")]
     NoGraph { path: PathBuf },
     #[error("{path}: tensor '{tensor}': {problem}")]

@@ -20,4 +20,7 @@ pub mod proto {
 pub use builder::{attr, DimSpec, GraphBuilder};
 pub use error::OnnxError;
 pub use external::{inline_external_data, tensor_byte_len};
-pub use file::{decode, encode, read_model, write_atomic, write_model};
+pub use file::{
+    decode, encode, read_model, read_model_and_data_files, remove_unfinished_writes, write_atomic,
+    write_model,
+};

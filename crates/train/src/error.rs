@@ -22,6 +22,14 @@ pub enum TrainError {
     OutputShape(Vec<usize>),
     #[error("sample labels reach {label} but the model scores {classes} classes")]
     Label { label: usize, classes: usize },
+    #[error("no training samples: the training split is empty")]
+    NoSamples,
+    #[error("weight '{tensor}' holds {value} at index {index}: training needs finite weights; if the model came so, re-export it, if training made it so, lower the learning rate")]
+    NonFiniteWeight {
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
     #[error("training diverged: the loss became {loss} at epoch {epoch}, batch {batch}; lower the learning rate (for RLS, α·η)")]
     Diverged {
         loss: f32,

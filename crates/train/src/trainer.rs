@@ -282,18 +282,24 @@ pub struct TrainingLoop<'d> {
 }
 
 impl<'d> TrainingLoop<'d> {
-    /// A loop over `config.epochs` epochs of `data`, in the batch order of `config.seed`.
-    pub fn new(data: &'d Dataset, config: TrainConfig) -> Self {
+    /// A loop over `config.epochs` epochs of `data`, in the batch order of `config.seed`, training
+    /// `graph`. Refuses data with no sample, and weights that already hold a NaN or infinity
+    /// (activations such as ReLU would hide them from the loss while the written model is broken).
+    pub fn new(graph: &Graph, data: &'d Dataset, config: TrainConfig) -> Result<Self, TrainError> {
+        if data.is_empty() {
+            return Err(TrainError::NoSamples);
+        }
+        check_finite_weights(graph)?;
         let stream = BatchStream::new(data, config.batch_size, config.seed);
         let steps_per_epoch = stream.batches_per_epoch().max(1);
-        TrainingLoop {
+        Ok(TrainingLoop {
             total_steps: config.epochs * steps_per_epoch,
             config,
             stream,
             schedule: Schedule::Constant,
             step: 0,
             steps_per_epoch,
-        }
+        })
     }
 
     /// Steps taken so far.
@@ -358,7 +364,7 @@ pub fn train(
     on_batch: &mut dyn FnMut(BatchProgress),
 ) -> Result<Vec<EpochReport>, TrainError> {
     let mut optimizer = config.optimizer.build(graph);
-    let mut steps = TrainingLoop::new(data, config.clone());
+    let mut steps = TrainingLoop::new(graph, data, config.clone())?;
     let batches = data.len().div_ceil(config.batch_size.max(1));
     let mut reports = Vec::new();
     for epoch in 0..config.epochs {
@@ -376,6 +382,7 @@ pub fn train(
                 accuracy_percent: 100.0 * correct as f64 / seen as f64,
             });
         })?;
+        check_finite_weights(graph)?;
         reports.push(EpochReport {
             epoch: epoch + 1,
             train: Evaluation {
@@ -386,6 +393,24 @@ pub fn train(
         });
     }
     Ok(reports)
+}
+
+/// The first float weight (initializer) of `graph` holding a NaN or an infinity, as an error.
+fn check_finite_weights(graph: &Graph) -> Result<(), TrainError> {
+    for id in graph.value_ids() {
+        let value = graph.value(id);
+        let Some(weights) = value.initializer().and_then(Tensor::as_f32) else {
+            continue;
+        };
+        if let Some((index, &v)) = weights.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(TrainError::NonFiniteWeight {
+                tensor: value.name.clone(),
+                index,
+                value: v,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -399,5 +424,37 @@ mod tests {
         let err = scores_value(&graph).expect_err("no logits to train on");
         assert!(matches!(&err, TrainError::NoOutput { graph } if graph == "main_graph"));
         assert!(err.to_string().contains("has no output"), "{err}");
+    }
+
+    #[test]
+    fn no_samples_and_non_finite_weights_are_refused_before_a_step() {
+        let empty = Dataset {
+            images: ndarray::Array4::zeros((0, 1, 2, 2)),
+            labels: vec![],
+        };
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            seed: 0,
+            loss: Loss::CrossEntropy,
+            optimizer: OptimizerConfig::Sgd(crate::SgdConfig::default()),
+            batchnorm_training: true,
+            max_grad_norm: None,
+        };
+        let mut graph = Graph::default();
+        let err = TrainingLoop::new(&graph, &empty, config.clone()).err();
+        assert!(matches!(err, Some(TrainError::NoSamples)), "{err:?}");
+
+        let one = Dataset {
+            images: ndarray::Array4::zeros((1, 1, 2, 2)),
+            labels: vec![0],
+        };
+        let weights = ndarray::arr1(&[0.5f32, f32::INFINITY]).into_dyn();
+        graph.add_value("w", ValueSource::Initializer(Tensor::F32(weights)));
+        let err = TrainingLoop::new(&graph, &one, config).err().unwrap();
+        assert!(
+            matches!(&err, TrainError::NonFiniteWeight { tensor, index: 1, .. } if tensor == "w"),
+            "{err:?}"
+        );
     }
 }

@@ -47,7 +47,7 @@ pub fn compress(
     if !groups.groups.iter().any(|g| g.prunable()) {
         return Err(PruneError::NothingToPrune);
     }
-    let mut run = Run::new(graph, &groups, train, val, config, on_progress);
+    let mut run = Run::new(graph, &groups, train, val, config, on_progress)?;
     strategy.run(graph, &mut run)?;
     Ok(run.outcome(graph))
 }

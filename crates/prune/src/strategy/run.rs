@@ -84,7 +84,7 @@ impl<'a> Run<'a> {
         val: &'a Dataset,
         config: &'a CompressConfig,
         on_progress: &'a mut dyn FnMut(&Progress),
-    ) -> Self {
+    ) -> Result<Self, PruneError> {
         let train_config = TrainConfig {
             epochs: config.epochs,
             batch_size: config.batch_size,
@@ -94,9 +94,9 @@ impl<'a> Run<'a> {
             batchnorm_training: config.batchnorm_training,
             max_grad_norm: config.max_grad_norm,
         };
-        Run {
+        Ok(Run {
             config,
-            steps: TrainingLoop::new(train, train_config),
+            steps: TrainingLoop::new(graph, train, train_config)?,
             calibration: BatchStream::new(train, config.batch_size, !config.seed),
             val,
             original: Cost::of(graph),
@@ -109,7 +109,7 @@ impl<'a> Run<'a> {
             plans: Vec::new(),
             last_group: None,
             on_progress,
-        }
+        })
     }
 
     /// What the run did, `graph` being its result.
