@@ -10,7 +10,8 @@ use pare_onnx::proto::{
     tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TypeProto,
     ValueInfoProto,
 };
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// Imports a self-contained model (external data already inlined).
 pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
@@ -270,7 +271,9 @@ fn check_captures(node: &NodeProto, outer: &HashMap<String, ValueId>) -> Result<
 }
 
 /// The nodes in an order where each reads only what earlier nodes, inputs or initializers
-/// define. ONNX requires files to be sorted already; some writers do not comply.
+/// define. ONNX requires files to be sorted already; some writers do not comply. Kahn's
+/// algorithm, taking the earliest ready node in file order first, so a sorted graph keeps its
+/// order and the cost stays O(n log n) however the nodes are shuffled.
 fn sort_nodes(proto: &GraphProto) -> Result<Vec<&NodeProto>, IrError> {
     let mut available: HashSet<&str> = proto
         .input
@@ -279,43 +282,59 @@ fn sort_nodes(proto: &GraphProto) -> Result<Vec<&NodeProto>, IrError> {
         .collect();
     available.extend(proto.initializer.iter().filter_map(|t| t.name.as_deref()));
     available.insert("");
-    let mut pending: Vec<&NodeProto> = proto.node.iter().collect();
-    let mut sorted = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut rest = Vec::new();
-        for node in pending {
-            if node.input.iter().all(|i| available.contains(i.as_str())) {
-                available.extend(node.output.iter().map(String::as_str));
-                sorted.push(node);
-            } else {
-                rest.push(node);
-            }
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in proto.node.iter().enumerate() {
+        for o in &node.output {
+            producer.entry(o.as_str()).or_insert(i);
         }
-        if rest.len() == before {
-            let node = rest[0];
-            let missing = node
-                .input
-                .iter()
-                .find(|i| !available.contains(i.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let produced_later = rest.iter().any(|n| n.output.contains(&missing));
-            return Err(if produced_later {
-                IrError::Cycle {
-                    node: node_label(node),
-                }
-            } else {
-                IrError::Node {
-                    node: node_label(node),
-                    op: node.op_type.clone().unwrap_or_default(),
-                    problem: format!(
-                        "input '{missing}' is not defined by any input, initializer or node"
-                    ),
-                }
+    }
+    // For each node, how many of its inputs are still to be produced, and who waits on whom.
+    let mut waiting = vec![0usize; proto.node.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); proto.node.len()];
+    let mut ready = BinaryHeap::new();
+    for (i, node) in proto.node.iter().enumerate() {
+        let mut needs: Vec<usize> = node
+            .input
+            .iter()
+            .filter(|name| !available.contains(name.as_str()))
+            .filter_map(|name| producer.get(name.as_str()).copied())
+            .collect();
+        needs.sort_unstable();
+        needs.dedup();
+        let undefined = node.input.iter().find(|name| {
+            !available.contains(name.as_str()) && !producer.contains_key(name.as_str())
+        });
+        if let Some(missing) = undefined {
+            return Err(IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: format!(
+                    "input '{missing}' is not defined by any input, initializer or node"
+                ),
             });
         }
-        pending = rest;
+        waiting[i] = needs.len();
+        for p in needs {
+            readers[p].push(i);
+        }
+        if waiting[i] == 0 {
+            ready.push(Reverse(i));
+        }
+    }
+    let mut sorted = Vec::with_capacity(proto.node.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        sorted.push(&proto.node[i]);
+        for &r in &readers[i] {
+            waiting[r] -= 1;
+            if waiting[r] == 0 {
+                ready.push(Reverse(r));
+            }
+        }
+    }
+    if let Some(stuck) = waiting.iter().position(|&w| w > 0) {
+        return Err(IrError::Cycle {
+            node: node_label(&proto.node[stuck]),
+        });
     }
     Ok(sorted)
 }
