@@ -13,6 +13,10 @@ use pare_onnx::proto::{
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
+/// The newest default-domain opset whose operators pare knows (ONNX 1.19). A newer one may
+/// change the semantics of ops pare models, so it is refused rather than guessed.
+pub const MAX_OPSET: i64 = 24;
+
 /// Imports a self-contained model (external data already inlined).
 pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
     let proto = model.graph.as_ref().ok_or(IrError::NoGraph)?;
@@ -32,6 +36,12 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
         graph_metadata_props: proto.metadata_props.clone(),
     };
     let opset = meta.opset();
+    if !(1..=MAX_OPSET).contains(&opset) {
+        return Err(IrError::Opset {
+            opset,
+            max: MAX_OPSET,
+        });
+    }
     let mut b = Builder {
         graph: Graph {
             meta,
@@ -61,10 +71,15 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
             b.graph.inputs.push(id);
         }
     }
+    if let (true, Some(shadowed)) = (b.graph.inputs.is_empty(), proto.input.first()) {
+        return Err(IrError::InputIsInitializer {
+            name: shadowed.name.clone().unwrap_or_default(),
+        });
+    }
 
     for node in sort_nodes(proto)? {
-        if let Some(tensor) = constant_value(node)? {
-            b.add(&node.output[0], ValueSource::Initializer(tensor));
+        if let Some((name, tensor)) = constant_value(node)? {
+            b.add(name, ValueSource::Initializer(tensor));
             continue;
         }
         check_captures(node, &b.by_name)?;
@@ -110,9 +125,16 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
             .and_then(|w| declared_or_const_shape(&b.graph, w, &declared))
             .filter(|s| s.len() > 2)
             .map(|s| s[2..].to_vec());
+        let op = Op::from_node(node, opset, weight_kernel.as_deref()).map_err(|problem| {
+            IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: format!("{problem}; fix the attribute in the exporter"),
+            }
+        })?;
         b.graph.nodes.push(Node {
             name: node.name.clone().unwrap_or_default(),
-            op: Op::from_node(node, opset, weight_kernel.as_deref()),
+            op,
             inputs,
             outputs,
             doc_string: node.doc_string.clone(),
@@ -210,30 +232,40 @@ fn declared_or_const_shape(
         .collect()
 }
 
-/// The tensor of a Constant node, or None for any other node (or a Constant form kept Opaque).
-fn constant_value(node: &NodeProto) -> Result<Option<Tensor>, IrError> {
+/// The output name and tensor of a Constant node, or None for any other node (or a Constant form
+/// kept Opaque).
+fn constant_value(node: &NodeProto) -> Result<Option<(&str, Tensor)>, IrError> {
     let default_domain = matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"));
     if node.op_type.as_deref() != Some("Constant") || !default_domain || node.attribute.len() != 1 {
         return Ok(None);
     }
+    let [name] = node.output.as_slice() else {
+        return Err(IrError::Node {
+            node: node_label(node),
+            op: "Constant".into(),
+            problem: format!(
+                "has {} outputs; a Constant has exactly one",
+                node.output.len()
+            ),
+        });
+    };
     let a = &node.attribute[0];
-    let name = node.output.first().cloned().unwrap_or_default();
     let proto = match a.name.as_deref() {
         Some("value") => match &a.t {
             Some(t) => t.clone(),
             None => return Ok(None),
         },
-        Some("value_float") => pare_onnx::attr::tensor_f32(&name, &[], vec![a.f.unwrap_or(0.0)]),
+        Some("value_float") => pare_onnx::attr::tensor_f32(name, &[], vec![a.f.unwrap_or(0.0)]),
         Some("value_floats") => {
-            pare_onnx::attr::tensor_f32(&name, &[a.floats.len() as i64], a.floats.clone())
+            pare_onnx::attr::tensor_f32(name, &[a.floats.len() as i64], a.floats.clone())
         }
-        Some("value_int") => pare_onnx::attr::tensor_i64(&name, &[], vec![a.i.unwrap_or(0)]),
+        Some("value_int") => pare_onnx::attr::tensor_i64(name, &[], vec![a.i.unwrap_or(0)]),
         Some("value_ints") => {
-            pare_onnx::attr::tensor_i64(&name, &[a.ints.len() as i64], a.ints.clone())
+            pare_onnx::attr::tensor_i64(name, &[a.ints.len() as i64], a.ints.clone())
         }
         _ => return Ok(None),
     };
-    Tensor::from_proto(&proto).map(Some)
+    Ok(Some((name.as_str(), Tensor::from_proto(&proto)?)))
 }
 
 /// Refuses subgraphs (If, Loop, Scan) that read values of the outer graph: pare could not see

@@ -1,7 +1,9 @@
 //! Shape inference for the modelled ops. Opaque ops keep the shapes the model declares.
 
+use crate::check;
 use crate::graph::{Graph, NodeId, ValueSource};
 use crate::shape::{normalize_axis, Dim, Shape};
+use crate::tensor::element_count;
 use crate::{IrError, Op};
 
 /// Infers the shape and element type of every node output, in order. A node whose inputs have
@@ -14,15 +16,35 @@ pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
             v.elem_type = t.data_type();
         }
     }
-    for id in graph.node_ids() {
-        let inferred = infer_node(graph, id).map_err(|problem| {
-            let node = graph.node(id);
-            IrError::Node {
-                node: node.name.clone(),
-                op: node.op.op_type().to_string(),
+    // Declared shapes (Opaque outputs keep theirs) are checked here, inferred ones per node.
+    for v in &graph.values {
+        if let Some(problem) = v.shape.as_ref().and_then(too_large) {
+            return Err(IrError::Tensor {
+                tensor: v.name.clone(),
                 problem,
-            }
-        })?;
+            });
+        }
+    }
+    for id in graph.node_ids() {
+        let inferred = check::check_types(graph, id)
+            .and_then(|()| infer_node(graph, id))
+            .and_then(|shapes| {
+                let outputs = &graph.node(id).outputs;
+                for (shape, &o) in shapes.iter().zip(outputs) {
+                    if let Some(problem) = shape.as_ref().and_then(too_large) {
+                        return Err(format!("output '{}': {problem}", graph.value(o).name));
+                    }
+                }
+                Ok(shapes)
+            })
+            .map_err(|problem| {
+                let node = graph.node(id);
+                IrError::Node {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    problem,
+                }
+            })?;
         let first_elem = graph
             .node(id)
             .inputs
@@ -44,6 +66,51 @@ pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
         }
     }
     Ok(())
+}
+
+/// Why a shape is refused, if it has more elements than memory can hold (symbols counted as 1):
+/// every shape in a graph passes this, so no later product of its dimensions can overflow.
+fn too_large(shape: &Shape) -> Option<String> {
+    let dims: Vec<usize> = shape.0.iter().map(|d| d.known().unwrap_or(1)).collect();
+    element_count(&dims).is_none().then(|| {
+        format!(
+            "shape {shape} has more elements than memory can hold; fix the shape the model \
+             declares or the attributes that produce it"
+        )
+    })
+}
+
+/// Why input `index` of a node has no shape: the Opaque node (or undeclared input) it comes
+/// from, found by walking back through nodes whose shape is unknown.
+fn unknown_shape(graph: &Graph, id: NodeId, index: usize, what: &str) -> String {
+    let mut origin = graph.node(id).inputs.get(index).copied().flatten();
+    while let Some(v) = origin {
+        let value = graph.value(v);
+        let ValueSource::Node(n) = value.source else {
+            return format!(
+                "{what} is unknown: graph input '{}' declares no shape; declare it, or pass \
+                 --input-shape",
+                value.name
+            );
+        };
+        let producer = graph.node(n);
+        if let Op::Opaque(_) = producer.op {
+            return format!(
+                "{what} is unknown: it comes from node '{}' ({}), which pare does not model and \
+                 whose output shape the model does not declare; replace that op when exporting \
+                 (or declare its output in value_info)",
+                producer.name,
+                producer.op.op_type()
+            );
+        }
+        origin = producer
+            .inputs
+            .iter()
+            .flatten()
+            .copied()
+            .find(|&i| graph.value(i).shape.is_none());
+    }
+    format!("{what} is unknown")
 }
 
 /// Multidirectional (numpy) broadcasting of two shapes.
@@ -87,12 +154,21 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
     };
     let shape = match &node.op {
         Op::Conv(c) => {
-            let w = input(1).ok_or("the weight shape is unknown")?;
+            let w = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the weight shape"))?;
             let k = c.window.kernel_shape.len();
             expect_rank(&x, k + 2, "the input")?;
             if w.rank() != k + 2 {
                 return Err(format!("weight shape {w} does not match a {k}-d kernel"));
             }
+            if let Some(spatial) = Shape(w.0[2..].to_vec()).to_known() {
+                if spatial != c.window.kernel_shape {
+                    return Err(format!(
+                        "kernel_shape {:?} disagrees with the weight's shape {w}",
+                        c.window.kernel_shape
+                    ));
+                }
+            }
+            check::check_vector(graph, id, 2, "the bias", &w.0[0])?;
             let (Some(cin), Some(wcin), Some(m)) = (x.0[1].known(), w.0[1].known(), w.0[0].known())
             else {
                 return Ok(vec![None]);
@@ -134,7 +210,7 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             Shape(dims)
         }
         Op::Gemm(g) => {
-            let b = input(1).ok_or("the shape of B is unknown")?;
+            let b = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the shape of B"))?;
             if x.rank() != 2 || b.rank() != 2 {
                 return Err(format!("Gemm needs 2-d inputs, found {x} and {b}"));
             }
@@ -153,18 +229,28 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
                     return Err(format!("A {x} and B {b} disagree on K ({ka} vs {kb})"));
                 }
             }
+            if let Some(c) = input(2) {
+                check::check_gemm_bias(c, &[m.clone(), n.clone()])?;
+            }
             Shape(vec![m.clone(), n.clone()])
         }
         Op::MatMul => {
-            let b = input(1).ok_or("the shape of B is unknown")?;
+            let b = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the shape of B"))?;
             matmul_shape(&x, b)?
         }
         Op::Add | Op::Sub | Op::Mul | Op::Div => {
-            let b = input(1).ok_or("the second input's shape is unknown")?;
+            let b =
+                input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the second input's shape"))?;
             broadcast(&x, b)?
         }
-        Op::BatchNorm { .. }
-        | Op::Relu
+        Op::BatchNorm { .. } => {
+            expect_rank(&x, 2, "the input")?;
+            for (i, what) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
+                check::check_vector(graph, id, i, what, &x.0[1])?;
+            }
+            x
+        }
+        Op::Relu
         | Op::Clip
         | Op::LeakyRelu { .. }
         | Op::Sigmoid
@@ -204,7 +290,7 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             let mut dims = x.0.clone();
             let mut total = Some(0usize);
             for i in 0..node.inputs.len() {
-                let s = input(i).ok_or("an input shape is unknown")?;
+                let s = input(i).ok_or_else(|| unknown_shape(graph, id, i, "an input's shape"))?;
                 if s.rank() != x.rank() {
                     return Err(format!(
                         "inputs of rank {} and {} cannot be concatenated",
@@ -212,7 +298,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
                         s.rank()
                     ));
                 }
-                total = total.zip(s.0[a].known()).map(|(t, d)| t + d);
+                total = total
+                    .zip(s.0[a].known())
+                    .and_then(|(t, d)| t.checked_add(d));
             }
             dims[a] = total.map_or(Dim::Sym("?".into()), Dim::Known);
             Shape(dims)
@@ -293,8 +381,19 @@ pub fn reshape_shape(x: &Shape, target: Vec<i64>, allowzero: bool) -> Result<Sha
             ));
         }
     }
-    let known_in: usize = x.0.iter().filter_map(Dim::known).product();
-    let known_out: usize = dims.iter().flatten().filter_map(Dim::known).product();
+    let known_in =
+        x.0.iter()
+            .filter_map(Dim::known)
+            .try_fold(1usize, usize::checked_mul)
+            .ok_or(format!("input {x} has more elements than memory can hold"))?;
+    let known_out = dims
+        .iter()
+        .flatten()
+        .filter_map(Dim::known)
+        .try_fold(1usize, usize::checked_mul)
+        .ok_or(format!(
+            "target {target:?} has more elements than memory can hold"
+        ))?;
     let rest = if let ([sym], true) = (input_syms.as_slice(), known_in == known_out && unknown == 1)
     {
         // The only open input dimension is what -1 stands for (a flattened batch).

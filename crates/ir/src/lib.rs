@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod cost;
 mod error;
 mod export;
