@@ -13,11 +13,13 @@ pub struct Args {
     /// Where to write the result (written to a temporary file, then renamed). Never the input.
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
     paths::refuse_overwrite(&args.model, &args.output)?;
-    let graph = model::load(&args.model)?;
+    let graph = model::load(&args.model, &args.shape)?;
     pare_onnx::write_model(&args.output, &pare_ir::export(&graph))?;
     println!("wrote {}", args.output.display());
     Ok(())

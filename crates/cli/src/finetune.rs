@@ -30,6 +30,8 @@ pub struct Args {
     epochs: usize,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short)]
     quiet: bool,
@@ -61,8 +63,13 @@ pub fn run(args: Args) -> Result<()> {
         batchnorm_training: !args.train.freeze_bn,
         max_grad_norm: None,
     };
-    let mut graph = model::load(&args.model)?;
     let splits = pare_data::load_dir(&args.data)?;
+    let mut graph = model::load_for_data(
+        &args.model,
+        &args.shape,
+        &args.data,
+        splits.train.image_shape(),
+    )?;
     let shape =
         pare_verify::input_shape_for(&graph, &args.model, &args.data, "test", &splits.test, 100)?;
     pare_verify::input_shape_for(&graph, &args.model, &args.data, "train", &splits.train, 1)?;

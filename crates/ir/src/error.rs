@@ -26,6 +26,8 @@ pub enum IrError {
     Opset { opset: i64, max: i64 },
     #[error("graph input '{name}' has an initializer of the same name, so the model has no input left to feed: rename the initializer, or drop it if the input is meant to be fed")]
     InputIsInitializer { name: String },
+    #[error("cannot fix the input shape: {problem}")]
+    InputShape { problem: String },
     #[error("the graph has a cycle through node '{node}'")]
     Cycle { node: String },
 }

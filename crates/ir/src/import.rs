@@ -5,7 +5,7 @@
 //! changes what the model computes.
 
 use crate::graph::{Graph, ModelMeta, Node, NodeId, Value, ValueId, ValueSource};
-use crate::{fold, infer, IrError, Op, Tensor};
+use crate::{settle, IrError, Op, Tensor};
 use pare_onnx::proto::{
     tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TypeProto,
     ValueInfoProto,
@@ -162,9 +162,7 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
     }
 
     let mut graph = b.graph;
-    infer::infer_shapes(&mut graph)?;
-    fold::fold_shape_subgraphs(&mut graph)?;
-    infer::infer_shapes(&mut graph)?;
+    settle::settle(&mut graph)?;
     Ok(graph)
 }
 

@@ -4,7 +4,7 @@ use crate::check;
 use crate::graph::{Graph, NodeId, ValueSource};
 use crate::shape::{normalize_axis, Dim, Shape};
 use crate::tensor::element_count;
-use crate::{IrError, Op};
+use crate::{IrError, Op, Window};
 
 /// Infers the shape and element type of every node output, in order. A node whose inputs have
 /// unknown shapes gets unknown (or declared) output shapes; a node whose inputs contradict its op
@@ -180,27 +180,15 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
                     wcin * c.group
                 ));
             }
-            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
-                return Ok(vec![None]);
-            };
-            let out = c.window.output_size(&spatial, false).ok_or_else(|| {
-                format!("kernel {:?} does not fit input {x}", c.window.kernel_shape)
-            })?;
             let mut dims = vec![x.0[0].clone(), Dim::Known(m)];
-            dims.extend(out.into_iter().map(Dim::Known));
+            dims.extend(window_output(&c.window, &x, false)?);
             Shape(dims)
         }
         Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
             let k = p.window.kernel_shape.len();
             expect_rank(&x, k + 2, "the input")?;
-            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
-                return Ok(vec![None]);
-            };
-            let out = p.window.output_size(&spatial, p.ceil_mode).ok_or_else(|| {
-                format!("window {:?} does not fit input {x}", p.window.kernel_shape)
-            })?;
             let mut dims = x.0[..2].to_vec();
-            dims.extend(out.into_iter().map(Dim::Known));
+            dims.extend(window_output(&p.window, &x, p.ceil_mode)?);
             Shape(dims)
         }
         Op::GlobalAveragePool => {
@@ -308,6 +296,18 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
         Op::Opaque(_) => return Ok(vec![]),
     };
     Ok(vec![Some(shape)])
+}
+
+/// The spatial output dims of a window over input `x` (NC + spatial): open ('?') while any input
+/// spatial dim is open (an exporter left the image size free), so channels still flow.
+fn window_output(window: &Window, x: &Shape, ceil_mode: bool) -> Result<Vec<Dim>, String> {
+    let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
+        return Ok(vec![Dim::Sym("?".into()); x.rank() - 2]);
+    };
+    let out = window
+        .output_size(&spatial, ceil_mode)
+        .ok_or_else(|| format!("window {:?} does not fit input {x}", window.kernel_shape))?;
+    Ok(out.into_iter().map(Dim::Known).collect())
 }
 
 fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
