@@ -6,17 +6,17 @@
 //! and export with the batch still open.
 
 mod common;
-mod surgery;
+mod properties;
 
-use ndarray::Ix2;
 use pare_ir::{Dim, Graph, Op};
 use pare_onnx::attr::{self, tensor_f32, tensor_i64};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{DimSpec, GraphBuilder};
 use pare_prune::analyze;
-use pare_train::{forward, Mode};
-use pare_verify::{max_abs_diff, TractModel};
-use surgery::{check_surgery, image, weights};
+use pare_verify::TractModel;
+use properties::{
+    assert_forward_matches_tract, assert_one_training_step, check_surgery, image, weights,
+};
 
 /// How the exporter flattens before the classifier.
 #[derive(Clone, Copy, Debug)]
@@ -141,51 +141,6 @@ fn foreign_model(head: Head) -> ModelProto {
     b.initializer(tensor_f32("bfc", &[4], weights(4, 6.0)));
     b.node("Add", &["mm", "bfc"], &["y"], vec![]);
     b.build()
-}
-
-/// pare's forward pass against tract's on the same file.
-fn assert_forward_matches_tract(name: &str, graph: &Graph, x: &ndarray::Array4<f32>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.onnx");
-    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
-    let ours = forward(graph, x.clone().into_dyn(), Mode::Eval, false, None).unwrap();
-    let ours = ours
-        .value(graph.outputs[0])
-        .unwrap()
-        .clone()
-        .into_dimensionality::<Ix2>()
-        .unwrap();
-    let theirs = TractModel::load(&path, x.shape())
-        .unwrap()
-        .run(x.view())
-        .unwrap();
-    let diff = max_abs_diff(&ours, &theirs);
-    assert!(diff <= 1e-4, "{name}: max |ours − tract| = {diff}");
-}
-
-/// One SGD step on a few labelled images: the loss is finite and some weight moved.
-fn assert_one_training_step(name: &str, graph: &Graph, x: &ndarray::Array4<f32>, classes: usize) {
-    let data = pare_data::Dataset {
-        images: x.clone(),
-        labels: (0..x.shape()[0]).map(|i| i % classes).collect(),
-    };
-    let config = pare_train::TrainConfig {
-        epochs: 1,
-        batch_size: x.shape()[0],
-        seed: 7,
-        loss: pare_train::Loss::CrossEntropy,
-        optimizer: pare_train::OptimizerConfig::Sgd(pare_train::SgdConfig::default()),
-        batchnorm_training: true,
-        max_grad_norm: None,
-    };
-    let mut trained = graph.clone();
-    let reports = pare_train::train(&mut trained, &data, &config, &mut |_| {}).unwrap();
-    assert!(
-        reports[0].train.loss.is_finite(),
-        "{name}: loss {}",
-        reports[0].train.loss
-    );
-    assert_ne!(&trained, graph, "{name}: the step changed no weight");
 }
 
 #[test]

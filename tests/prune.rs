@@ -3,14 +3,14 @@
 //! change tract's outputs on the exported file.
 
 mod common;
-mod surgery;
+mod properties;
 
 use common::shipped_models;
 use pare_ir::{Graph, Op};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{attr, GraphBuilder};
 use pare_prune::{analyze, PruningPlan};
-use surgery::{check_surgery, image, run, weights};
+use properties::{check_surgery, image, run, weights};
 
 #[test]
 fn surgery_on_every_shipped_model_changes_nothing_that_carried_nothing() {

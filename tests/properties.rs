@@ -1,12 +1,14 @@
-//! The surgery property shared by the pruning tests (included with `mod surgery;`): zero what a
+//! Properties the model tests share (included with `mod properties;`). Surgery: zero what a
 //! random subset of channels feeds into (the consumers' input slices), so those channels carry
-//! nothing; pruning exactly them must not change tract's outputs on the exported file.
+//! nothing; pruning exactly them must not change tract's outputs on the exported file. Forward:
+//! pare's forward pass agrees with tract's. Training: one step runs and moves the weights.
 
 #![allow(dead_code)] // each test target uses a different part
 
-use ndarray::{Array4, Axis};
+use ndarray::{Array4, Axis, Ix2};
 use pare_ir::{Graph, Tensor, ValueSource};
 use pare_prune::{analyze, PruningPlan, SliceKind};
+use pare_train::{forward, Mode};
 use pare_verify::{max_abs_diff, TractModel};
 use std::path::Path;
 
@@ -133,4 +135,54 @@ pub fn image(n: usize, c: usize, hw: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, c, hw, hw), |(a, b, y, x)| {
         ((a * 131 + b * 31 + y * 7 + x) as f32 * 0.377).sin()
     })
+}
+
+/// pare's forward pass against tract's on the same file.
+pub fn assert_forward_matches_tract(name: &str, graph: &Graph, x: &ndarray::Array4<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
+    let ours = forward(graph, x.clone().into_dyn(), Mode::Eval, false, None).unwrap();
+    let ours = ours
+        .value(graph.outputs[0])
+        .unwrap()
+        .clone()
+        .into_dimensionality::<Ix2>()
+        .unwrap();
+    let theirs = TractModel::load(&path, x.shape())
+        .unwrap()
+        .run(x.view())
+        .unwrap();
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "{name}: max |ours − tract| = {diff}");
+}
+
+/// One SGD step on a few labelled images: the loss is finite and some weight moved.
+pub fn assert_one_training_step(
+    name: &str,
+    graph: &Graph,
+    x: &ndarray::Array4<f32>,
+    classes: usize,
+) {
+    let data = pare_data::Dataset {
+        images: x.clone(),
+        labels: (0..x.shape()[0]).map(|i| i % classes).collect(),
+    };
+    let config = pare_train::TrainConfig {
+        epochs: 1,
+        batch_size: x.shape()[0],
+        seed: 7,
+        loss: pare_train::Loss::CrossEntropy,
+        optimizer: pare_train::OptimizerConfig::Sgd(pare_train::SgdConfig::default()),
+        batchnorm_training: true,
+        max_grad_norm: None,
+    };
+    let mut trained = graph.clone();
+    let reports = pare_train::train(&mut trained, &data, &config, &mut |_| {}).unwrap();
+    assert!(
+        reports[0].train.loss.is_finite(),
+        "{name}: loss {}",
+        reports[0].train.loss
+    );
+    assert_ne!(&trained, graph, "{name}: the step changed no weight");
 }
