@@ -271,3 +271,75 @@ pub(crate) fn unsqueezed(shape: &[usize], axes: &[i64]) -> Option<Vec<usize>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pare_onnx::attr::{self, tensor_f32, tensor_i64};
+    use pare_onnx::GraphBuilder;
+
+    #[test]
+    fn squeeze_and_unsqueeze_shapes_follow_the_spec() {
+        assert_eq!(squeezed(&[2, 8, 1, 1], Some(&[2, -1])), Some(vec![2, 8]));
+        assert_eq!(squeezed(&[1, 8, 1], None), Some(vec![8]));
+        assert_eq!(squeezed(&[2, 8], Some(&[1])), None, "8 is not 1");
+        assert_eq!(unsqueezed(&[2, 8], &[-1, 2]), Some(vec![2, 8, 1, 1]));
+        assert_eq!(unsqueezed(&[8], &[0, 0]), None, "a repeated axis");
+    }
+
+    /// w = Transpose(t) × ConstantOfShape([2, 3], 0.5) + 1, folded, against the values computed
+    /// by hand.
+    #[test]
+    fn constant_subgraphs_fold_to_their_values() {
+        let mut b = GraphBuilder::new("t", 17);
+        b.input("x", [2, 3]).output("y", [2, 3]);
+        b.initializer(tensor_f32("t", &[3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        b.initializer(tensor_i64("shape", &[2], vec![2, 3]));
+        b.initializer(tensor_f32("one", &[], vec![1.0]));
+        b.node("Transpose", &["t"], &["tt"], vec![]);
+        let half = attr::tensor("value", tensor_f32("v", &[1], vec![0.5]));
+        b.node("ConstantOfShape", &["shape"], &["h"], vec![half]);
+        b.node("Mul", &["tt", "h"], &["m"], vec![]);
+        b.node("Add", &["m", "one"], &["w"], vec![]);
+        b.node("Add", &["x", "w"], &["y"], vec![]);
+        let graph = crate::import(&b.build()).unwrap();
+        assert_eq!(
+            graph.nodes.len(),
+            1,
+            "only x + w is left: {:?}",
+            graph.nodes
+        );
+        let w = graph.const_input(NodeId(0), 1).unwrap().as_f32().unwrap();
+        let t = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        for i in 0..2 {
+            for j in 0..3 {
+                assert_eq!(w[[i, j]], t[j][i] * 0.5 + 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn results_beyond_the_bound_stay_unfolded() {
+        let mut b = GraphBuilder::new("t", 17);
+        b.input("x", [1]).output("y", [1]);
+        b.initializer(tensor_i64("shape", &[2], vec![1 << 13, 1 << 12]));
+        b.node("ConstantOfShape", &["shape"], &["big"], vec![]);
+        b.initializer(tensor_i64("flat", &[1], vec![-1]));
+        b.node("Reshape", &["big", "flat"], &["v"], vec![]);
+        b.initializer(tensor_i64("first", &[1], vec![0]));
+        b.initializer(tensor_i64("one", &[1], vec![1]));
+        b.node("Slice", &["v", "first", "one"], &["s"], vec![]);
+        b.node("Add", &["x", "s"], &["y"], vec![]);
+        // The Slice's output is declared, so its shape is known although it is not computed.
+        b.output("s", [1]);
+        let mut model = b.build();
+        let graph_proto = model.graph.as_mut().unwrap();
+        let declared = graph_proto.output.pop().unwrap();
+        graph_proto.value_info.push(declared);
+        let graph = crate::import(&model).unwrap();
+        assert!(graph
+            .nodes
+            .iter()
+            .any(|n| n.op.op_type() == "ConstantOfShape"));
+    }
+}

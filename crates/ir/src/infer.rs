@@ -10,6 +10,17 @@ use crate::{IrError, Op, Window};
 /// unknown shapes gets unknown (or declared) output shapes; a node whose inputs contradict its op
 /// is an error naming it.
 pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
+    infer(graph, true)
+}
+
+/// As `infer_shapes`, but an input whose shape is unknown only leaves the output unknown: what
+/// import runs before folding, which may yet make that shape known (a weight an Opaque Transpose
+/// computes from a constant).
+pub(crate) fn infer_shapes_lenient(graph: &mut Graph) -> Result<(), IrError> {
+    infer(graph, false)
+}
+
+fn infer(graph: &mut Graph, strict: bool) -> Result<(), IrError> {
     for v in &mut graph.values {
         if let ValueSource::Initializer(t) = &v.source {
             v.shape = Some(Shape::known(&t.shape()));
@@ -27,7 +38,7 @@ pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
     }
     for id in graph.node_ids() {
         let inferred = check::check_types(graph, id)
-            .and_then(|()| infer_node(graph, id))
+            .and_then(|()| infer_node(graph, id, strict))
             .and_then(|shapes| {
                 let outputs = &graph.node(id).outputs;
                 for (shape, &o) in shapes.iter().zip(outputs) {
@@ -78,6 +89,22 @@ fn too_large(shape: &Shape) -> Option<String> {
              declares or the attributes that produce it"
         )
     })
+}
+
+/// What a node whose input `index` has no shape infers: an error saying why when `strict`,
+/// otherwise an unknown output.
+fn unknown(
+    strict: bool,
+    graph: &Graph,
+    id: NodeId,
+    index: usize,
+    what: &str,
+) -> Result<Vec<Option<Shape>>, String> {
+    if strict {
+        Err(unknown_shape(graph, id, index, what))
+    } else {
+        Ok(vec![None])
+    }
 }
 
 /// Why input `index` of a node has no shape: the Opaque node (or undeclared input) it comes
@@ -139,7 +166,7 @@ pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
         .map(Shape)
 }
 
-fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
+fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shape>>, String> {
     let node = graph.node(id);
     let input = |i: usize| graph.input_shape(id, i);
     let Some(x) = input(0).cloned() else {
@@ -154,7 +181,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
     };
     let shape = match &node.op {
         Op::Conv(c) => {
-            let w = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the weight shape"))?;
+            let Some(w) = input(1) else {
+                return unknown(strict, graph, id, 1, "the weight shape");
+            };
             let k = c.window.kernel_shape.len();
             expect_rank(&x, k + 2, "the input")?;
             if w.rank() != k + 2 {
@@ -198,7 +227,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             Shape(dims)
         }
         Op::Gemm(g) => {
-            let b = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the shape of B"))?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the shape of B");
+            };
             if x.rank() != 2 || b.rank() != 2 {
                 return Err(format!("Gemm needs 2-d inputs, found {x} and {b}"));
             }
@@ -223,12 +254,15 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             Shape(vec![m.clone(), n.clone()])
         }
         Op::MatMul => {
-            let b = input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the shape of B"))?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the shape of B");
+            };
             matmul_shape(&x, b)?
         }
         Op::Add | Op::Sub | Op::Mul | Op::Div => {
-            let b =
-                input(1).ok_or_else(|| unknown_shape(graph, id, 1, "the second input's shape"))?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the second input's shape");
+            };
             broadcast(&x, b)?
         }
         Op::BatchNorm { .. } => {
@@ -278,7 +312,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             let mut dims = x.0.clone();
             let mut total = Some(0usize);
             for i in 0..node.inputs.len() {
-                let s = input(i).ok_or_else(|| unknown_shape(graph, id, i, "an input's shape"))?;
+                let Some(s) = input(i) else {
+                    return unknown(strict, graph, id, i, "an input's shape");
+                };
                 if s.rank() != x.rank() {
                     return Err(format!(
                         "inputs of rank {} and {} cannot be concatenated",

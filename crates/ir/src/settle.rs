@@ -9,13 +9,15 @@ use crate::{fold, fold_const, idioms, infer, IrError};
 
 /// Infers shapes, folds what became constant and rewrites idioms, twice: a fold or a rewrite can
 /// make more foldable (a Conv typed again once its computed weight folded has an output shape, so
-/// the Squeeze after it can become a Reshape), then infers the final shapes.
+/// the Squeeze after it can become a Reshape). Until the last pass an unknown input shape is not
+/// an error, since a later fold may make it known; the last pass is strict.
 pub(crate) fn settle(graph: &mut Graph) -> Result<(), IrError> {
     for _ in 0..2 {
-        infer::infer_shapes(graph)?;
+        fold_const::fold_constants(graph)?;
+        infer::infer_shapes_lenient(graph)?;
         fold::fold_shape_subgraphs(graph)?;
         fold_const::fold_constants(graph)?;
-        infer::infer_shapes(graph)?;
+        infer::infer_shapes_lenient(graph)?;
         idioms::rewrite(graph)?;
     }
     infer::infer_shapes(graph)
