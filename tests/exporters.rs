@@ -246,3 +246,83 @@ fn inspect_takes_the_input_shape_and_says_why_groups_are_frozen_without_it() {
         "{message}"
     );
 }
+
+/// The shipped LeNet-5 with its image dimensions left open, as a Paddle or TensorFlow converter
+/// writes its input (`N×1×?×?`), and every intermediate declaration dropped.
+fn open_lenet(dir: &std::path::Path) -> std::path::PathBuf {
+    use pare_onnx::proto::tensor_shape_proto::dimension::Value;
+    use pare_onnx::proto::type_proto;
+    let mut model =
+        pare_onnx::read_model(&common::root().join("models/lenet5_opset17.onnx")).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    graph.value_info.clear();
+    let Some(type_proto::Value::TensorType(t)) = graph.input[0]
+        .r#type
+        .as_mut()
+        .and_then(|t| t.value.as_mut())
+    else {
+        panic!("LeNet's input is a tensor")
+    };
+    for d in &mut t.shape.as_mut().unwrap().dim[2..] {
+        d.value = Some(Value::DimParam("?".into()));
+    }
+    let path = dir.join("open_lenet.onnx");
+    pare_onnx::write_model(&path, &model).unwrap();
+    path
+}
+
+#[test]
+fn compress_takes_an_open_input_shape_from_the_data_and_keeps_the_batch_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = open_lenet(dir.path());
+    let graph = pare_ir::import(&pare_onnx::read_model(&model).unwrap()).unwrap();
+    assert!(pare_ir::input_shape_is_open(&graph));
+    let out = dir.path().join("small.onnx");
+    let report = dir.path().join("report.json");
+    let o = common::compress(&[
+        model.to_str().unwrap(),
+        "--data",
+        common::mnist().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--strategy",
+        "oneshot",
+        "--target-macs",
+        "0.6",
+        "--epochs",
+        "1",
+        "--latency-runs",
+        "1",
+        "--max-drop",
+        "100",
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (before, after) = (
+        report["original"]["macs"].as_u64().unwrap(),
+        report["compressed"]["macs"].as_u64().unwrap(),
+    );
+    assert!(
+        before > 0 && after * 10 <= before * 6,
+        "MACs {before} -> {after}"
+    );
+    let written = pare_ir::import(&pare_onnx::read_model(&out).unwrap()).unwrap();
+    let input = written.value(written.inputs[0]).shape.clone().unwrap();
+    assert!(matches!(input.0[0], Dim::Sym(_)), "batch open: {input}");
+    assert_eq!(
+        input.0[1..],
+        [Dim::Known(1), Dim::Known(28), Dim::Known(28)]
+    );
+    for batch in [1, 5] {
+        let x = image(batch, 1, 28);
+        let y = TractModel::load(&out, x.shape())
+            .unwrap()
+            .run(x.view())
+            .unwrap();
+        assert_eq!(y.nrows(), batch);
+    }
+}
