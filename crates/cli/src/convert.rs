@@ -4,8 +4,9 @@ use crate::{model, paths};
 use anyhow::Result;
 use std::path::PathBuf;
 
-/// Import a model into pare's IR and write it back: shape subgraphs folded, unused nodes removed,
-/// external data inlined. What the model computes is unchanged.
+/// Import a model into pare's IR and write it back: shape and constant subgraphs folded,
+/// exporter idioms rewritten, unused nodes removed, external data inlined. What the model computes
+/// is unchanged.
 #[derive(clap::Args)]
 pub struct Args {
     /// The ONNX model to read.
