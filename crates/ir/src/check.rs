@@ -25,6 +25,52 @@ fn type_name(elem_type: i32) -> String {
         .map_or(format!("type {elem_type}"), |t| t.as_str_name().to_string())
 }
 
+/// Checks that a modelled node has the inputs its op requires (an omitted optional input is an
+/// empty name, which the IR keeps as None) and no more than it can take.
+pub fn check_arity(graph: &Graph, id: NodeId) -> Result<(), String> {
+    let node = graph.node(id);
+    let (required, most) = match &node.op {
+        Op::Conv(_) | Op::Gemm(_) => (2, 3),
+        Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Reshape { .. } => (2, 2),
+        Op::BatchNorm { .. } => (5, 5),
+        Op::Clip | Op::Dropout { .. } => (1, 3),
+        Op::Concat { .. } => (1, usize::MAX),
+        Op::Relu
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish
+        | Op::MaxPool(_)
+        | Op::AveragePool { .. }
+        | Op::GlobalAveragePool
+        | Op::Flatten { .. }
+        | Op::Identity
+        | Op::Softmax { .. } => (1, 1),
+        Op::Opaque(_) => return Ok(()),
+    };
+    let given = node.inputs.len();
+    if given > most {
+        return Err(format!(
+            "has {given} inputs; {} takes at most {most}",
+            node.op.op_type()
+        ));
+    }
+    // Concat's inputs are all required; elsewhere only the leading ones.
+    let needed = if matches!(node.op, Op::Concat { .. }) {
+        given.max(1)
+    } else {
+        required
+    };
+    match (0..needed).find(|&i| node.inputs.get(i).copied().flatten().is_none()) {
+        Some(i) => Err(format!(
+            "input {i} is missing; {} needs {needed} input{}",
+            node.op.op_type(),
+            if needed == 1 { "" } else { "s" }
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks the element types of a node's inputs: those the spec gives one type must agree, and
 /// the inputs of Conv, Gemm and BatchNormalization must be floating point. Unknown types (0) pass.
 pub fn check_types(graph: &Graph, id: NodeId) -> Result<(), String> {

@@ -83,6 +83,13 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
             continue;
         }
         check_captures(node, &b.by_name)?;
+        if node.output.is_empty() {
+            return Err(IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: "has no outputs; remove the node or name what it computes".into(),
+            });
+        }
         let id = NodeId(b.graph.nodes.len() as u32);
         let inputs = node
             .input

@@ -37,7 +37,8 @@ fn infer(graph: &mut Graph, strict: bool) -> Result<(), IrError> {
         }
     }
     for id in graph.node_ids() {
-        let inferred = check::check_types(graph, id)
+        let inferred = check::check_arity(graph, id)
+            .and_then(|()| check::check_types(graph, id))
             .and_then(|()| infer_node(graph, id, strict))
             .and_then(|shapes| {
                 let outputs = &graph.node(id).outputs;
@@ -279,8 +280,12 @@ fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shap
         | Op::HardSigmoid { .. }
         | Op::HardSwish
         | Op::Dropout { .. }
-        | Op::Identity
-        | Op::Softmax { .. } => x,
+        | Op::Identity => x,
+        Op::Softmax { axis } => {
+            normalize_axis(*axis, x.rank())
+                .ok_or(format!("axis {axis} is out of range for input {x}"))?;
+            x
+        }
         Op::Flatten { axis } => {
             let r = x.rank() as i64;
             let a = if *axis < 0 { axis + r } else { *axis };

@@ -249,3 +249,37 @@ fn a_large_unsorted_graph_sorts() {
     assert_eq!(graph.nodes.len(), n);
     assert_eq!(graph.nodes[0].name, format!("Relu_{}", n - 1));
 }
+
+#[test]
+fn missing_inputs_outputs_and_axes_out_of_range_are_refused() {
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 3, 8, 8]).output("y", [1, 3, 8, 8]);
+    b.node(
+        "Conv",
+        &["x"],
+        &["y"],
+        vec![attr::ints("kernel_shape", &[1, 1])],
+    );
+    assert_names(&refused(&b.build()), &["Conv_0", "input 1 is missing"]);
+
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 4]).output("y", [1, 4]);
+    b.node("Add", &["x", ""], &["y"], vec![]);
+    assert_names(&refused(&b.build()), &["Add_0", "input 1 is missing"]);
+
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 4]).output("y", [1, 4]);
+    b.node("Relu", &["x", "x"], &["y"], vec![]);
+    assert_names(&refused(&b.build()), &["Relu_0", "at most 1"]);
+
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 4]).output("y", [1, 4]);
+    b.node("Relu", &["x"], &[], vec![]);
+    b.node("Relu", &["x"], &["y"], vec![]);
+    assert_names(&refused(&b.build()), &["Relu_0", "no outputs"]);
+
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 4]).output("y", [1, 4]);
+    b.node("Softmax", &["x"], &["y"], vec![attr::int("axis", i64::MAX)]);
+    assert_names(&refused(&b.build()), &["Softmax_0", "axis", "out of range"]);
+}
