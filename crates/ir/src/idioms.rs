@@ -8,6 +8,7 @@
 //!   the batch (`0`), as PyTorch writes before its classifier.
 
 use crate::graph::{Graph, NodeId, ValueSource};
+use crate::op::MAX_WINDOW_ATTR;
 use crate::shape::Dim;
 use crate::{fold_const, IrError, Op, Padding, Tensor};
 use ndarray::{ArrayD, IxDyn};
@@ -88,7 +89,10 @@ fn squeeze_to_reshape(graph: &mut Graph, id: NodeId) -> bool {
     } else {
         ints_attr(proto, "axes")
     };
-    let (Some(data), Some(input)) = (node.inputs[0], graph.input_shape(id, 0)) else {
+    let (Some(data), Some(input)) = (
+        node.inputs.first().copied().flatten(),
+        graph.input_shape(id, 0),
+    ) else {
         return false;
     };
     // Work on sizes, with the batch (a symbol at axis 0) standing in as a size of 2, which no
@@ -189,7 +193,9 @@ fn merge_pad_into_convs(graph: &mut Graph, id: NodeId) -> bool {
     let spatial: Option<Vec<usize>> = (0..rank)
         .flat_map(|i| [i, i + rank])
         .map(|i| {
-            let p = usize::try_from(pads[i]).ok()?;
+            let p = usize::try_from(pads[i])
+                .ok()
+                .filter(|_| pads[i] <= MAX_WINDOW_ATTR)?;
             (i % rank >= 2 || p == 0).then_some(p)
         })
         .collect();
@@ -199,7 +205,7 @@ fn merge_pad_into_convs(graph: &mut Graph, id: NodeId) -> bool {
     let n = rank - 2;
     let begins: Vec<usize> = pads[2..rank].iter().map(|&p| p as usize).collect();
     let ends: Vec<usize> = pads[rank + 2..].iter().map(|&p| p as usize).collect();
-    let (Some(x), out) = (node.inputs[0], node.outputs[0]) else {
+    let (Some(x), &[out]) = (node.inputs.first().copied().flatten(), &node.outputs[..]) else {
         return false;
     };
     if graph.outputs.contains(&out) {
@@ -212,7 +218,7 @@ fn merge_pad_into_convs(graph: &mut Graph, id: NodeId) -> bool {
     let all_convs = !readers.is_empty()
         && readers.iter().all(|&r| {
             let reader = graph.node(r);
-            reader.inputs[1..].iter().all(|&v| v != Some(out))
+            reader.inputs.iter().skip(1).all(|&v| v != Some(out))
                 && matches!(&reader.op, Op::Conv(c)
                     if c.window.kernel_shape.len() == n
                         && matches!(c.window.pads, Padding::Explicit(_) | Padding::Valid))
@@ -230,7 +236,7 @@ fn merge_pad_into_convs(graph: &mut Graph, id: NodeId) -> bool {
             _ => vec![0; 2 * n],
         };
         let merged = (0..2 * n)
-            .map(|i| old[i].saturating_add(if i < n { begins[i] } else { ends[i - n] }))
+            .map(|i| old[i] + if i < n { begins[i] } else { ends[i - n] })
             .collect();
         c.window.pads = Padding::Explicit(merged);
         reader.inputs[0] = Some(x);

@@ -80,16 +80,24 @@ fn infer(graph: &mut Graph, strict: bool) -> Result<(), IrError> {
     Ok(())
 }
 
-/// Why a shape is refused, if it has more elements than memory can hold (symbols counted as 1):
-/// every shape in a graph passes this, so no later product of its dimensions can overflow.
+/// The most elements one value may have per sample (symbols counted as 1): 2^30, 4 GiB of
+/// float32, eight times the largest activation of a 2048×1024 segmentation network. Beyond it a
+/// shape is an attribute gone wrong, and running it would only exhaust memory.
+pub const MAX_VALUE_ELEMENTS: usize = 1 << 30;
+
+/// Why a shape is refused, if it has more elements than `MAX_VALUE_ELEMENTS` (symbols counted as
+/// 1): every shape in a graph passes this, so no later product of its dimensions can overflow and
+/// no activation pare computes is absurdly large.
 fn too_large(shape: &Shape) -> Option<String> {
     let dims: Vec<usize> = shape.0.iter().map(|d| d.known().unwrap_or(1)).collect();
-    element_count(&dims).is_none().then(|| {
-        format!(
-            "shape {shape} has more elements than memory can hold; fix the shape the model \
-             declares or the attributes that produce it"
-        )
-    })
+    element_count(&dims)
+        .is_none_or(|n| n > MAX_VALUE_ELEMENTS)
+        .then(|| {
+            format!(
+                "shape {shape} has more than 2^30 elements per sample, more than pare handles; \
+                 fix the shape the model declares or the attributes that produce it"
+            )
+        })
 }
 
 /// What a node whose input `index` has no shape infers: an error saying why when `strict`,
@@ -203,11 +211,13 @@ fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shap
             else {
                 return Ok(vec![None]);
             };
-            if cin != wcin * c.group || m % c.group != 0 {
+            let needs = wcin.checked_mul(c.group);
+            if needs != Some(cin) || m % c.group != 0 {
                 return Err(format!(
-                    "input has {cin} channels and weight {w} with group {} needs {}",
+                    "input has {cin} channels, but a weight {w} with group {} needs {} and an \
+                     output count the group divides",
                     c.group,
-                    wcin * c.group
+                    needs.map_or("more than memory holds".into(), |n| n.to_string())
                 ));
             }
             let mut dims = vec![x.0[0].clone(), Dim::Known(m)];

@@ -233,7 +233,12 @@ impl<'a> Attrs<'a> {
     }
 }
 
-/// An ints attribute of `n` elements, each at least `min`.
+/// The largest kernel size, stride, dilation or pad pare accepts: no axis of a value may be longer
+/// (see `MAX_VALUE_ELEMENTS`), so anything larger is an attribute gone wrong, and bounding it keeps
+/// every window computation far from overflow.
+pub const MAX_WINDOW_ATTR: i64 = 1 << 30;
+
+/// An ints attribute of `n` elements, each from `min` to `MAX_WINDOW_ATTR`.
 fn bounded(name: &str, v: &[i64], n: usize, min: i64) -> Parsed<Vec<usize>> {
     if v.len() != n {
         return Err(format!(
@@ -245,8 +250,8 @@ fn bounded(name: &str, v: &[i64], n: usize, min: i64) -> Parsed<Vec<usize>> {
         .map(|&x| {
             usize::try_from(x)
                 .ok()
-                .filter(|_| x >= min)
-                .ok_or_else(|| format!("'{name}' {v:?} holds {x}; each must be {min} or more"))
+                .filter(|_| (min..=MAX_WINDOW_ATTR).contains(&x))
+                .ok_or_else(|| format!("'{name}' {v:?} holds {x}; each must be from {min} to 2^30"))
         })
         .collect()
 }
