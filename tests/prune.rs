@@ -3,139 +3,21 @@
 //! change tract's outputs on the exported file.
 
 mod common;
+mod properties;
 
 use common::shipped_models;
-use ndarray::{Array4, Axis};
-use pare_ir::{Graph, Op, Tensor, ValueSource};
+use pare_ir::{Graph, Op};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{attr, GraphBuilder};
-use pare_prune::{analyze, PruningPlan, SliceKind};
-use pare_verify::{max_abs_diff, TractModel};
-use std::path::Path;
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn weights(n: usize, seed: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i as f32 + seed) * 0.6173).sin() * 0.5)
-        .collect()
-}
-
-/// A random plan dropping 1..C-1 channels of every prunable group.
-fn random_plan(graph: &Graph, rng: &mut Lcg) -> PruningPlan {
-    let groups = analyze(graph);
-    let mut plan = PruningPlan::default();
-    for g in groups.groups.iter().filter(|g| g.prunable()) {
-        let count = 1 + rng.below(g.channels - 1);
-        let mut channels: Vec<usize> = (0..g.channels).collect();
-        for i in 0..count {
-            let j = i + rng.below(g.channels - i);
-            channels.swap(i, j);
-        }
-        plan.drop_channels(g.id, channels[..count].iter().copied());
-    }
-    plan
-}
-
-/// Zeroes the consumer slices of the dropped channels, so they carry nothing downstream.
-fn silence(graph: &mut Graph, plan: &PruningPlan) {
-    let groups = analyze(graph);
-    for slice in groups
-        .slices
-        .iter()
-        .filter(|s| s.kind == SliceKind::Consumer)
-    {
-        let mut offset = 0;
-        let mut dead = Vec::new();
-        for seg in &slice.segments {
-            let g = groups.group_of_space(seg.space);
-            for &c in plan.drop.get(&g).map(Vec::as_slice).unwrap_or(&[]) {
-                dead.extend(offset + c * seg.block..offset + (c + 1) * seg.block);
-            }
-            offset += seg.len * seg.block;
-        }
-        if let ValueSource::Initializer(Tensor::F32(t)) = &mut graph.value_mut(slice.tensor).source
-        {
-            for i in dead {
-                t.index_axis_mut(Axis(slice.axis), i).fill(0.0);
-            }
-        }
-    }
-}
-
-fn run(graph: &Graph, dir: &Path, name: &str, x: &Array4<f32>) -> ndarray::Array2<f32> {
-    let path = dir.join(name);
-    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
-    TractModel::load(&path, x.shape())
-        .unwrap()
-        .run(x.view())
-        .unwrap()
-}
-
-/// Prunes random channel subsets several times and checks tract sees no difference.
-fn check_surgery(name: &str, graph: &Graph, x: &Array4<f32>, seeds: u64) -> usize {
-    let dir = tempfile::tempdir().unwrap();
-    let groups = analyze(graph);
-    let prunable = groups.groups.iter().filter(|g| g.prunable()).count();
-    let before = pare_ir::node_costs(graph)
-        .iter()
-        .map(|c| c.params)
-        .sum::<usize>();
-    for seed in 0..seeds {
-        let mut rng = Lcg(seed * 7919 + 1);
-        let plan = random_plan(graph, &mut rng);
-        let mut silenced = graph.clone();
-        silence(&mut silenced, &plan);
-        let mut pruned = silenced.clone();
-        plan.apply(&mut pruned, &analyze(&silenced)).unwrap();
-        let a = run(&silenced, dir.path(), "silenced.onnx", x);
-        let b = run(&pruned, dir.path(), "pruned.onnx", x);
-        let diff = max_abs_diff(&a, &b);
-        assert!(
-            diff <= 1e-5,
-            "{name}, seed {seed}: outputs differ by {diff}"
-        );
-        let after = pare_ir::node_costs(&pruned)
-            .iter()
-            .map(|c| c.params)
-            .sum::<usize>();
-        assert!(
-            prunable == 0 || after < before,
-            "{name}: pruning removed no parameter"
-        );
-        // Every group keeps at least one channel.
-        for g in analyze(&pruned).groups {
-            assert!(g.channels >= 1);
-        }
-    }
-    prunable
-}
-
-fn image(n: usize, c: usize, hw: usize) -> Array4<f32> {
-    Array4::from_shape_fn((n, c, hw, hw), |(a, b, y, x)| {
-        ((a * 131 + b * 31 + y * 7 + x) as f32 * 0.377).sin()
-    })
-}
+use pare_prune::{analyze, PruningPlan};
+use properties::{check_surgery, image, run, weights};
 
 #[test]
 fn surgery_on_every_shipped_model_changes_nothing_that_carried_nothing() {
     let test = pare_data::load_dir(&common::mnist()).unwrap().test.head(16);
     for path in shipped_models() {
         let graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
-        let prunable = check_surgery(&path.display().to_string(), &graph, &test.images, 3);
+        let prunable = check_surgery(&path.display().to_string(), &graph, &test.images, 3, 1e-5);
         assert!(
             prunable >= 2,
             "{}: only {prunable} prunable groups",
@@ -330,7 +212,7 @@ fn depthwise_concat_and_se_graphs_group_and_prune_correctly() {
         .collect();
     assert_eq!(eight.len(), 1, "one group spans the depthwise conv");
     assert_eq!(groups.depthwise.len(), 1);
-    check_surgery("depthwise", &g, &x, 4);
+    check_surgery("depthwise", &g, &x, 4, 1e-5);
     let mut plan = PruningPlan::default();
     plan.drop_channels(eight[0].id, [1, 4, 6]);
     let mut pruned = g.clone();
@@ -368,7 +250,7 @@ fn depthwise_concat_and_se_graphs_group_and_prune_correctly() {
         .slices
         .iter()
         .any(|s| s.role.contains("per-channel constant")));
-    check_surgery("concat", &g, &x, 4);
+    check_surgery("concat", &g, &x, 4, 1e-5);
 
     // SE: the expand conv's output, the body and the residual stream are one group.
     let g = pare_ir::import(&se_graph()).unwrap();
@@ -386,7 +268,7 @@ fn depthwise_concat_and_se_graphs_group_and_prune_correctly() {
             .any(|g| g.prunable() && g.channels == 3),
         "the squeeze width is its own group"
     );
-    check_surgery("se", &g, &x, 4);
+    check_surgery("se", &g, &x, 4, 1e-5);
 }
 
 #[test]

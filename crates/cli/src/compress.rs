@@ -143,6 +143,8 @@ pub struct Args {
     max_grad_norm: f32,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
     /// Refuse to write the model if test accuracy falls by more than this many points.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
@@ -284,8 +286,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     let config = config(&args)?;
 
+    let splits = pare_data::load_dir(&data)?;
     let mut inputs = paths::Inputs::default();
-    let mut graph = model::load(&model_path, &mut inputs)?;
+    let mut graph = model::load_for_data(
+        &model_path,
+        &args.shape,
+        &data,
+        splits.train.image_shape(),
+        &mut inputs,
+    )?;
     inputs.add("the --data dataset", &data);
     if let Some(val) = &args.val {
         inputs.add("the --val dataset", val);
@@ -301,7 +310,6 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let before_graph = graph.clone();
-    let splits = pare_data::load_dir(&data)?;
     let test_shape =
         pare_verify::input_shape_for(&graph, &model_path, &data, "test", &splits.test, 100)?;
     if splits.test.is_empty() {

@@ -30,6 +30,8 @@ pub struct Args {
     /// Print JSON instead of text, for pipelines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
 }
 
 /// The most timed (or warm-up) runs `eval` makes: beyond this a typo, not a measurement.
@@ -51,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.runs > MAX_RUNS || args.warmup > MAX_RUNS {
         bail!("--runs and --warmup must be at most {MAX_RUNS}");
     }
-    let graph = model::load(&args.model, &mut Default::default())?;
+    let graph = model::load(&args.model, &args.shape, &mut Default::default())?;
     let splits = pare_data::load_dir(&args.data)?;
     let test = &splits.test;
     // More images per run than the split has would only pad (and allocate) empty samples.

@@ -30,6 +30,8 @@ pub struct Args {
     epochs: usize,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short)]
     quiet: bool,
@@ -60,11 +62,17 @@ pub fn run(args: Args) -> Result<()> {
         batchnorm_training: !args.train.freeze_bn,
         max_grad_norm: None,
     };
+    let splits = pare_data::load_dir(&args.data)?;
     let mut inputs = paths::Inputs::default();
-    let mut graph = model::load(&args.model, &mut inputs)?;
+    let mut graph = model::load_for_data(
+        &args.model,
+        &args.shape,
+        &args.data,
+        splits.train.image_shape(),
+        &mut inputs,
+    )?;
     inputs.add("the --data dataset", &args.data);
     inputs.refuse_overwrite("-o", &args.output)?;
-    let splits = pare_data::load_dir(&args.data)?;
     let shape =
         pare_verify::input_shape_for(&graph, &args.model, &args.data, "test", &splits.test, 100)?;
     pare_verify::input_shape_for(&graph, &args.model, &args.data, "train", &splits.train, 1)?;

@@ -17,6 +17,8 @@ pub struct Args {
     /// Print JSON instead of a table, for pipelines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    shape: model::InputShapeArg,
 }
 
 #[derive(Serialize)]
@@ -98,7 +100,7 @@ fn report(path: PathBuf, graph: &Graph) -> Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let graph = model::load(&args.model, &mut Default::default())?;
+    let graph = model::load(&args.model, &args.shape, &mut Default::default())?;
     let report = report(args.model, &graph);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -50,8 +50,11 @@ pub fn node_costs(graph: &Graph) -> Vec<NodeCost> {
         .collect()
 }
 
+/// Saturating, so an absurd (but allocatable) shape reports u64::MAX MACs instead of wrapping.
 fn count(dims: &[Dim]) -> u64 {
-    dims.iter().map(|d| d.known().unwrap_or(1) as u64).product()
+    dims.iter()
+        .map(|d| d.known().unwrap_or(1) as u64)
+        .fold(1, u64::saturating_mul)
 }
 
 fn node_macs(graph: &Graph, id: NodeId) -> u64 {
@@ -74,5 +77,5 @@ fn node_macs(graph: &Graph, id: NodeId) -> u64 {
             .map_or(0, |k| count(&[k])),
         _ => return 0,
     };
-    count(&out.0) * per_output
+    count(&out.0).saturating_mul(per_output)
 }

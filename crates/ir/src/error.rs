@@ -22,6 +22,12 @@ pub enum IrError {
         first: String,
         second: String,
     },
+    #[error("the model imports ONNX opset {opset}; pare knows opsets 1 to {max}: convert the model to opset {max} or older (onnx.version_converter)")]
+    Opset { opset: i64, max: i64 },
+    #[error("graph input '{name}' has an initializer of the same name, so the model has no input left to feed: rename the initializer, or drop it if the input is meant to be fed")]
+    InputIsInitializer { name: String },
+    #[error("cannot fix the input shape: {problem}")]
+    InputShape { problem: String },
     #[error("the graph has a cycle through node '{node}'")]
     Cycle { node: String },
 }

@@ -5,12 +5,17 @@
 //! changes what the model computes.
 
 use crate::graph::{Graph, ModelMeta, Node, NodeId, Value, ValueId, ValueSource};
-use crate::{fold, infer, IrError, Op, Tensor};
+use crate::{settle, IrError, Op, Tensor};
 use pare_onnx::proto::{
     tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TypeProto,
     ValueInfoProto,
 };
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+/// The newest default-domain opset whose operators pare knows (ONNX 1.19). A newer one may
+/// change the semantics of ops pare models, so it is refused rather than guessed.
+pub const MAX_OPSET: i64 = 24;
 
 /// Imports a self-contained model (external data already inlined).
 pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
@@ -31,6 +36,12 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
         graph_metadata_props: proto.metadata_props.clone(),
     };
     let opset = meta.opset();
+    if !(1..=MAX_OPSET).contains(&opset) {
+        return Err(IrError::Opset {
+            opset,
+            max: MAX_OPSET,
+        });
+    }
     let mut b = Builder {
         graph: Graph {
             meta,
@@ -60,13 +71,25 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
             b.graph.inputs.push(id);
         }
     }
+    if let (true, Some(shadowed)) = (b.graph.inputs.is_empty(), proto.input.first()) {
+        return Err(IrError::InputIsInitializer {
+            name: shadowed.name.clone().unwrap_or_default(),
+        });
+    }
 
     for node in sort_nodes(proto)? {
-        if let Some(tensor) = constant_value(node)? {
-            b.add(&node.output[0], ValueSource::Initializer(tensor));
+        if let Some((name, tensor)) = constant_value(node)? {
+            b.add(name, ValueSource::Initializer(tensor));
             continue;
         }
         check_captures(node, &b.by_name)?;
+        if node.output.is_empty() {
+            return Err(IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: "has no outputs; remove the node or name what it computes".into(),
+            });
+        }
         let id = NodeId(b.graph.nodes.len() as u32);
         let inputs = node
             .input
@@ -109,9 +132,16 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
             .and_then(|w| declared_or_const_shape(&b.graph, w, &declared))
             .filter(|s| s.len() > 2)
             .map(|s| s[2..].to_vec());
+        let op = Op::from_node(node, opset, weight_kernel.as_deref()).map_err(|problem| {
+            IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: format!("{problem}; fix the attribute in the exporter"),
+            }
+        })?;
         b.graph.nodes.push(Node {
             name: node.name.clone().unwrap_or_default(),
-            op: Op::from_node(node, opset, weight_kernel.as_deref()),
+            op,
             inputs,
             outputs,
             doc_string: node.doc_string.clone(),
@@ -139,9 +169,7 @@ pub fn import(model: &ModelProto) -> Result<Graph, IrError> {
     }
 
     let mut graph = b.graph;
-    infer::infer_shapes(&mut graph)?;
-    fold::fold_shape_subgraphs(&mut graph)?;
-    infer::infer_shapes(&mut graph)?;
+    settle::settle(&mut graph)?;
     Ok(graph)
 }
 
@@ -209,30 +237,40 @@ fn declared_or_const_shape(
         .collect()
 }
 
-/// The tensor of a Constant node, or None for any other node (or a Constant form kept Opaque).
-fn constant_value(node: &NodeProto) -> Result<Option<Tensor>, IrError> {
+/// The output name and tensor of a Constant node, or None for any other node (or a Constant form
+/// kept Opaque).
+fn constant_value(node: &NodeProto) -> Result<Option<(&str, Tensor)>, IrError> {
     let default_domain = matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"));
     if node.op_type.as_deref() != Some("Constant") || !default_domain || node.attribute.len() != 1 {
         return Ok(None);
     }
+    let [name] = node.output.as_slice() else {
+        return Err(IrError::Node {
+            node: node_label(node),
+            op: "Constant".into(),
+            problem: format!(
+                "has {} outputs; a Constant has exactly one",
+                node.output.len()
+            ),
+        });
+    };
     let a = &node.attribute[0];
-    let name = node.output.first().cloned().unwrap_or_default();
     let proto = match a.name.as_deref() {
         Some("value") => match &a.t {
             Some(t) => t.clone(),
             None => return Ok(None),
         },
-        Some("value_float") => pare_onnx::attr::tensor_f32(&name, &[], vec![a.f.unwrap_or(0.0)]),
+        Some("value_float") => pare_onnx::attr::tensor_f32(name, &[], vec![a.f.unwrap_or(0.0)]),
         Some("value_floats") => {
-            pare_onnx::attr::tensor_f32(&name, &[a.floats.len() as i64], a.floats.clone())
+            pare_onnx::attr::tensor_f32(name, &[a.floats.len() as i64], a.floats.clone())
         }
-        Some("value_int") => pare_onnx::attr::tensor_i64(&name, &[], vec![a.i.unwrap_or(0)]),
+        Some("value_int") => pare_onnx::attr::tensor_i64(name, &[], vec![a.i.unwrap_or(0)]),
         Some("value_ints") => {
-            pare_onnx::attr::tensor_i64(&name, &[a.ints.len() as i64], a.ints.clone())
+            pare_onnx::attr::tensor_i64(name, &[a.ints.len() as i64], a.ints.clone())
         }
         _ => return Ok(None),
     };
-    Tensor::from_proto(&proto).map(Some)
+    Ok(Some((name.as_str(), Tensor::from_proto(&proto)?)))
 }
 
 /// Refuses subgraphs (If, Loop, Scan) that read values of the outer graph: pare could not see
@@ -270,7 +308,9 @@ fn check_captures(node: &NodeProto, outer: &HashMap<String, ValueId>) -> Result<
 }
 
 /// The nodes in an order where each reads only what earlier nodes, inputs or initializers
-/// define. ONNX requires files to be sorted already; some writers do not comply.
+/// define. ONNX requires files to be sorted already; some writers do not comply. Kahn's
+/// algorithm, taking the earliest ready node in file order first, so a sorted graph keeps its
+/// order and the cost stays O(n log n) however the nodes are shuffled.
 fn sort_nodes(proto: &GraphProto) -> Result<Vec<&NodeProto>, IrError> {
     let mut available: HashSet<&str> = proto
         .input
@@ -279,43 +319,59 @@ fn sort_nodes(proto: &GraphProto) -> Result<Vec<&NodeProto>, IrError> {
         .collect();
     available.extend(proto.initializer.iter().filter_map(|t| t.name.as_deref()));
     available.insert("");
-    let mut pending: Vec<&NodeProto> = proto.node.iter().collect();
-    let mut sorted = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut rest = Vec::new();
-        for node in pending {
-            if node.input.iter().all(|i| available.contains(i.as_str())) {
-                available.extend(node.output.iter().map(String::as_str));
-                sorted.push(node);
-            } else {
-                rest.push(node);
-            }
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in proto.node.iter().enumerate() {
+        for o in &node.output {
+            producer.entry(o.as_str()).or_insert(i);
         }
-        if rest.len() == before {
-            let node = rest[0];
-            let missing = node
-                .input
-                .iter()
-                .find(|i| !available.contains(i.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let produced_later = rest.iter().any(|n| n.output.contains(&missing));
-            return Err(if produced_later {
-                IrError::Cycle {
-                    node: node_label(node),
-                }
-            } else {
-                IrError::Node {
-                    node: node_label(node),
-                    op: node.op_type.clone().unwrap_or_default(),
-                    problem: format!(
-                        "input '{missing}' is not defined by any input, initializer or node"
-                    ),
-                }
+    }
+    // For each node, how many of its inputs are still to be produced, and who waits on whom.
+    let mut waiting = vec![0usize; proto.node.len()];
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); proto.node.len()];
+    let mut ready = BinaryHeap::new();
+    for (i, node) in proto.node.iter().enumerate() {
+        let mut needs: Vec<usize> = node
+            .input
+            .iter()
+            .filter(|name| !available.contains(name.as_str()))
+            .filter_map(|name| producer.get(name.as_str()).copied())
+            .collect();
+        needs.sort_unstable();
+        needs.dedup();
+        let undefined = node.input.iter().find(|name| {
+            !available.contains(name.as_str()) && !producer.contains_key(name.as_str())
+        });
+        if let Some(missing) = undefined {
+            return Err(IrError::Node {
+                node: node_label(node),
+                op: node.op_type.clone().unwrap_or_default(),
+                problem: format!(
+                    "input '{missing}' is not defined by any input, initializer or node"
+                ),
             });
         }
-        pending = rest;
+        waiting[i] = needs.len();
+        for p in needs {
+            readers[p].push(i);
+        }
+        if waiting[i] == 0 {
+            ready.push(Reverse(i));
+        }
+    }
+    let mut sorted = Vec::with_capacity(proto.node.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        sorted.push(&proto.node[i]);
+        for &r in &readers[i] {
+            waiting[r] -= 1;
+            if waiting[r] == 0 {
+                ready.push(Reverse(r));
+            }
+        }
+    }
+    if let Some(stuck) = waiting.iter().position(|&w| w > 0) {
+        return Err(IrError::Cycle {
+            node: node_label(&proto.node[stuck]),
+        });
     }
     Ok(sorted)
 }

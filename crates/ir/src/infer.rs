@@ -1,28 +1,62 @@
 //! Shape inference for the modelled ops. Opaque ops keep the shapes the model declares.
 
+use crate::check;
 use crate::graph::{Graph, NodeId, ValueSource};
 use crate::shape::{normalize_axis, Dim, Shape};
-use crate::{IrError, Op};
+use crate::tensor::element_count;
+use crate::{IrError, Op, Window};
 
 /// Infers the shape and element type of every node output, in order. A node whose inputs have
 /// unknown shapes gets unknown (or declared) output shapes; a node whose inputs contradict its op
 /// is an error naming it.
 pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
+    infer(graph, true)
+}
+
+/// As `infer_shapes`, but an input whose shape is unknown only leaves the output unknown: what
+/// import runs before folding, which may yet make that shape known (a weight an Opaque Transpose
+/// computes from a constant).
+pub(crate) fn infer_shapes_lenient(graph: &mut Graph) -> Result<(), IrError> {
+    infer(graph, false)
+}
+
+fn infer(graph: &mut Graph, strict: bool) -> Result<(), IrError> {
     for v in &mut graph.values {
         if let ValueSource::Initializer(t) = &v.source {
             v.shape = Some(Shape::known(&t.shape()));
             v.elem_type = t.data_type();
         }
     }
-    for id in graph.node_ids() {
-        let inferred = infer_node(graph, id).map_err(|problem| {
-            let node = graph.node(id);
-            IrError::Node {
-                node: node.name.clone(),
-                op: node.op.op_type().to_string(),
+    // Declared shapes (Opaque outputs keep theirs) are checked here, inferred ones per node.
+    for v in &graph.values {
+        if let Some(problem) = v.shape.as_ref().and_then(too_large) {
+            return Err(IrError::Tensor {
+                tensor: v.name.clone(),
                 problem,
-            }
-        })?;
+            });
+        }
+    }
+    for id in graph.node_ids() {
+        let inferred = check::check_arity(graph, id)
+            .and_then(|()| check::check_types(graph, id))
+            .and_then(|()| infer_node(graph, id, strict))
+            .and_then(|shapes| {
+                let outputs = &graph.node(id).outputs;
+                for (shape, &o) in shapes.iter().zip(outputs) {
+                    if let Some(problem) = shape.as_ref().and_then(too_large) {
+                        return Err(format!("output '{}': {problem}", graph.value(o).name));
+                    }
+                }
+                Ok(shapes)
+            })
+            .map_err(|problem| {
+                let node = graph.node(id);
+                IrError::Node {
+                    node: node.name.clone(),
+                    op: node.op.op_type().to_string(),
+                    problem,
+                }
+            })?;
         let first_elem = graph
             .node(id)
             .inputs
@@ -44,6 +78,75 @@ pub fn infer_shapes(graph: &mut Graph) -> Result<(), IrError> {
         }
     }
     Ok(())
+}
+
+/// The most elements one value may have per sample (symbols counted as 1): 2^30, 4 GiB of
+/// float32, eight times the largest activation of a 2048×1024 segmentation network. Beyond it a
+/// shape is an attribute gone wrong, and running it would only exhaust memory.
+pub const MAX_VALUE_ELEMENTS: usize = 1 << 30;
+
+/// Why a shape is refused, if it has more elements than `MAX_VALUE_ELEMENTS` (symbols counted as
+/// 1): every shape in a graph passes this, so no later product of its dimensions can overflow and
+/// no activation pare computes is absurdly large.
+fn too_large(shape: &Shape) -> Option<String> {
+    let dims: Vec<usize> = shape.0.iter().map(|d| d.known().unwrap_or(1)).collect();
+    element_count(&dims)
+        .is_none_or(|n| n > MAX_VALUE_ELEMENTS)
+        .then(|| {
+            format!(
+                "shape {shape} has more than 2^30 elements per sample, more than pare handles; \
+                 fix the shape the model declares or the attributes that produce it"
+            )
+        })
+}
+
+/// What a node whose input `index` has no shape infers: an error saying why when `strict`,
+/// otherwise an unknown output.
+fn unknown(
+    strict: bool,
+    graph: &Graph,
+    id: NodeId,
+    index: usize,
+    what: &str,
+) -> Result<Vec<Option<Shape>>, String> {
+    if strict {
+        Err(unknown_shape(graph, id, index, what))
+    } else {
+        Ok(vec![None])
+    }
+}
+
+/// Why input `index` of a node has no shape: the Opaque node (or undeclared input) it comes
+/// from, found by walking back through nodes whose shape is unknown.
+fn unknown_shape(graph: &Graph, id: NodeId, index: usize, what: &str) -> String {
+    let mut origin = graph.node(id).inputs.get(index).copied().flatten();
+    while let Some(v) = origin {
+        let value = graph.value(v);
+        let ValueSource::Node(n) = value.source else {
+            return format!(
+                "{what} is unknown: graph input '{}' declares no shape; declare it, or pass \
+                 --input-shape",
+                value.name
+            );
+        };
+        let producer = graph.node(n);
+        if let Op::Opaque(_) = producer.op {
+            return format!(
+                "{what} is unknown: it comes from node '{}' ({}), which pare does not model and \
+                 whose output shape the model does not declare; replace that op when exporting \
+                 (or declare its output in value_info)",
+                producer.name,
+                producer.op.op_type()
+            );
+        }
+        origin = producer
+            .inputs
+            .iter()
+            .flatten()
+            .copied()
+            .find(|&i| graph.value(i).shape.is_none());
+    }
+    format!("{what} is unknown")
 }
 
 /// Multidirectional (numpy) broadcasting of two shapes.
@@ -72,7 +175,7 @@ pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
         .map(Shape)
 }
 
-fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
+fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shape>>, String> {
     let node = graph.node(id);
     let input = |i: usize| graph.input_shape(id, i);
     let Some(x) = input(0).cloned() else {
@@ -87,44 +190,45 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
     };
     let shape = match &node.op {
         Op::Conv(c) => {
-            let w = input(1).ok_or("the weight shape is unknown")?;
+            let Some(w) = input(1) else {
+                return unknown(strict, graph, id, 1, "the weight shape");
+            };
             let k = c.window.kernel_shape.len();
             expect_rank(&x, k + 2, "the input")?;
             if w.rank() != k + 2 {
                 return Err(format!("weight shape {w} does not match a {k}-d kernel"));
             }
+            if let Some(spatial) = Shape(w.0[2..].to_vec()).to_known() {
+                if spatial != c.window.kernel_shape {
+                    return Err(format!(
+                        "kernel_shape {:?} disagrees with the weight's shape {w}",
+                        c.window.kernel_shape
+                    ));
+                }
+            }
+            check::check_vector(graph, id, 2, "the bias", &w.0[0])?;
             let (Some(cin), Some(wcin), Some(m)) = (x.0[1].known(), w.0[1].known(), w.0[0].known())
             else {
                 return Ok(vec![None]);
             };
-            if cin != wcin * c.group || m % c.group != 0 {
+            let needs = wcin.checked_mul(c.group);
+            if needs != Some(cin) || m % c.group != 0 {
                 return Err(format!(
-                    "input has {cin} channels and weight {w} with group {} needs {}",
+                    "input has {cin} channels, but a weight {w} with group {} needs {} and an \
+                     output count the group divides",
                     c.group,
-                    wcin * c.group
+                    needs.map_or("more than memory holds".into(), |n| n.to_string())
                 ));
             }
-            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
-                return Ok(vec![None]);
-            };
-            let out = c.window.output_size(&spatial, false).ok_or_else(|| {
-                format!("kernel {:?} does not fit input {x}", c.window.kernel_shape)
-            })?;
             let mut dims = vec![x.0[0].clone(), Dim::Known(m)];
-            dims.extend(out.into_iter().map(Dim::Known));
+            dims.extend(window_output(&c.window, &x, false)?);
             Shape(dims)
         }
         Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
             let k = p.window.kernel_shape.len();
             expect_rank(&x, k + 2, "the input")?;
-            let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
-                return Ok(vec![None]);
-            };
-            let out = p.window.output_size(&spatial, p.ceil_mode).ok_or_else(|| {
-                format!("window {:?} does not fit input {x}", p.window.kernel_shape)
-            })?;
             let mut dims = x.0[..2].to_vec();
-            dims.extend(out.into_iter().map(Dim::Known));
+            dims.extend(window_output(&p.window, &x, p.ceil_mode)?);
             Shape(dims)
         }
         Op::GlobalAveragePool => {
@@ -134,7 +238,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             Shape(dims)
         }
         Op::Gemm(g) => {
-            let b = input(1).ok_or("the shape of B is unknown")?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the shape of B");
+            };
             if x.rank() != 2 || b.rank() != 2 {
                 return Err(format!("Gemm needs 2-d inputs, found {x} and {b}"));
             }
@@ -153,26 +259,43 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
                     return Err(format!("A {x} and B {b} disagree on K ({ka} vs {kb})"));
                 }
             }
+            if let Some(c) = input(2) {
+                check::check_gemm_bias(c, &[m.clone(), n.clone()])?;
+            }
             Shape(vec![m.clone(), n.clone()])
         }
         Op::MatMul => {
-            let b = input(1).ok_or("the shape of B is unknown")?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the shape of B");
+            };
             matmul_shape(&x, b)?
         }
         Op::Add | Op::Sub | Op::Mul | Op::Div => {
-            let b = input(1).ok_or("the second input's shape is unknown")?;
+            let Some(b) = input(1) else {
+                return unknown(strict, graph, id, 1, "the second input's shape");
+            };
             broadcast(&x, b)?
         }
-        Op::BatchNorm { .. }
-        | Op::Relu
+        Op::BatchNorm { .. } => {
+            expect_rank(&x, 2, "the input")?;
+            for (i, what) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
+                check::check_vector(graph, id, i, what, &x.0[1])?;
+            }
+            x
+        }
+        Op::Relu
         | Op::Clip
         | Op::LeakyRelu { .. }
         | Op::Sigmoid
         | Op::HardSigmoid { .. }
         | Op::HardSwish
         | Op::Dropout { .. }
-        | Op::Identity
-        | Op::Softmax { .. } => x,
+        | Op::Identity => x,
+        Op::Softmax { axis } => {
+            normalize_axis(*axis, x.rank())
+                .ok_or(format!("axis {axis} is out of range for input {x}"))?;
+            x
+        }
         Op::Flatten { axis } => {
             let r = x.rank() as i64;
             let a = if *axis < 0 { axis + r } else { *axis };
@@ -204,7 +327,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
             let mut dims = x.0.clone();
             let mut total = Some(0usize);
             for i in 0..node.inputs.len() {
-                let s = input(i).ok_or("an input shape is unknown")?;
+                let Some(s) = input(i) else {
+                    return unknown(strict, graph, id, i, "an input's shape");
+                };
                 if s.rank() != x.rank() {
                     return Err(format!(
                         "inputs of rank {} and {} cannot be concatenated",
@@ -212,7 +337,9 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
                         s.rank()
                     ));
                 }
-                total = total.zip(s.0[a].known()).map(|(t, d)| t + d);
+                total = total
+                    .zip(s.0[a].known())
+                    .and_then(|(t, d)| t.checked_add(d));
             }
             dims[a] = total.map_or(Dim::Sym("?".into()), Dim::Known);
             Shape(dims)
@@ -220,6 +347,18 @@ fn infer_node(graph: &Graph, id: NodeId) -> Result<Vec<Option<Shape>>, String> {
         Op::Opaque(_) => return Ok(vec![]),
     };
     Ok(vec![Some(shape)])
+}
+
+/// The spatial output dims of a window over input `x` (NC + spatial): open ('?') while any input
+/// spatial dim is open (an exporter left the image size free), so channels still flow.
+fn window_output(window: &Window, x: &Shape, ceil_mode: bool) -> Result<Vec<Dim>, String> {
+    let Some(spatial) = x.0[2..].iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
+        return Ok(vec![Dim::Sym("?".into()); x.rank() - 2]);
+    };
+    let out = window
+        .output_size(&spatial, ceil_mode)
+        .ok_or_else(|| format!("window {:?} does not fit input {x}", window.kernel_shape))?;
+    Ok(out.into_iter().map(Dim::Known).collect())
 }
 
 fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
@@ -293,8 +432,19 @@ pub fn reshape_shape(x: &Shape, target: Vec<i64>, allowzero: bool) -> Result<Sha
             ));
         }
     }
-    let known_in: usize = x.0.iter().filter_map(Dim::known).product();
-    let known_out: usize = dims.iter().flatten().filter_map(Dim::known).product();
+    let known_in =
+        x.0.iter()
+            .filter_map(Dim::known)
+            .try_fold(1usize, usize::checked_mul)
+            .ok_or(format!("input {x} has more elements than memory can hold"))?;
+    let known_out = dims
+        .iter()
+        .flatten()
+        .filter_map(Dim::known)
+        .try_fold(1usize, usize::checked_mul)
+        .ok_or(format!(
+            "target {target:?} has more elements than memory can hold"
+        ))?;
     let rest = if let ([sym], true) = (input_syms.as_slice(), known_in == known_out && unknown == 1)
     {
         // The only open input dimension is what -1 stands for (a flattened batch).

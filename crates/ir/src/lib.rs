@@ -8,15 +8,19 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod cost;
 mod error;
 mod export;
 mod fold;
+mod fold_const;
 mod graph;
 mod id_vec;
+mod idioms;
 mod import;
 mod infer;
 mod op;
+mod settle;
 mod shape;
 mod tensor;
 
@@ -28,5 +32,6 @@ pub use id_vec::{Id, IdVec, PerNode, PerValue};
 pub use import::import;
 pub use infer::infer_shapes;
 pub use op::{Conv, Gemm, Op, Padding, Pool, Window};
+pub use settle::{fix_input_shape, input_shape_is_open};
 pub use shape::{Dim, Shape};
 pub use tensor::Tensor;

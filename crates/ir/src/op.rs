@@ -27,19 +27,30 @@ pub struct Window {
 }
 
 impl Window {
-    /// Pads (begins then ends) for an input of these spatial sizes.
-    pub fn resolved_pads(&self, input: &[usize]) -> Vec<usize> {
+    /// The extent of one kernel along axis `i`, dilations included; None if it overflows.
+    fn span(&self, i: usize) -> Option<usize> {
+        (self.kernel_shape[i] - 1)
+            .checked_mul(self.dilations[i])?
+            .checked_add(1)
+    }
+
+    /// Pads (begins then ends) for an input of these spatial sizes; None if the arithmetic
+    /// overflows (absurd attributes).
+    pub fn resolved_pads(&self, input: &[usize]) -> Option<Vec<usize>> {
         let n = self.kernel_shape.len();
         match &self.pads {
-            Padding::Explicit(p) => p.clone(),
-            Padding::Valid => vec![0; 2 * n],
+            Padding::Explicit(p) => Some(p.clone()),
+            Padding::Valid => Some(vec![0; 2 * n]),
             Padding::SameUpper | Padding::SameLower => {
                 let mut begins = vec![0; n];
                 let mut ends = vec![0; n];
                 for i in 0..n {
                     let out = input[i].div_ceil(self.strides[i]);
-                    let span = (self.kernel_shape[i] - 1) * self.dilations[i] + 1;
-                    let total = ((out - 1) * self.strides[i] + span).saturating_sub(input[i]);
+                    let total = out
+                        .saturating_sub(1)
+                        .checked_mul(self.strides[i])?
+                        .checked_add(self.span(i)?)?
+                        .saturating_sub(input[i]);
                     let small = total / 2;
                     let (b, e) = if self.pads == Padding::SameUpper {
                         (small, total - small)
@@ -49,21 +60,20 @@ impl Window {
                     begins[i] = b;
                     ends[i] = e;
                 }
-                begins.into_iter().chain(ends).collect()
+                Some(begins.into_iter().chain(ends).collect())
             }
         }
     }
 
     /// Output spatial sizes for an input of these spatial sizes, or None if the window does not
-    /// fit.
+    /// fit (or its arithmetic overflows).
     pub fn output_size(&self, input: &[usize], ceil_mode: bool) -> Option<Vec<usize>> {
         let n = self.kernel_shape.len();
-        let pads = self.resolved_pads(input);
+        let pads = self.resolved_pads(input)?;
         (0..n)
             .map(|i| {
-                let span = (self.kernel_shape[i] - 1) * self.dilations[i] + 1;
-                let padded = input[i] + pads[i] + pads[i + n];
-                let room = padded.checked_sub(span)?;
+                let padded = input[i].checked_add(pads[i])?.checked_add(pads[i + n])?;
+                let room = padded.checked_sub(self.span(i)?)?;
                 let s = self.strides[i];
                 let mut out = if ceil_mode {
                     room.div_ceil(s)
@@ -152,11 +162,15 @@ pub enum Op {
     Opaque(Box<NodeProto>),
 }
 
-/// Reads attributes by name and remembers which were read, so unknown ones can be detected.
+/// Reads attributes by name and remembers which were read, so unknown ones can be detected. An
+/// attribute of the wrong type, or a value outside what the spec allows, is an error: such a node
+/// is invalid, not merely unmodelled.
 struct Attrs<'a> {
     list: &'a [AttributeProto],
     used: Vec<bool>,
 }
+
+type Parsed<T> = Result<T, String>;
 
 impl<'a> Attrs<'a> {
     fn new(list: &'a [AttributeProto]) -> Self {
@@ -166,52 +180,52 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    fn get(&mut self, name: &str, kind: AttributeType) -> Option<Option<&'a AttributeProto>> {
-        match self
+    fn get(&mut self, name: &str, kind: AttributeType) -> Parsed<Option<&'a AttributeProto>> {
+        let Some(i) = self
             .list
             .iter()
             .position(|a| a.name.as_deref() == Some(name))
-        {
-            None => Some(None),
-            Some(i) => {
-                self.used[i] = true;
-                let a = &self.list[i];
-                // An attribute of the wrong type makes the node unparseable.
-                (a.r#type == Some(kind as i32) || a.r#type.is_none()).then_some(Some(a))
-            }
+        else {
+            return Ok(None);
+        };
+        self.used[i] = true;
+        let a = &self.list[i];
+        match a.r#type {
+            Some(t) if t != kind as i32 => Err(format!(
+                "attribute '{name}' has type {}, the spec says {}",
+                AttributeType::try_from(t).map_or(format!("#{t}"), |t| t.as_str_name().into()),
+                kind.as_str_name()
+            )),
+            _ => Ok(Some(a)),
         }
     }
 
-    fn int(&mut self, name: &str, default: i64) -> Option<i64> {
-        Some(
-            self.get(name, AttributeType::Int)?
-                .map_or(default, |a| a.i.unwrap_or(0)),
-        )
+    fn int(&mut self, name: &str, default: i64) -> Parsed<i64> {
+        Ok(self
+            .get(name, AttributeType::Int)?
+            .map_or(default, |a| a.i.unwrap_or(0)))
     }
 
-    fn float(&mut self, name: &str, default: f32) -> Option<f32> {
-        Some(
-            self.get(name, AttributeType::Float)?
-                .map_or(default, |a| a.f.unwrap_or(0.0)),
-        )
+    fn float(&mut self, name: &str, default: f32) -> Parsed<f32> {
+        Ok(self
+            .get(name, AttributeType::Float)?
+            .map_or(default, |a| a.f.unwrap_or(0.0)))
     }
 
-    fn opt_float(&mut self, name: &str) -> Option<Option<f32>> {
-        Some(
-            self.get(name, AttributeType::Float)?
-                .map(|a| a.f.unwrap_or(0.0)),
-        )
+    fn opt_float(&mut self, name: &str) -> Parsed<Option<f32>> {
+        Ok(self
+            .get(name, AttributeType::Float)?
+            .map(|a| a.f.unwrap_or(0.0)))
     }
 
-    fn ints(&mut self, name: &str) -> Option<Option<Vec<i64>>> {
-        Some(self.get(name, AttributeType::Ints)?.map(|a| a.ints.clone()))
+    fn ints(&mut self, name: &str) -> Parsed<Option<Vec<i64>>> {
+        Ok(self.get(name, AttributeType::Ints)?.map(|a| a.ints.clone()))
     }
 
-    fn string(&mut self, name: &str) -> Option<Option<String>> {
-        Some(
-            self.get(name, AttributeType::String)?
-                .map(|a| String::from_utf8_lossy(a.s.as_deref().unwrap_or_default()).into_owned()),
-        )
+    fn string(&mut self, name: &str) -> Parsed<Option<String>> {
+        Ok(self
+            .get(name, AttributeType::String)?
+            .map(|a| String::from_utf8_lossy(a.s.as_deref().unwrap_or_default()).into_owned()))
     }
 
     fn all_used(&self) -> bool {
@@ -219,76 +233,124 @@ impl<'a> Attrs<'a> {
     }
 }
 
-fn to_usizes(v: &[i64]) -> Option<Vec<usize>> {
-    v.iter().map(|&x| usize::try_from(x).ok()).collect()
+/// The largest kernel size, stride, dilation or pad pare accepts: no axis of a value may be longer
+/// (see `MAX_VALUE_ELEMENTS`), so anything larger is an attribute gone wrong, and bounding it keeps
+/// every window computation far from overflow.
+pub const MAX_WINDOW_ATTR: i64 = 1 << 30;
+
+/// An ints attribute of `n` elements, each from `min` to `MAX_WINDOW_ATTR`.
+fn bounded(name: &str, v: &[i64], n: usize, min: i64) -> Parsed<Vec<usize>> {
+    if v.len() != n {
+        return Err(format!(
+            "'{name}' has {} values {v:?}, the kernel needs {n}",
+            v.len()
+        ));
+    }
+    v.iter()
+        .map(|&x| {
+            usize::try_from(x)
+                .ok()
+                .filter(|_| (min..=MAX_WINDOW_ATTR).contains(&x))
+                .ok_or_else(|| format!("'{name}' {v:?} holds {x}; each must be from {min} to 2^30"))
+        })
+        .collect()
 }
 
-/// Reads the window attributes; `kernel_shape` falls back to `weight_kernel` (Conv may omit it).
-fn window(a: &mut Attrs, weight_kernel: Option<&[usize]>, with_dilations: bool) -> Option<Window> {
-    let kernel_shape = match a.ints("kernel_shape")? {
-        Some(k) => to_usizes(&k)?,
-        None => weight_kernel?.to_vec(),
+/// Reads the window attributes; `kernel_shape` falls back to `weight_kernel` (Conv may omit it)
+/// and, when both are known, must agree with it. None when the kernel is neither given nor known.
+fn window(
+    a: &mut Attrs,
+    weight_kernel: Option<&[usize]>,
+    with_dilations: bool,
+) -> Parsed<Option<Window>> {
+    let kernel_shape = match (a.ints("kernel_shape")?, weight_kernel) {
+        (Some(k), weight) => {
+            let k = bounded("kernel_shape", &k, k.len(), 1)?;
+            if k.is_empty() {
+                return Err("'kernel_shape' is empty".into());
+            }
+            if let Some(w) = weight.filter(|w| *w != k.as_slice()) {
+                return Err(format!(
+                    "'kernel_shape' {k:?} disagrees with the weight's spatial shape {w:?}"
+                ));
+            }
+            k
+        }
+        (None, Some(w)) if !w.is_empty() && !w.contains(&0) => w.to_vec(),
+        (None, _) => return Ok(None),
     };
     let n = kernel_shape.len();
-    if n == 0 || kernel_shape.contains(&0) {
-        return None;
-    }
-    let ones_or = |v: Option<Vec<i64>>| -> Option<Vec<usize>> {
-        let v = v.map_or(Some(vec![1; n]), |v| to_usizes(&v))?;
-        (v.len() == n && !v.contains(&0)).then_some(v)
+    let ones_or = |name: &str, v: Option<Vec<i64>>| -> Parsed<Vec<usize>> {
+        v.map_or(Ok(vec![1; n]), |v| bounded(name, &v, n, 1))
     };
-    let strides = ones_or(a.ints("strides")?)?;
+    let strides = ones_or("strides", a.ints("strides")?)?;
     let dilations = if with_dilations {
-        ones_or(a.ints("dilations")?)?
+        ones_or("dilations", a.ints("dilations")?)?
     } else {
         vec![1; n]
     };
     let explicit = a.ints("pads")?;
     let pads = match a.string("auto_pad")?.as_deref() {
-        None | Some("NOTSET") => {
-            let p = explicit.map_or(Some(vec![0; 2 * n]), |p| to_usizes(&p))?;
-            (p.len() == 2 * n).then_some(Padding::Explicit(p))?
-        }
+        None | Some("NOTSET") => Padding::Explicit(
+            explicit.map_or(Ok(vec![0; 2 * n]), |p| bounded("pads", &p, 2 * n, 0))?,
+        ),
         Some("SAME_UPPER") => Padding::SameUpper,
         Some("SAME_LOWER") => Padding::SameLower,
         Some("VALID") => Padding::Valid,
-        Some(_) => return None,
+        Some(other) => {
+            return Err(format!(
+                "'auto_pad' is '{other}'; the spec allows NOTSET, SAME_UPPER, SAME_LOWER, VALID"
+            ))
+        }
     };
-    Some(Window {
+    Ok(Some(Window {
         kernel_shape,
         strides,
         pads,
         dilations,
-    })
+    }))
 }
 
 impl Op {
     /// Parses a node of the default domain at the given opset. `weight_kernel` is the spatial
-    /// shape of a Conv's weight, when known. Anything not modelled becomes Opaque.
-    pub fn from_node(node: &NodeProto, opset: i64, weight_kernel: Option<&[usize]>) -> Op {
+    /// shape of a Conv's weight, when known. Anything not modelled becomes Opaque; a modelled op
+    /// whose attributes the spec forbids (a wrong type, a wrong length, a zero stride) is an error
+    /// saying which attribute and why.
+    pub fn from_node(
+        node: &NodeProto,
+        opset: i64,
+        weight_kernel: Option<&[usize]>,
+    ) -> Result<Op, String> {
         let domain = node.domain.as_deref().unwrap_or("");
         let plain = node.overload.as_deref().unwrap_or("").is_empty()
             && node.device_configurations.is_empty();
         let parsed = if plain && (domain.is_empty() || domain == "ai.onnx") {
-            Self::parse(node, opset, weight_kernel)
+            Self::parse(node, opset, weight_kernel)?
         } else {
             None
         };
-        parsed.unwrap_or_else(|| Op::Opaque(Box::new(node.clone())))
+        Ok(parsed.unwrap_or_else(|| Op::Opaque(Box::new(node.clone()))))
     }
 
-    fn parse(node: &NodeProto, opset: i64, weight_kernel: Option<&[usize]>) -> Option<Op> {
+    fn parse(node: &NodeProto, opset: i64, weight_kernel: Option<&[usize]>) -> Parsed<Option<Op>> {
         let mut a = Attrs::new(&node.attribute);
         let outputs = node.output.iter().filter(|o| !o.is_empty()).count();
         if outputs != 1 {
-            return None;
+            return Ok(None);
         }
-        let op = match node.op_type.as_deref()? {
+        let Some(op_type) = node.op_type.as_deref() else {
+            return Ok(None);
+        };
+        let op = match op_type {
             "Conv" => {
-                let window = window(&mut a, weight_kernel, true)?;
-                let group = usize::try_from(a.int("group", 1)?)
+                let Some(window) = window(&mut a, weight_kernel, true)? else {
+                    return Ok(None);
+                };
+                let group = a.int("group", 1)?;
+                let group = usize::try_from(group)
                     .ok()
-                    .filter(|&g| g > 0)?;
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| format!("'group' is {group}; it must be 1 or more"))?;
                 Op::Conv(Conv { window, group })
             }
             "Gemm" => Op::Gemm(Gemm {
@@ -300,7 +362,7 @@ impl Op {
             "MatMul" => Op::MatMul,
             "BatchNormalization" if opset >= 9 => {
                 if a.int("training_mode", 0)? != 0 {
-                    return None;
+                    return Ok(None);
                 }
                 Op::BatchNorm {
                     epsilon: a.float("epsilon", 1e-5)?,
@@ -324,20 +386,28 @@ impl Op {
             "Div" => Op::Div,
             "MaxPool" => {
                 if a.int("storage_order", 0)? != 0 {
-                    return None;
+                    return Ok(None);
                 }
+                let Some(window) = window(&mut a, None, true)? else {
+                    return Err("'kernel_shape' is required".into());
+                };
                 Op::MaxPool(Pool {
-                    window: window(&mut a, None, true)?,
+                    window,
                     ceil_mode: a.int("ceil_mode", 0)? != 0,
                 })
             }
-            "AveragePool" => Op::AveragePool {
-                pool: Pool {
-                    window: window(&mut a, None, opset >= 19)?,
-                    ceil_mode: a.int("ceil_mode", 0)? != 0,
-                },
-                count_include_pad: a.int("count_include_pad", 0)? != 0,
-            },
+            "AveragePool" => {
+                let Some(window) = window(&mut a, None, opset >= 19)? else {
+                    return Err("'kernel_shape' is required".into());
+                };
+                Op::AveragePool {
+                    pool: Pool {
+                        window,
+                        ceil_mode: a.int("ceil_mode", 0)? != 0,
+                    },
+                    count_include_pad: a.int("count_include_pad", 0)? != 0,
+                }
+            }
             "GlobalAveragePool" => Op::GlobalAveragePool,
             "Flatten" => Op::Flatten {
                 axis: a.int("axis", 1)?,
@@ -345,8 +415,11 @@ impl Op {
             "Reshape" if opset >= 5 => Op::Reshape {
                 allowzero: a.int("allowzero", 0)? != 0,
             },
-            "Concat" => Op::Concat {
-                axis: a.int("axis", i64::MIN).filter(|&x| x != i64::MIN)?,
+            "Concat" => match a.get("axis", AttributeType::Int)? {
+                Some(axis) => Op::Concat {
+                    axis: axis.i.unwrap_or(0),
+                },
+                None => return Err("'axis' is required".into()),
             },
             "Dropout" if opset >= 7 => Op::Dropout {
                 ratio: a.opt_float("ratio")?,
@@ -355,9 +428,9 @@ impl Op {
             "Softmax" if opset >= 13 => Op::Softmax {
                 axis: a.int("axis", -1)?,
             },
-            _ => return None,
+            _ => return Ok(None),
         };
-        a.all_used().then_some(op)
+        Ok(a.all_used().then_some(op))
     }
 
     /// The ONNX operator type.
@@ -493,7 +566,7 @@ mod tests {
                 attr::int("group", 4),
             ],
         );
-        let op = Op::from_node(&n, 17, Some(&[3, 3]));
+        let op = Op::from_node(&n, 17, Some(&[3, 3])).unwrap();
         let Op::Conv(c) = &op else { panic!("{op:?}") };
         assert_eq!(c.window.kernel_shape, vec![3, 3]);
         assert_eq!(c.group, 4);
@@ -504,24 +577,25 @@ mod tests {
             },
             17,
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(op, again);
     }
 
     #[test]
     fn unknown_attributes_and_old_semantics_stay_opaque() {
         let n = node("Relu", vec![attr::int("consumed_inputs", 1)]);
-        assert!(matches!(Op::from_node(&n, 5, None), Op::Opaque(_)));
+        assert!(matches!(Op::from_node(&n, 5, None).unwrap(), Op::Opaque(_)));
         assert!(matches!(
-            Op::from_node(&node("Softmax", vec![]), 11, None),
+            Op::from_node(&node("Softmax", vec![]), 11, None).unwrap(),
             Op::Opaque(_)
         ));
         assert!(matches!(
-            Op::from_node(&node("Clip", vec![]), 6, None),
+            Op::from_node(&node("Clip", vec![]), 6, None).unwrap(),
             Op::Opaque(_)
         ));
         assert!(matches!(
-            Op::from_node(&node("Erf", vec![]), 17, None),
+            Op::from_node(&node("Erf", vec![]), 17, None).unwrap(),
             Op::Opaque(_)
         ));
     }
@@ -534,7 +608,7 @@ mod tests {
             pads: Padding::SameUpper,
             dilations: vec![1],
         };
-        assert_eq!(w.resolved_pads(&[8]), vec![0, 1]);
+        assert_eq!(w.resolved_pads(&[8]), Some(vec![0, 1]));
         assert_eq!(w.output_size(&[8], false), Some(vec![4]));
         let p = Window {
             kernel_shape: vec![2],

@@ -26,7 +26,11 @@ impl Tensor {
             .iter()
             .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
             .collect::<Result<_, _>>()?;
-        let count: usize = dims.iter().product();
+        let count = element_count(&dims).ok_or_else(|| {
+            bad(format!(
+                "shape {dims:?} has more elements than memory can hold"
+            ))
+        })?;
         let data_type = t.data_type.unwrap_or_default();
         if data_type == DataType::Float as i32 {
             let values: Vec<f32> = match &t.raw_data {
@@ -60,6 +64,7 @@ impl Tensor {
                 ArrayD::from_shape_vec(IxDyn(&dims), values).expect("count checked"),
             ));
         }
+        check_other(t, count, &dims).map_err(bad)?;
         Ok(Tensor::Other(Box::new(t.clone())))
     }
 
@@ -131,6 +136,73 @@ impl Tensor {
             _ => None,
         }
     }
+}
+
+/// The number of elements of a shape, if it and its size in bytes at 8 bytes each fit in memory
+/// (`isize::MAX` bytes, ndarray's limit).
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    let count = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    (count <= isize::MAX as usize / 8).then_some(count)
+}
+
+/// Checks that a tensor pare keeps undecoded holds as much data as its type and shape need:
+/// exporters and tract read it later, and a short buffer there is out-of-bounds reading.
+fn check_other(t: &TensorProto, count: usize, dims: &[usize]) -> Result<(), String> {
+    use DataType as D;
+    if t.data_location == Some(pare_onnx::proto::tensor_proto::DataLocation::External as i32) {
+        return Err(
+            "its data is still external; read the model with pare_onnx::read_model, which loads it"
+                .into(),
+        );
+    }
+    let data_type = t.data_type.unwrap_or_default();
+    let kind = D::try_from(data_type)
+        .ok()
+        .filter(|&k| k != D::Undefined)
+        .ok_or_else(|| format!("data type {data_type} is not an ONNX tensor type"))?;
+    // Bytes per element in raw_data (4-bit types pack two per byte), and where typed data lives.
+    let (bytes, typed, per_element) = match kind {
+        D::Uint8 | D::Int8 | D::Bool => (Some(1), t.int32_data.len(), 1),
+        D::Float8e4m3fn | D::Float8e4m3fnuz | D::Float8e5m2 | D::Float8e5m2fnuz => {
+            (Some(1), t.int32_data.len(), 1)
+        }
+        D::Uint16 | D::Int16 | D::Float16 | D::Bfloat16 => (Some(2), t.int32_data.len(), 1),
+        D::Int32 => (Some(4), t.int32_data.len(), 1),
+        D::Double => (Some(8), t.double_data.len(), 1),
+        D::Uint32 | D::Uint64 => (
+            Some(if kind == D::Uint32 { 4 } else { 8 }),
+            t.uint64_data.len(),
+            1,
+        ),
+        D::Complex64 => (Some(8), t.float_data.len(), 2),
+        D::Complex128 => (Some(16), t.double_data.len(), 2),
+        D::String => (None, t.string_data.len(), 1),
+        // Packed 4-bit types and any type newer than this check: not counted.
+        _ => return Ok(()),
+    };
+    match (&t.raw_data, bytes) {
+        (Some(raw), Some(size)) => {
+            if raw.len() as u128 != count as u128 * size {
+                return Err(format!(
+                    "holds {} bytes, but {dims:?} {} needs {}",
+                    raw.len(),
+                    kind.as_str_name(),
+                    count as u128 * size
+                ));
+            }
+        }
+        (Some(_), None) => return Err("a string tensor cannot use raw_data".into()),
+        (None, _) => {
+            if typed as u128 != count as u128 * per_element {
+                return Err(format!(
+                    "holds {typed} values, but {dims:?} {} needs {}",
+                    kind.as_str_name(),
+                    count as u128 * per_element
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn le_values<T, const N: usize>(raw: &[u8], count: usize, f: fn([u8; N]) -> T) -> Option<Vec<T>> {

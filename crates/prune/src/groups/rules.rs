@@ -209,7 +209,7 @@ impl Analysis<'_> {
                 let rank = x
                     .and_then(|v| graph.value(v).shape.as_ref())
                     .map_or(0, |s| s.rank()) as i64;
-                if (*axis + rank) % rank.max(1) == 1 {
+                if *axis == 1 || *axis == 1 - rank {
                     if let Some(m) = &xmap {
                         self.freeze(m, format!("{label} normalises over channels"));
                     }
@@ -229,7 +229,7 @@ impl Analysis<'_> {
                             .map(|d| d.iter().map(|d| d.known()).product::<Option<usize>>())
                     })
                     .flatten();
-                match (xmap, (*axis + rank) % rank.max(1) == 1 || *axis == 1, inner) {
+                match (xmap, *axis == 1 || *axis == 1 - rank, inner) {
                     (Some(m), true, Some(inner)) => {
                         let map = m
                             .iter()
@@ -263,7 +263,7 @@ impl Analysis<'_> {
                     .map(|v| v.and_then(|v| self.maps.get(&v).cloned()))
                     .collect();
                 match maps {
-                    Some(maps) if rank >= 2 && (*axis + rank) % rank == 1 => {
+                    Some(maps) if rank >= 2 && (*axis == 1 || *axis == 1 - rank) => {
                         pass(self, Some(maps.concat()))
                     }
                     maps => {

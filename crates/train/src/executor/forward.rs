@@ -48,12 +48,46 @@ pub(super) fn run(
             tape.saved[pool] = saved;
             output = graph.node(pool).outputs[0];
         }
+        check_inferred(graph, id, output, &out.value)?;
         tape.values[output] = Some(out.value);
         tape.plane_sums[output] = out.plane_sums;
         tape.saved[id] = out.saved;
         tape.mean_inputs[id] = out.mean;
     }
     Ok(tape)
+}
+
+/// Refuses an output whose shape disagrees with what import inferred for it (the batch aside):
+/// the kernels after it size their work from those shapes, so a model whose run contradicts its
+/// own shapes stops here with the node's name instead of indexing out of bounds later.
+fn check_inferred(
+    graph: &Graph,
+    id: NodeId,
+    output: ValueId,
+    value: &ArrayD<f32>,
+) -> Result<(), TrainError> {
+    let Some(shape) = &graph.value(output).shape else {
+        return Ok(());
+    };
+    let fits = shape.rank() == value.ndim()
+        && shape
+            .0
+            .iter()
+            .zip(value.shape())
+            .skip(1)
+            .all(|(d, &n)| d.known().is_none_or(|k| k == n));
+    if fits {
+        return Ok(());
+    }
+    let node = graph.node(id);
+    Err(TrainError::Node {
+        node: node.name.clone(),
+        op: node.op.op_type().to_string(),
+        problem: format!(
+            "computed shape {:?}, but the model's shapes say {shape}",
+            value.shape()
+        ),
+    })
 }
 
 /// What a node's forward pass gives the tape.
@@ -146,6 +180,28 @@ fn forward_node(
                 )));
             }
             let c = optional(graph, tape, id, 2);
+            // Shapes were inferred with open dimensions; check what this batch really gives.
+            let (m, ka) = if g.trans_a {
+                (x.shape()[1], x.shape()[0])
+            } else {
+                (x.shape()[0], x.shape()[1])
+            };
+            let (kb, n) = if g.trans_b {
+                (b.shape()[1], b.shape()[0])
+            } else {
+                (b.shape()[0], b.shape()[1])
+            };
+            let c_fits = c
+                .as_ref()
+                .is_none_or(|c| c.broadcast(IxDyn(&[m, n])).is_some());
+            if ka != kb || !c_fits {
+                return Err(err(format!(
+                    "A {:?} and B {:?} (C {:?}) do not multiply on this batch",
+                    x.shape(),
+                    b.shape(),
+                    c.as_ref().map(|c| c.shape().to_vec())
+                )));
+            }
             let mean = want_mean
                 .then(|| {
                     if g.trans_a {

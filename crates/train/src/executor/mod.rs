@@ -34,6 +34,21 @@ pub fn forward(
     let first = *graph.inputs.first().ok_or_else(|| TrainError::NoInput {
         graph: graph_name(graph),
     })?;
+    // The data must fit the sample shape the graph was inferred for (the batch may differ), or a
+    // kernel would meet operands whose sizes disagree.
+    if let Some(declared) = &graph.value(first).shape {
+        let fits = declared.rank() == input.ndim()
+            && declared.0[1..]
+                .iter()
+                .zip(&input.shape()[1..])
+                .all(|(d, &n)| d.known().is_none_or(|k| k == n));
+        if !fits {
+            return Err(TrainError::InputShape {
+                model: declared.0.iter().map(|d| d.to_string()).collect(),
+                data: input.shape().to_vec(),
+            });
+        }
+    }
     forward::run(graph, first, input, mode, mean_inputs, dropout)
 }
 
@@ -78,5 +93,41 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("'torch_jit'"), "{message}");
         assert!(message.contains("has no input"), "{message}");
+    }
+
+    /// x [N, 4] → Flatten(axis 0) → Gemm with B [4, 2]: import cannot tell K (it holds the batch),
+    /// so the mismatch shows only when a batch of 2 runs.
+    fn flatten_all_then_gemm() -> Graph {
+        use pare_onnx::attr::{self, tensor_f32};
+        let mut b = pare_onnx::GraphBuilder::new("t", 17);
+        b.input("x", [pare_onnx::DimSpec::from("N"), 4.into()]);
+        b.output("y", [1, 2]);
+        b.initializer(tensor_f32("b", &[4, 2], vec![0.5; 8]));
+        b.node("Flatten", &["x"], &["f"], vec![attr::int("axis", 0)]);
+        b.node("Gemm", &["f", "b"], &["y"], vec![]);
+        pare_ir::import(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn data_or_operands_that_contradict_the_model_are_refused_by_name() {
+        let graph = flatten_all_then_gemm();
+        let run = |g: &Graph, dims: &[usize]| {
+            forward(g, ArrayD::zeros(IxDyn(dims)), Mode::Eval, false, None)
+                .err()
+                .map(|e| e.to_string())
+        };
+        // One sample fits; two make Gemm's K 8 against B's 4.
+        assert_eq!(run(&graph, &[1, 4]), None);
+        let e = run(&graph, &[2, 4]).unwrap();
+        assert!(e.contains("Gemm_1") && e.contains("[1, 8]"), "{e}");
+        // A sample of the wrong shape.
+        let e = run(&graph, &[1, 5]).unwrap();
+        assert!(e.contains("per sample") && e.contains("[1, 5]"), "{e}");
+        // An output whose run disagrees with the inferred shape stops at that node.
+        let mut wrong = graph.clone();
+        let f = wrong.nodes[0].outputs[0];
+        wrong.value_mut(f).shape = Some(pare_ir::Shape::known(&[1, 3]));
+        let e = run(&wrong, &[1, 4]).unwrap();
+        assert!(e.contains("Flatten_0") && e.contains("[1, 3]"), "{e}");
     }
 }

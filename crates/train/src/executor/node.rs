@@ -107,10 +107,12 @@ pub(super) fn window_2d(
     h: usize,
     w: usize,
 ) -> Result<Window2d, String> {
-    let pads = window.resolved_pads(&[h, w]);
-    let out = window
-        .output_size(&[h, w], ceil_mode)
-        .ok_or("the window does not fit the input")?;
+    let (Some(pads), Some(out)) = (
+        window.resolved_pads(&[h, w]),
+        window.output_size(&[h, w], ceil_mode),
+    ) else {
+        return Err("the window does not fit the input".into());
+    };
     Ok(Window2d {
         h,
         w,
