@@ -106,6 +106,12 @@ pub fn calibration_passes(
             .view()
             .into_dimensionality::<ndarray::Ix2>()
             .map_err(|_| TrainError::OutputShape(s.shape().to_vec()))?;
+        if let Some(&label) = labels.iter().find(|&&l| l >= scores.ncols()) {
+            return Err(TrainError::Label {
+                label,
+                classes: scores.ncols(),
+            });
+        }
         let out = loss.evaluate(scores, &labels);
         let grads = pare_train::backward(graph, &tape, target, out.grad.into_dyn())?;
         pass(&tape, &grads);
