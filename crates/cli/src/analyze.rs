@@ -86,7 +86,7 @@ pub struct Args {
 }
 
 /// The most batches `analyze` sums over: beyond this a typo, not an analysis.
-const MAX_BATCHES: usize = 100_000;
+pub const MAX_BATCHES: usize = 100_000;
 
 #[derive(Serialize)]
 struct Report {
