@@ -131,3 +131,180 @@ pub(crate) fn silent_channels(graph: &Graph, groups: &ChannelGroups, group: &Gro
     }
     silent
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze;
+    use crate::criteria::calibration_passes;
+    use pare_data::Dataset;
+    use pare_kernels::rng::SplitMix64;
+    use pare_onnx::{attr, GraphBuilder};
+    use pare_train::Loss;
+
+    /// x[N,1,2,2] → Conv a (2, 1×1) → Relu ┐
+    /// x          → Conv b (3, 1×1) → Relu ┴ Concat → Flatten [N,20] → Gemm (3) → y:
+    /// each group is read by the Gemm through blocks of 4 features, b's at offset 8.
+    fn graph() -> Graph {
+        let mut rng = SplitMix64::new(5);
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit_f64() as f32 * 2.0 - 0.5).collect() };
+        let mut b = GraphBuilder::new("concat", 17);
+        b.input(
+            "x",
+            ["N".into(), 1.into(), 2.into(), 2.into()]
+                .into_iter()
+                .collect::<Vec<pare_onnx::DimSpec>>(),
+        );
+        b.initializer(attr::tensor_f32("a.w", &[2, 1, 1, 1], random(2)));
+        b.initializer(attr::tensor_f32("b.w", &[3, 1, 1, 1], random(3)));
+        b.initializer(attr::tensor_f32("fc.w", &[3, 20], random(60)));
+        b.node("Conv", &["x", "a.w"], &["a"], vec![]);
+        b.node("Relu", &["a"], &["ra"], vec![]);
+        b.node("Conv", &["x", "b.w"], &["b"], vec![]);
+        b.node("Relu", &["b"], &["rb"], vec![]);
+        b.node("Concat", &["ra", "rb"], &["c"], vec![attr::int("axis", 1)]);
+        b.node("Flatten", &["c"], &["f"], vec![]);
+        b.node("Gemm", &["f", "fc.w"], &["y"], vec![attr::int("transB", 1)]);
+        b.output(
+            "y",
+            ["N".into(), 3.into()]
+                .into_iter()
+                .collect::<Vec<pare_onnx::DimSpec>>(),
+        );
+        pare_ir::import(&b.build()).unwrap()
+    }
+
+    /// Σ over rows r of m[r, offset + 4i + t] · m[r, offset + 4j + t], t < 4: the naive K.
+    fn naive(m: &ArrayD<f32>, offset: usize, channels: usize) -> DMatrix<f64> {
+        let m = m.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+        DMatrix::from_fn(channels, channels, |i, j| {
+            let mut sum = 0.0;
+            for row in m.outer_iter() {
+                for t in 0..4 {
+                    sum += row[offset + 4 * i + t] as f64 * row[offset + 4 * j + t] as f64;
+                }
+            }
+            sum
+        })
+    }
+
+    #[test]
+    fn concat_offsets_and_flatten_blocks_cut_the_columns_a_naive_loop_does() {
+        let g = graph();
+        let groups = analyze(&g);
+        let mut rng = SplitMix64::new(9);
+        let data = Dataset {
+            images: ndarray::Array4::from_shape_fn((6, 1, 2, 2), |_| rng.unit_f64() as f32),
+            labels: vec![0, 1, 2, 0, 1, 2],
+        };
+        let mut stream = pare_train::BatchStream::new(&data, 6, 0);
+        let fc = g.find_value("fc.w").unwrap();
+        let flat = g.find_value("f").unwrap();
+        let prunable: Vec<&Group> = groups.groups.iter().filter(|g| g.prunable()).collect();
+        assert_eq!(
+            prunable.iter().map(|g| g.channels).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        calibration_passes(
+            &g,
+            &mut stream,
+            1,
+            Loss::CrossEntropy,
+            false,
+            |tape, grads| {
+                for (group, offset) in prunable.iter().zip([0, 8]) {
+                    for (source, m) in [
+                        (GramSource::Gradients, grads.of(fc).unwrap()),
+                        (GramSource::Activations, tape.value(flat).unwrap()),
+                    ] {
+                        let mut gram = Gram::new(group.channels);
+                        gram.add(&g, &groups, group, source, tape, grads);
+                        assert!(gram.evidence);
+                        let expected = naive(m, offset, group.channels);
+                        let error = (&gram.k - &expected).abs().max();
+                        assert!(error < 1e-9 * expected.abs().max().max(1.0), "{source:?}");
+                    }
+                }
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_depthwise_weight_adds_to_the_diagonal_only() {
+        // x[N,1,3,3] → Conv p (3, 1×1) → depthwise Conv d (3, 3×3, pad 1) → Conv q (2, 1×1)
+        // → GlobalAveragePool → Flatten → y: p's group is read by d (per channel) and by q.
+        let mut rng = SplitMix64::new(11);
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit_f64() as f32 - 0.3).collect() };
+        let mut b = GraphBuilder::new("depthwise", 17);
+        b.input(
+            "x",
+            ["N".into(), 1.into(), 3.into(), 3.into()]
+                .into_iter()
+                .collect::<Vec<pare_onnx::DimSpec>>(),
+        );
+        b.initializer(attr::tensor_f32("p.w", &[3, 1, 1, 1], random(3)));
+        b.initializer(attr::tensor_f32("d.w", &[3, 1, 3, 3], random(27)));
+        b.initializer(attr::tensor_f32("q.w", &[2, 3, 1, 1], random(6)));
+        b.node("Conv", &["x", "p.w"], &["p"], vec![]);
+        b.node(
+            "Conv",
+            &["p", "d.w"],
+            &["d"],
+            vec![attr::int("group", 3), attr::ints("pads", &[1, 1, 1, 1])],
+        );
+        b.node("Conv", &["d", "q.w"], &["q"], vec![]);
+        b.node("GlobalAveragePool", &["q"], &["gap"], vec![]);
+        b.node("Flatten", &["gap"], &["y"], vec![]);
+        b.output(
+            "y",
+            ["N".into(), 2.into()]
+                .into_iter()
+                .collect::<Vec<pare_onnx::DimSpec>>(),
+        );
+        let g = pare_ir::import(&b.build()).unwrap();
+        let groups = analyze(&g);
+        let group = groups.groups.iter().find(|g| g.prunable()).unwrap();
+        assert_eq!(group.channels, 3);
+        let data = Dataset {
+            images: ndarray::Array4::from_shape_fn((4, 1, 3, 3), |_| rng.unit_f64() as f32),
+            labels: vec![0, 1, 0, 1],
+        };
+        let mut stream = pare_train::BatchStream::new(&data, 4, 0);
+        let (dw, pw) = (g.find_value("d.w").unwrap(), g.find_value("q.w").unwrap());
+        calibration_passes(
+            &g,
+            &mut stream,
+            1,
+            Loss::CrossEntropy,
+            false,
+            |tape, grads| {
+                let mut gram = Gram::new(3);
+                gram.add(&g, &groups, group, GramSource::Gradients, tape, grads);
+                let (d, q) = (grads.of(dw).unwrap(), grads.of(pw).unwrap());
+                let expected = DMatrix::from_fn(3, 3, |i, j| {
+                    let pointwise: f64 = (0..2)
+                        .map(|o| q[[o, i, 0, 0]] as f64 * q[[o, j, 0, 0]] as f64)
+                        .sum();
+                    let own: f64 = if i == j {
+                        d.index_axis(Axis(0), i)
+                            .iter()
+                            .map(|&v| v as f64 * v as f64)
+                            .sum()
+                    } else {
+                        0.0
+                    };
+                    pointwise + own
+                });
+                assert!(
+                    (&gram.k - &expected).abs().max() < 1e-9,
+                    "{} vs {expected}",
+                    gram.k
+                );
+            },
+        )
+        .unwrap();
+    }
+}
