@@ -139,7 +139,7 @@ mod tests {
     use crate::criteria::calibration_passes;
     use pare_data::Dataset;
     use pare_kernels::rng::SplitMix64;
-    use pare_onnx::{attr, GraphBuilder};
+    use pare_onnx::{attr, DimSpec, GraphBuilder};
     use pare_train::Loss;
 
     /// x[N,1,2,2] → Conv a (2, 1×1) → Relu ┐
@@ -150,12 +150,7 @@ mod tests {
         let mut random =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit_f64() as f32 * 2.0 - 0.5).collect() };
         let mut b = GraphBuilder::new("concat", 17);
-        b.input(
-            "x",
-            ["N".into(), 1.into(), 2.into(), 2.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.input("x", [DimSpec::from("N"), 1.into(), 2.into(), 2.into()]);
         b.initializer(attr::tensor_f32("a.w", &[2, 1, 1, 1], random(2)));
         b.initializer(attr::tensor_f32("b.w", &[3, 1, 1, 1], random(3)));
         b.initializer(attr::tensor_f32("fc.w", &[3, 20], random(60)));
@@ -166,12 +161,7 @@ mod tests {
         b.node("Concat", &["ra", "rb"], &["c"], vec![attr::int("axis", 1)]);
         b.node("Flatten", &["c"], &["f"], vec![]);
         b.node("Gemm", &["f", "fc.w"], &["y"], vec![attr::int("transB", 1)]);
-        b.output(
-            "y",
-            ["N".into(), 3.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.output("y", [DimSpec::from("N"), 3.into()]);
         pare_ir::import(&b.build()).unwrap()
     }
 
@@ -239,12 +229,7 @@ mod tests {
         let mut random =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit_f64() as f32 - 0.3).collect() };
         let mut b = GraphBuilder::new("depthwise", 17);
-        b.input(
-            "x",
-            ["N".into(), 1.into(), 3.into(), 3.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.input("x", [DimSpec::from("N"), 1.into(), 3.into(), 3.into()]);
         b.initializer(attr::tensor_f32("p.w", &[3, 1, 1, 1], random(3)));
         b.initializer(attr::tensor_f32("d.w", &[3, 1, 3, 3], random(27)));
         b.initializer(attr::tensor_f32("q.w", &[2, 3, 1, 1], random(6)));
@@ -258,12 +243,7 @@ mod tests {
         b.node("Conv", &["d", "q.w"], &["q"], vec![]);
         b.node("GlobalAveragePool", &["q"], &["gap"], vec![]);
         b.node("Flatten", &["gap"], &["y"], vec![]);
-        b.output(
-            "y",
-            ["N".into(), 2.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.output("y", [DimSpec::from("N"), 2.into()]);
         let g = pare_ir::import(&b.build()).unwrap();
         let groups = analyze(&g);
         let group = groups.groups.iter().find(|g| g.prunable()).unwrap();

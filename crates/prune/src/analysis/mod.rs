@@ -300,7 +300,7 @@ mod tests {
     use crate::analyze;
     use pare_data::Dataset;
     use pare_kernels::rng::SplitMix64;
-    use pare_onnx::{attr, GraphBuilder};
+    use pare_onnx::{attr, DimSpec, GraphBuilder};
 
     /// Channels of the first convolution: 0–2 independent, 3 a copy of 0, 4 = 1 + ½·2, 5 dead
     /// (zero filter and bias), 6 alive but every weight reading it zero.
@@ -330,12 +330,7 @@ mod tests {
             c2[(o * CHANNELS + 6) * 9..(o * CHANNELS + 7) * 9].fill(0.0);
         }
         let mut b = GraphBuilder::new("dependent", 17);
-        b.input(
-            "x",
-            ["N".into(), 2.into(), 6.into(), 6.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.input("x", [DimSpec::from("N"), 2.into(), 6.into(), 6.into()]);
         let conv = || vec![attr::ints("pads", &[1, 1, 1, 1])];
         b.initializer(attr::tensor_f32("c1.w", &[7, 2, 3, 3], weights.concat()));
         b.initializer(attr::tensor_f32("c1.b", &[7], bias));
@@ -352,12 +347,7 @@ mod tests {
             &["y"],
             vec![attr::int("transB", 1)],
         );
-        b.output(
-            "y",
-            ["N".into(), 3.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.output("y", [DimSpec::from("N"), 3.into()]);
         pare_ir::import(&b.build()).unwrap()
     }
 

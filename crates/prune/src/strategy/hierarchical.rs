@@ -86,17 +86,12 @@ mod tests {
     use super::*;
     use crate::analysis::{AnalysisSettings, GroupAnalysis};
     use crate::groups::GroupId;
-    use pare_onnx::{attr, GraphBuilder};
+    use pare_onnx::{attr, DimSpec, GraphBuilder};
 
     /// x[N,1,4,4] → Conv a (8) → Relu → Conv b (8) → Relu → Conv c (2) → GAP → Flatten → y.
     fn graph() -> Graph {
         let mut b = GraphBuilder::new("chain", 17);
-        b.input(
-            "x",
-            ["N".into(), 1.into(), 4.into(), 4.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.input("x", [DimSpec::from("N"), 1.into(), 4.into(), 4.into()]);
         for (name, out, inp) in [("a", 8, 1), ("b", 8, 8), ("c", 2, 8)] {
             let w = format!("{name}.w");
             b.initializer(attr::tensor_f32(
@@ -112,12 +107,7 @@ mod tests {
         b.node("Conv", &["rb", "c.w"], &["c"], vec![]);
         b.node("GlobalAveragePool", &["c"], &["gap"], vec![]);
         b.node("Flatten", &["gap"], &["y"], vec![]);
-        b.output(
-            "y",
-            ["N".into(), 2.into()]
-                .into_iter()
-                .collect::<Vec<pare_onnx::DimSpec>>(),
-        );
+        b.output("y", [DimSpec::from("N"), 2.into()]);
         pare_ir::import(&b.build()).unwrap()
     }
 
