@@ -28,6 +28,20 @@ pub(crate) fn consumer_weights<'s>(
         .collect()
 }
 
+/// The feature range of each channel of `group` along `slice`'s axis, one list per time the slice
+/// lays the group out (a Concat of an activation with itself reads each channel twice: each
+/// occurrence is more rows of B). None for a layout whose ranges do not line up into columns.
+fn channel_columns(
+    groups: &ChannelGroups,
+    slice: &Slice,
+    group: &Group,
+) -> Option<Vec<Vec<Range<usize>>>> {
+    let ranges = channel_ranges(groups, slice, group.id);
+    let even = ranges.windows(2).all(|w| w[0].len() == w[1].len());
+    let whole = !ranges.is_empty() && ranges.len().is_multiple_of(group.channels);
+    (even && whole).then(|| ranges.chunks(group.channels).map(<[_]>::to_vec).collect())
+}
+
 /// B for one slice: column c holds the entries of `tensor` along `axis` at channel c's range, in
 /// logical order (every range has the same length, so the columns line up).
 fn columns(tensor: &ArrayD<f32>, axis: usize, ranges: &[Range<usize>]) -> DMatrix<f64> {
@@ -72,24 +86,14 @@ impl Gram {
     ) {
         let mut seen: HashSet<ValueId> = HashSet::new();
         for slice in consumer_weights(graph, groups, group) {
-            let ranges = channel_ranges(groups, slice, group.id);
-            match source {
-                GramSource::Gradients => {
-                    let Some(g) = grads.of(slice.tensor) else {
-                        continue;
-                    };
-                    let b = columns(g, slice.axis, &ranges);
-                    if slice.kind == SliceKind::PerChannel {
-                        // A depthwise weight reads one channel each: its entries are rows of
-                        // their own, so they add to K's diagonal only.
-                        for c in 0..b.ncols() {
-                            self.k[(c, c)] += b.column(c).norm_squared();
-                        }
-                    } else {
-                        self.k += b.tr_mul(&b);
-                    }
-                    self.evidence = true;
-                }
+            let Some(occurrences) = channel_columns(groups, slice, group) else {
+                continue;
+            };
+            let (tensor, axis) = match source {
+                GramSource::Gradients => match grads.of(slice.tensor) {
+                    Some(g) => (g, slice.axis),
+                    None => continue,
+                },
                 GramSource::Activations => {
                     // The activation the consumer reads, channels on axis 1 laid out as the
                     // weight's axis is; each activation counted once however many layers read it.
@@ -103,11 +107,22 @@ impl Gram {
                     if a.ndim() < 2 || a.shape()[1] != len || !seen.insert(input) {
                         continue;
                     }
-                    let b = columns(a, 1, &ranges);
+                    (a, 1)
+                }
+            };
+            for ranges in &occurrences {
+                let b = columns(tensor, axis, ranges);
+                if source == GramSource::Gradients && slice.kind == SliceKind::PerChannel {
+                    // A depthwise weight reads one channel each: its entries are rows of their
+                    // own, so they add to K's diagonal only.
+                    for c in 0..b.ncols() {
+                        self.k[(c, c)] += b.column(c).norm_squared();
+                    }
+                } else {
                     self.k += b.tr_mul(&b);
-                    self.evidence = true;
                 }
             }
+            self.evidence = true;
         }
     }
 }
@@ -118,14 +133,19 @@ pub(crate) fn silent_channels(graph: &Graph, groups: &ChannelGroups, group: &Gro
     let consumers = consumer_weights(graph, groups, group);
     let mut silent = vec![!consumers.is_empty(); group.channels];
     for slice in consumers {
-        let Some(pare_ir::Tensor::F32(w)) = graph.value(slice.tensor).initializer() else {
+        let (Some(pare_ir::Tensor::F32(w)), Some(occurrences)) = (
+            graph.value(slice.tensor).initializer(),
+            channel_columns(groups, slice, group),
+        ) else {
             silent.iter_mut().for_each(|s| *s = false);
             continue;
         };
-        for (c, r) in channel_ranges(groups, slice, group.id).iter().enumerate() {
-            let part = w.slice_axis(Axis(slice.axis), (r.start..r.end).into());
-            if part.iter().any(|&x| x != 0.0) {
-                silent[c] = false;
+        for ranges in &occurrences {
+            for (c, r) in ranges.iter().enumerate() {
+                let part = w.slice_axis(Axis(slice.axis), (r.start..r.end).into());
+                if part.iter().any(|&x| x != 0.0) {
+                    silent[c] = false;
+                }
             }
         }
     }
@@ -283,6 +303,67 @@ mod tests {
                     "{} vs {expected}",
                     gram.k
                 );
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_group_concatenated_with_itself_adds_both_readings() {
+        // x[N,1,2,2] → Conv a (2) → Relu → Concat(r, r) → Conv b (3, reads 4) → GAP → Flatten.
+        let mut b = GraphBuilder::new("twice", 17);
+        b.input("x", [DimSpec::from("N"), 1.into(), 2.into(), 2.into()]);
+        b.initializer(attr::tensor_f32("a.w", &[2, 1, 1, 1], vec![1.0, -0.5]));
+        let reader = vec![
+            0.5, -1.0, 0.25, 2.0, 1.0, 0.5, -0.75, 0.1, -0.2, 0.3, 1.5, -1.0,
+        ];
+        b.initializer(attr::tensor_f32("b.w", &[3, 4, 1, 1], reader));
+        b.node("Conv", &["x", "a.w"], &["a"], vec![]);
+        b.node("Relu", &["a"], &["r"], vec![]);
+        b.node("Concat", &["r", "r"], &["c"], vec![attr::int("axis", 1)]);
+        b.node("Conv", &["c", "b.w"], &["o"], vec![]);
+        b.node("GlobalAveragePool", &["o"], &["gap"], vec![]);
+        b.node("Flatten", &["gap"], &["y"], vec![]);
+        b.output("y", [DimSpec::from("N"), 3.into()]);
+        let g = pare_ir::import(&b.build()).unwrap();
+        let groups = analyze(&g);
+        let group = groups
+            .groups
+            .iter()
+            .find(|g| g.prunable())
+            .expect("a's group, read twice by b");
+        let data = Dataset {
+            images: ndarray::Array4::from_shape_fn((2, 1, 2, 2), |(n, _, i, j)| {
+                (n + i + 2 * j) as f32 / 4.0 - 0.2
+            }),
+            labels: vec![0, 2],
+        };
+        let mut stream = pare_train::BatchStream::new(&data, 2, 0);
+        let w = g.find_value("b.w").unwrap();
+        calibration_passes(
+            &g,
+            &mut stream,
+            1,
+            Loss::CrossEntropy,
+            false,
+            |tape, grads| {
+                let mut gram = Gram::new(2);
+                gram.add(&g, &groups, group, GramSource::Gradients, tape, grads);
+                let d = grads.of(w).unwrap();
+                let expected = DMatrix::from_fn(2, 2, |i, j| {
+                    let at = |o: usize, c: usize| d[[o, c, 0, 0]] as f64;
+                    (0..3)
+                        .map(|o| at(o, i) * at(o, j) + at(o, 2 + i) * at(o, 2 + j))
+                        .sum::<f64>()
+                });
+                assert!(
+                    (&gram.k - &expected).abs().max() < 1e-9,
+                    "{} vs {expected}",
+                    gram.k
+                );
+                let mut activations = Gram::new(2);
+                activations.add(&g, &groups, group, GramSource::Activations, tape, grads);
+                assert!(activations.evidence);
             },
         )
         .unwrap();
