@@ -9,6 +9,7 @@ mod bench;
 mod kernel_bench;
 mod proto;
 mod prune_bench;
+mod redundancy_bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -45,6 +46,9 @@ enum Bench {
         /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20).
         model: Option<String>,
     },
+    /// Effective-filter analysis tested: R_max against ε and T, then accuracy against MACs for
+    /// hierarchical, rls and oneshot-l2, with an SVG per model.
+    Redundancy(redundancy_bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
                 bench::with_pool(|| kernel_bench::conv_speed(layer.as_deref()))
             }
             Bench::Prune { model } => prune_bench::quality(model.as_deref()),
+            Bench::Redundancy(options) => redundancy_bench::run(options),
         },
     }
 }

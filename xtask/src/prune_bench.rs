@@ -6,7 +6,7 @@
 //! epochs, at the same MACs targets. Prints a Markdown table for docs/BENCHMARKS.md.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -31,8 +31,8 @@ const STRATEGIES: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// Runs every model × target × strategy whose model file name contains `filter`.
-pub fn quality(filter: Option<&str>) -> Result<()> {
+/// Builds the release `compress` binary and returns its path.
+pub fn release_compress() -> Result<PathBuf> {
     let root = crate::proto::workspace_root();
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "pare-cli"])
@@ -43,10 +43,70 @@ pub fn quality(filter: Option<&str>) -> Result<()> {
         bail!("cargo build --release -p pare-cli failed");
     }
     let target_dir = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let binary = target_dir.join("release/compress");
+    Ok(target_dir.join("release/compress"))
+}
+
+/// Runs `binary` (a `compress`) from the workspace root with `args`, quietly; returns its stdout.
+pub fn run_compress(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let o = Command::new(binary)
+        .args(args)
+        .arg("-q")
+        .current_dir(crate::proto::workspace_root())
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !o.status.success() {
+        bail!(
+            "compress {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(o.stdout)
+}
+
+/// Compresses models/`file` on models/mnist5k for `epochs` to `target` (a MACs fraction, if
+/// any) with `extra` flags; returns the `--report` and the wall time in seconds.
+pub fn compress_report(
+    binary: &Path,
+    file: &str,
+    epochs: usize,
+    target: Option<&str>,
+    extra: &[&str],
+) -> Result<(serde_json::Value, f64)> {
     let out = tempfile::tempdir()?;
+    let (model, small, report) = (
+        format!("models/{file}"),
+        out.path().join("small.onnx"),
+        out.path().join("report.json"),
+    );
+    let epochs = epochs.to_string();
+    let mut args = vec![
+        model.as_str(),
+        "--data",
+        "models/mnist5k",
+        "--epochs",
+        &epochs,
+        "--force",
+        "-o",
+        small.to_str().context("a UTF-8 temporary path")?,
+        "--report",
+        report.to_str().context("a UTF-8 temporary path")?,
+    ];
+    if let Some(target) = target {
+        args.extend(["--target-macs", target]);
+    }
+    args.extend_from_slice(extra);
+    let start = Instant::now();
+    run_compress(binary, &args)?;
+    let wall = start.elapsed().as_secs_f64();
+    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+}
+
+/// Runs every model × target × strategy whose model file name contains `filter`.
+pub fn quality(filter: Option<&str>) -> Result<()> {
+    let binary = release_compress()?;
     println!("| model | MACs target | strategy | MACs | params | test acc (orig → new) | latency b1 (orig → new, ratio) | prunes | wall s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (label, file) in MODELS {
@@ -55,31 +115,8 @@ pub fn quality(filter: Option<&str>) -> Result<()> {
         }
         for target in TARGETS {
             for (name, extra) in STRATEGIES {
-                let report = out.path().join("report.json");
-                let start = Instant::now();
-                let o = Command::new(&binary)
-                    .arg(Path::new("models").join(file))
-                    .args([
-                        "--data",
-                        "models/mnist5k",
-                        "--epochs",
-                        "10",
-                        "--force",
-                        "-q",
-                    ])
-                    .args(["--target-macs", target])
-                    .args(extra)
-                    .arg("-o")
-                    .arg(out.path().join("small.onnx"))
-                    .arg("--report")
-                    .arg(&report)
-                    .current_dir(&root)
-                    .output()?;
-                if !o.status.success() {
-                    bail!("{file} {name}: {}", String::from_utf8_lossy(&o.stderr));
-                }
-                let wall = start.elapsed().as_secs_f64();
-                let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+                let (r, wall) = compress_report(&binary, file, 10, Some(target), extra)
+                    .with_context(|| format!("{file} {name}"))?;
                 let frac = |k: &str| {
                     r["compressed"][k].as_f64().unwrap_or(0.0)
                         / r["original"][k].as_f64().unwrap_or(1.0)

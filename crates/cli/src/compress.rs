@@ -4,15 +4,17 @@
 //! The compressed model is verified from its encoded bytes before anything is written, so a
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
+use crate::analyze::{render_analysis, EnergyArgs};
 use crate::eval::MAX_RUNS;
 use crate::train_args::{OptimizerKind, TrainArgs};
 use crate::{model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
+use pare_prune::analysis::RedundancyReport;
 use pare_prune::{
-    CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress, Ranking,
-    RecoveryReference, Strategy, Target,
+    Caps, CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress,
+    Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
@@ -25,14 +27,31 @@ enum StrategyKind {
     Rls,
     /// Prune straight to the target, then fine-tune for the whole budget.
     Oneshot,
+    /// Effective-filter analysis, then prune each group toward its cap (one fraction λ for all,
+    /// bisected to meet the target) by pivoted Cholesky, then fine-tune. Without a target, or
+    /// with one beyond the caps, prunes to the caps.
+    Hierarchical,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CapsKind {
+    /// Only --min-keep limits how narrow a group gets.
+    None,
+    /// No group narrower than its effective filters (see `compress analyze`).
+    Analysis,
 }
 
 impl StrategyKind {
+    /// Whether --criterion chooses its channels (hierarchical's are chosen by the analysis).
+    fn uses_criterion(self) -> bool {
+        !matches!(self, StrategyKind::Hierarchical)
+    }
+
     /// The criterion used when --criterion is not given.
     fn default_criterion(self) -> Criterion {
         match self {
             StrategyKind::Rls => Criterion::Rls,
-            StrategyKind::Oneshot => Criterion::L2,
+            StrategyKind::Oneshot | StrategyKind::Hierarchical => Criterion::L2,
         }
     }
 }
@@ -43,7 +62,7 @@ fn criterion_parser() -> impl TypedValueParser<Value = Criterion> {
     let values = Criterion::ALL.map(|criterion| {
         let default_of = StrategyKind::value_variants()
             .iter()
-            .filter(|s| s.default_criterion() == criterion)
+            .filter(|s| s.uses_criterion() && s.default_criterion() == criterion)
             .filter_map(|s| s.to_possible_value());
         let help = default_of.fold(criterion.help().to_string(), |help, strategy| {
             format!("{help} (default of --strategy {})", strategy.get_name())
@@ -138,6 +157,15 @@ pub struct Args {
     /// What a prune must recover to on validation data.
     #[arg(long, value_enum, default_value_t = ReferenceKind::Last)]
     recover_to: ReferenceKind,
+    /// Keep every group at or above its effective filters (rls and oneshot; hierarchical always
+    /// does).
+    #[arg(long, value_enum, default_value_t = CapsKind::None)]
+    caps: CapsKind,
+    /// Training batches the effective-filter analysis sums over (hierarchical, --caps analysis).
+    #[arg(long, default_value_t = 32)]
+    analysis_batches: usize,
+    #[command(flatten)]
+    energy: EnergyArgs,
     /// Clip the gradient's global L2 norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 5.0)]
     max_grad_norm: f32,
@@ -185,6 +213,10 @@ struct Report {
     original: Figures,
     compressed: Figures,
     target_met: Option<bool>,
+    /// The target asked for more than the analysis's caps allow; the model was pruned to them.
+    target_clamped: bool,
+    /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
+    analysis: Option<RedundancyReport>,
     layers: Vec<LayerReport>,
     history: Vec<HistoryEntry>,
 }
@@ -218,7 +250,17 @@ fn config(args: &Args) -> Result<CompressConfig> {
     let strategy = match args.strategy {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
+        StrategyKind::Hierarchical => Strategy::Hierarchical,
     };
+    if !args.strategy.uses_criterion() && args.criterion.is_some() {
+        bail!("--strategy hierarchical chooses channels by the analysis (pivoted Cholesky); --criterion is for rls and oneshot");
+    }
+    if args.analysis_batches == 0 || args.analysis_batches > crate::analyze::MAX_BATCHES {
+        bail!(
+            "--analysis-batches must be between 1 and {}",
+            crate::analyze::MAX_BATCHES
+        );
+    }
     let criterion = args.criterion.unwrap_or(args.strategy.default_criterion());
     if strategy == Strategy::Rls
         && args
@@ -261,6 +303,11 @@ fn config(args: &Args) -> Result<CompressConfig> {
         },
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
+        analysis: args.energy.settings(args.analysis_batches),
+        caps: match args.caps {
+            CapsKind::None => Caps::None,
+            CapsKind::Analysis => Caps::Analysis,
+        },
         ..CompressConfig::default()
     })
 }
@@ -407,6 +454,8 @@ pub fn run(args: Args) -> Result<()> {
             lat_after,
         ),
         target_met: outcome.target_met,
+        target_clamped: outcome.target_clamped,
+        analysis: outcome.analysis,
         layers,
         history: outcome.history,
     };
@@ -516,11 +565,25 @@ fn render(r: &Report) -> String {
         },
         r.validation
     ));
-    if r.target_met == Some(false) {
+    if let Some(a) = &r.analysis {
+        out.push_str("\neffective-filter analysis of the original model\n\n");
+        out.push_str(&render_analysis(a));
+        if r.target_clamped {
+            out.push_str(&format!(
+                "the target asks for more than the caps allow: pruned to the caps instead (estimated limit: {:.1}% of the MACs, {:.1}% of the parameters removed)\n",
+                100.0 * a.r_max_macs,
+                100.0 * a.r_max_params
+            ));
+        }
+    }
+    if r.target_met == Some(false) && !r.target_clamped {
         out.push_str("the target was not reached within the epoch budget\n");
     }
     let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
-    if (rolled_back || r.target_met == Some(false)) && r.validation_held_out && start >= 99.0 {
+    if (rolled_back || (r.target_met == Some(false) && !r.target_clamped))
+        && r.validation_held_out
+        && start >= 99.0
+    {
         out.push_str(&format!(
             "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
         ));

@@ -4,6 +4,7 @@
 // deny rather than forbid: ndarray's `s!` expands to an `allow(unsafe_code)` of its own.
 #![deny(unsafe_code)]
 
+mod analyze;
 mod compress;
 mod convert;
 mod eval;
@@ -44,6 +45,7 @@ enum Command {
     Eval(eval::Args),
     Convert(convert::Args),
     Finetune(finetune::Args),
+    Analyze(analyze::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
+        Some(Command::Analyze(args)) => analyze::run(args),
         None => compress::run(cli.compress),
     };
     match result {

@@ -15,7 +15,7 @@ fn help(args: &[&str], flag: &str) -> String {
 #[test]
 fn every_subcommand_has_help() {
     insta::assert_snapshot!("help_top", help(&[], "--help"));
-    for sub in ["inspect", "eval", "convert", "finetune"] {
+    for sub in ["inspect", "eval", "convert", "finetune", "analyze"] {
         // In the short form each option has its description on the same line.
         for line in help(&[sub], "-h")
             .lines()

@@ -11,7 +11,7 @@ use ndarray::{ArrayD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueId};
 use pare_kernels::rng::SplitMix64;
 use pare_train::optim::Rls;
-use pare_train::{BatchStream, Loss, Mode, TrainError};
+use pare_train::{BatchStream, Gradients, Loss, Mode, Tape, TrainError};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
@@ -87,8 +87,40 @@ pub struct Evidence<'a> {
 }
 
 /// Runs `batches` forward and backward passes on training data (BatchNorm in inference mode, no
-/// weight moves) and returns the mean gradient of every parameter, updating `rls`'s P from the
-/// same passes when given.
+/// weight moves), handing each pass's tape and gradients to `pass`; `mean_inputs` records the
+/// input means RLS observes on the tape.
+pub fn calibration_passes(
+    graph: &Graph,
+    stream: &mut BatchStream,
+    batches: usize,
+    loss: Loss,
+    mean_inputs: bool,
+    mut pass: impl FnMut(&Tape, &Gradients),
+) -> Result<(), TrainError> {
+    let target = pare_train::scores_value(graph)?;
+    for _ in 0..batches {
+        let (images, labels) = stream.next_batch();
+        let tape = pare_train::forward(graph, images, Mode::Eval, mean_inputs, None)?;
+        let s = tape.value(target).expect("forward computed the scores");
+        let scores = s
+            .view()
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| TrainError::OutputShape(s.shape().to_vec()))?;
+        if let Some(&label) = labels.iter().find(|&&l| l >= scores.ncols()) {
+            return Err(TrainError::Label {
+                label,
+                classes: scores.ncols(),
+            });
+        }
+        let out = loss.evaluate(scores, &labels);
+        let grads = pare_train::backward(graph, &tape, target, out.grad.into_dyn())?;
+        pass(&tape, &grads);
+    }
+    Ok(())
+}
+
+/// The mean gradient of every parameter over `batches` calibration passes, updating `rls`'s P
+/// from the same passes when given.
 pub fn calibrate(
     graph: &Graph,
     stream: &mut BatchStream,
@@ -96,38 +128,39 @@ pub fn calibrate(
     loss: Loss,
     mut rls: Option<&mut Rls>,
 ) -> Result<HashMap<ValueId, ArrayD<f32>>, TrainError> {
-    let target = pare_train::scores_value(graph)?;
     let mut sums: HashMap<ValueId, ArrayD<f32>> = HashMap::new();
-    for _ in 0..batches {
-        let (images, labels) = stream.next_batch();
-        let tape = pare_train::forward(graph, images, Mode::Eval, rls.is_some(), None)?;
-        let s = tape.value(target).expect("forward computed the scores");
-        let scores = s
-            .view()
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|_| TrainError::OutputShape(s.shape().to_vec()))?;
-        let out = loss.evaluate(scores, &labels);
-        let grads = pare_train::backward(graph, &tape, target, out.grad.into_dyn())?;
-        for v in pare_train::optim::parameters(graph, &grads) {
-            let g = grads.of(v).expect("parameters have gradients");
-            match sums.get_mut(&v) {
-                Some(s) => *s += g,
-                None => {
-                    sums.insert(v, g.clone());
+    calibration_passes(
+        graph,
+        stream,
+        batches,
+        loss,
+        rls.is_some(),
+        |tape, grads| {
+            for v in pare_train::optim::parameters(graph, grads) {
+                let g = grads.of(v).expect("parameters have gradients");
+                match sums.get_mut(&v) {
+                    Some(s) => *s += g,
+                    None => {
+                        sums.insert(v, g.clone());
+                    }
                 }
             }
-        }
-        if let Some(rls) = rls.as_deref_mut() {
-            rls.observe(&tape);
-        }
-    }
+            if let Some(rls) = rls.as_deref_mut() {
+                rls.observe(tape);
+            }
+        },
+    )?;
     let n = batches.max(1) as f32;
     sums.values_mut().for_each(|s| s.mapv_inplace(|x| x / n));
     Ok(sums)
 }
 
 /// The feature range of each channel of `group` along a slice's axis.
-fn channel_ranges(groups: &ChannelGroups, slice: &Slice, group: GroupId) -> Vec<Range<usize>> {
+pub(crate) fn channel_ranges(
+    groups: &ChannelGroups,
+    slice: &Slice,
+    group: GroupId,
+) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut offset = 0;
     for s in &slice.segments {
@@ -147,7 +180,7 @@ fn f32_tensor(graph: &Graph, v: ValueId) -> Option<&ArrayD<f32>> {
 }
 
 /// Whether a slice is a layer's weight (Conv/Gemm/MatMul input 1), not a bias or statistic.
-fn is_weight(graph: &Graph, slice: &Slice) -> bool {
+pub(crate) fn is_weight(graph: &Graph, slice: &Slice) -> bool {
     slice.input == 1
         && matches!(
             graph.node(slice.node).op,

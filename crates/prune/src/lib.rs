@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod criteria;
 mod error;
 mod groups;
@@ -22,7 +23,7 @@ pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKi
 pub use plan::PruningPlan;
 pub use selection::{Cost, Ranking, Target};
 pub use strategy::{
-    compress, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress, RecoveryReference,
-    Strategy,
+    compress, Caps, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress,
+    RecoveryReference, Strategy,
 };
 pub use summary::{layer_widths, LayerWidth};

@@ -1,5 +1,6 @@
 //! The settings of one compression run, and the common checks on them.
 
+use crate::analysis::AnalysisSettings;
 use crate::criteria::Criterion;
 use crate::selection::{Ranking, Target};
 use crate::PruneError;
@@ -13,6 +14,19 @@ pub enum Strategy {
     Rls,
     /// Prune straight to the target, then fine-tune for the whole budget.
     Oneshot,
+    /// Effective-filter analysis, then per-group budgets under its caps and channels by pivoted
+    /// Cholesky (docs/methods/hierarchical.md); then fine-tune for the whole budget.
+    Hierarchical,
+}
+
+/// How far a strategy may narrow each group, besides `min_keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Caps {
+    /// No further limit.
+    None,
+    /// No group below its effective rank r_g (docs/methods/hierarchical.md).
+    Analysis,
 }
 
 /// Everything one compression run needs besides the model and the data.
@@ -62,6 +76,11 @@ pub struct CompressConfig {
     pub batchnorm_training: bool,
     /// Batches the `taylor` criterion (and `rls` for one-shot) averages over.
     pub calibration_batches: usize,
+    /// The effective-filter analysis of `hierarchical` and of `caps`.
+    pub analysis: AnalysisSettings,
+    /// Whether `rls` and `oneshot` keep every group at or above its effective rank
+    /// (`hierarchical` always does).
+    pub caps: Caps,
 }
 
 impl Default for CompressConfig {
@@ -92,6 +111,8 @@ impl Default for CompressConfig {
             max_grad_norm: Some(5.0),
             batchnorm_training: true,
             calibration_batches: 8,
+            analysis: AnalysisSettings::default(),
+            caps: Caps::None,
         }
     }
 }
@@ -111,6 +132,9 @@ impl CompressConfig {
                 "the minimum kept fraction",
                 "in [0, 1)",
             ));
+        }
+        if self.caps == Caps::Analysis || self.strategy == Strategy::Hierarchical {
+            self.analysis.check()?;
         }
         if let Some(Target::Macs(f) | Target::Params(f)) = self.target {
             if !fraction(f) {

@@ -7,12 +7,13 @@
 //! recovered network when the last prune did not recover).
 
 mod config;
+mod hierarchical;
 mod oneshot;
 mod report;
 mod rls;
 mod run;
 
-pub use config::{CompressConfig, EventSize, RecoveryReference, Strategy};
+pub use config::{Caps, CompressConfig, EventSize, RecoveryReference, Strategy};
 pub use report::{Event, HistoryEntry, Outcome, Progress};
 
 use crate::groups::analyze;
@@ -27,6 +28,7 @@ impl Strategy {
         match self {
             Strategy::Rls => &rls::PruneAndRecover,
             Strategy::Oneshot => &oneshot::Oneshot,
+            Strategy::Hierarchical => &hierarchical::Hierarchical,
         }
     }
 }
@@ -48,6 +50,9 @@ pub fn compress(
         return Err(PruneError::NothingToPrune);
     }
     let mut run = Run::new(graph, &groups, train, val, config, on_progress)?;
+    if config.caps == Caps::Analysis {
+        run.effective_filters(graph, &groups)?;
+    }
     strategy.run(graph, &mut run)?;
     Ok(run.outcome(graph))
 }

@@ -22,7 +22,6 @@ impl PruningStrategy for Oneshot {
     }
 
     fn run(&self, graph: &mut Graph, run: &mut Run) -> Result<(), PruneError> {
-        let check_every = run.steps_in(run.config.check_every_epochs);
         // The rls criterion scores by a P gathered from calibration passes, without training.
         let mut rls = (run.config.criterion == Criterion::Rls)
             .then(|| Rls::new(run.config.rls.clone(), graph));
@@ -33,19 +32,6 @@ impl PruningStrategy for Oneshot {
         let groups = analyze(graph);
         let plan = run.choose(graph, &groups, rls.as_ref(), None)?;
         run.prune(graph, &groups, plan, None)?;
-        let mut optimizer = run.config.finetune.build(graph);
-        run.anneal_schedule();
-        while !run.finished() {
-            run.train(graph, optimizer.as_mut(), check_every)?;
-            let val = run.validate(graph)?;
-            run.record(
-                graph,
-                Event::Check {
-                    recovered: val.loss <= before.loss,
-                },
-                val,
-            );
-        }
-        Ok(())
+        run.finetune(graph, before)
     }
 }

@@ -1,6 +1,7 @@
 //! What a compression run reports: its history of events, its progress after every step, and
 //! its outcome. The history and outcome are the `--report` JSON.
 
+use crate::analysis::RedundancyReport;
 use crate::plan::PruningPlan;
 use crate::selection::Cost;
 
@@ -43,6 +44,11 @@ pub struct Outcome {
     /// Every plan applied, in order, each on the groups of the graph it was applied to (the same
     /// seed gives the same plans). A rolled-back plan stays listed.
     pub plans: Vec<PruningPlan>,
+    /// The effective-filter analysis of the original network, when the run made one: per group
+    /// r_g and its cap, R_max, ε.
+    pub analysis: Option<RedundancyReport>,
+    /// The target asked for more than the caps allow, so the run pruned to the caps instead.
+    pub target_clamped: bool,
 }
 
 /// Reported after every training step.

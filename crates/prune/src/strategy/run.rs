@@ -6,6 +6,7 @@
 
 use super::config::{CompressConfig, EventSize, RecoveryReference};
 use super::report::{Event, HistoryEntry, Outcome, Progress};
+use crate::analysis::{self, EffectiveFilters, RedundancyReport};
 use crate::criteria::{self, Criterion, Evidence};
 use crate::groups::{ChannelGroups, Group, GroupId, SliceKind};
 use crate::plan::PruningPlan;
@@ -72,6 +73,11 @@ pub(crate) struct Run<'a> {
     plans: Vec<PruningPlan>,
     /// The group the last one-group event pruned.
     last_group: Option<GroupId>,
+    /// The effective-filter analysis of the original network, once made, and its report.
+    filters: Option<(EffectiveFilters, RedundancyReport)>,
+    /// Per group (by `group_key`), the width the analysis caps it at: r_g.
+    caps: BTreeMap<ValueId, usize>,
+    target_clamped: bool,
     on_progress: &'a mut dyn FnMut(&Progress),
 }
 
@@ -108,6 +114,9 @@ impl<'a> Run<'a> {
             history: Vec::new(),
             plans: Vec::new(),
             last_group: None,
+            filters: None,
+            caps: BTreeMap::new(),
+            target_clamped: false,
             on_progress,
         })
     }
@@ -120,6 +129,8 @@ impl<'a> Run<'a> {
             target_met: self.target_met(graph),
             history: self.history,
             plans: self.plans,
+            analysis: self.filters.map(|(_, report)| report),
+            target_clamped: self.target_clamped,
         }
     }
 
@@ -223,13 +234,53 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// The fewest channels group `g` of `groups` may keep: `min_keep` of its original width.
+    /// The fewest channels group `g` of `groups` may keep: `min_keep` of its original width, and
+    /// its effective rank once the analysis capped it.
     fn min_kept(&self, groups: &ChannelGroups, g: GroupId) -> usize {
         let group = groups.group(g);
-        let original = group_key(groups, group)
+        let key = group_key(groups, group);
+        let original = key
             .and_then(|k| self.original_widths.get(&k).copied())
             .unwrap_or(group.channels);
-        ((self.config.min_keep * original as f64).ceil() as usize).max(1)
+        let cap = key.and_then(|k| self.caps.get(&k).copied()).unwrap_or(1);
+        ((self.config.min_keep * original as f64).ceil() as usize)
+            .max(cap)
+            .max(1)
+    }
+
+    /// The effective-filter analysis of `graph` (whose groups are `groups`) on calibration
+    /// batches, made once, before any prune; from then on no group may shrink below its r_g.
+    pub fn effective_filters(
+        &mut self,
+        graph: &Graph,
+        groups: &ChannelGroups,
+    ) -> Result<EffectiveFilters, PruneError> {
+        if let Some((filters, _)) = &self.filters {
+            return Ok(filters.clone());
+        }
+        let c = self.config;
+        let filters = analysis::effective_filters(
+            graph,
+            groups,
+            &mut self.calibration,
+            c.analysis,
+            c.loss,
+            c.min_keep,
+            &mut |_| {},
+        )?;
+        for g in &filters.groups {
+            if let Some(key) = group_key(groups, groups.group(g.group)) {
+                self.caps.insert(key, g.effective);
+            }
+        }
+        let report = filters.report(graph, groups)?;
+        self.filters = Some((filters.clone(), report));
+        Ok(filters)
+    }
+
+    /// Records that the target asked for more than the caps allow.
+    pub fn clamp_target(&mut self) {
+        self.target_clamped = true;
     }
 
     pub fn target_met(&self, graph: &Graph) -> Option<bool> {
@@ -345,6 +396,26 @@ impl<'a> Run<'a> {
         let channels = plan.drop.values().map(Vec::len).sum();
         self.plans.push(plan);
         self.validate_and_record(graph, Event::Prune { channels })?;
+        Ok(())
+    }
+
+    /// After a prune to the target: trains for the rest of the budget on an annealed step,
+    /// checking validation against `before` (the level before the prune) every check interval.
+    pub fn finetune(&mut self, graph: &mut Graph, before: Evaluation) -> Result<(), PruneError> {
+        let check_every = self.steps_in(self.config.check_every_epochs);
+        let mut optimizer = self.config.finetune.build(graph);
+        self.anneal_schedule();
+        while !self.finished() {
+            self.train(graph, optimizer.as_mut(), check_every)?;
+            let val = self.validate(graph)?;
+            self.record(
+                graph,
+                Event::Check {
+                    recovered: val.loss <= before.loss,
+                },
+                val,
+            );
+        }
         Ok(())
     }
 
