@@ -10,6 +10,7 @@
 
 pub mod criteria;
 mod error;
+pub mod evolution;
 mod groups;
 mod plan;
 pub mod selection;
