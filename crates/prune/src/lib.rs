@@ -23,7 +23,8 @@ pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKi
 pub use plan::PruningPlan;
 pub use selection::{Cost, Ranking, Target};
 pub use strategy::{
-    compress, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress, RecoveryReference,
+    compress, CompressConfig, EsConfig, EvalBudget, Event, EventSize, Front, FrontGroup,
+    FrontIndividual, HistoryEntry, Objective, Outcome, Pick, Progress, RecoveryReference, Role,
     Strategy,
 };
 pub use summary::{layer_widths, LayerWidth};

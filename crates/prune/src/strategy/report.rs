@@ -1,6 +1,8 @@
 //! What a compression run reports: its history of events, its progress after every step, and
 //! its outcome. The history and outcome are the `--report` JSON.
 
+use super::front::Front;
+use crate::evolution::SearchProgress;
 use crate::plan::PruningPlan;
 use crate::selection::Cost;
 
@@ -43,6 +45,8 @@ pub struct Outcome {
     /// Every plan applied, in order, each on the groups of the graph it was applied to (the same
     /// seed gives the same plans). A rolled-back plan stays listed.
     pub plans: Vec<PruningPlan>,
+    /// `--strategy es`: every individual of the search and the models picked from its front.
+    pub front: Option<Front>,
 }
 
 /// Reported after every training step.
@@ -54,4 +58,7 @@ pub struct Progress {
     /// Current MACs over the original's.
     pub macs_fraction: f64,
     pub prunes: usize,
+    /// While `--strategy es` searches: where the search stands (the step fields then count
+    /// nothing).
+    pub search: Option<SearchProgress>,
 }
