@@ -6,13 +6,14 @@
 
 use crate::eval::MAX_RUNS;
 use crate::train_args::{OptimizerKind, TrainArgs};
-use crate::{model, paths, progress, table, train_args};
+use crate::{front, model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
+use indicatif::ProgressBar;
 use pare_prune::{
-    CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress, Ranking,
-    RecoveryReference, Strategy, Target,
+    CompressConfig, Cost, Criterion, EsConfig, EvalBudget, Event, EventSize, HistoryEntry,
+    LayerWidth, Objective, Progress, Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
@@ -25,14 +26,28 @@ enum StrategyKind {
     Rls,
     /// Prune straight to the target, then fine-tune for the whole budget.
     Oneshot,
+    /// Search channel sets with an evolution strategy on (error, cost); fine-tune three models of
+    /// the front (most accurate, knee, cheapest) and write the knee, or with a target the most
+    /// accurate model of the front within it.
+    Es,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ObjectiveKind {
+    /// Multiply-accumulates for one sample.
+    Macs,
+    /// Parameters.
+    Params,
 }
 
 impl StrategyKind {
-    /// The criterion used when --criterion is not given.
-    fn default_criterion(self) -> Criterion {
+    /// The criterion used when --criterion is not given; None for a strategy that scores no
+    /// channel.
+    fn default_criterion(self) -> Option<Criterion> {
         match self {
-            StrategyKind::Rls => Criterion::Rls,
-            StrategyKind::Oneshot => Criterion::L2,
+            StrategyKind::Rls => Some(Criterion::Rls),
+            StrategyKind::Oneshot => Some(Criterion::L2),
+            StrategyKind::Es => None,
         }
     }
 }
@@ -43,7 +58,7 @@ fn criterion_parser() -> impl TypedValueParser<Value = Criterion> {
     let values = Criterion::ALL.map(|criterion| {
         let default_of = StrategyKind::value_variants()
             .iter()
-            .filter(|s| s.default_criterion() == criterion)
+            .filter(|s| s.default_criterion() == Some(criterion))
             .filter_map(|s| s.to_possible_value());
         let help = default_of.fold(criterion.help().to_string(), |help, strategy| {
             format!("{help} (default of --strategy {})", strategy.get_name())
@@ -138,6 +153,31 @@ pub struct Args {
     /// What a prune must recover to on validation data.
     #[arg(long, value_enum, default_value_t = ReferenceKind::Last)]
     recover_to: ReferenceKind,
+    /// ES: individuals per generation (the three parents included after the first).
+    #[arg(long, default_value_t = EsConfig::default().population)]
+    population: usize,
+    /// ES: generations of the search.
+    #[arg(long, default_value_t = EsConfig::default().generations)]
+    generations: usize,
+    /// ES: probability that mutation flips each channel's keep bit.
+    #[arg(long, default_value_t = EsConfig::default().mutation)]
+    mutation: f64,
+    /// ES: epochs of the short fine-tune that scores each individual.
+    #[arg(long, conflicts_with = "eval_batches")]
+    eval_epochs: Option<f64>,
+    /// ES: batches of the short fine-tune that scores each individual (0: BatchNorm statistics
+    /// re-estimated only). Default 30.
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    /// ES: weights of (error, cost) in the knee's distance to the ideal point, as A,B.
+    #[arg(long, default_value = "0.5,0.5")]
+    knee_weights: String,
+    /// ES: what the search minimises beside the error.
+    #[arg(long, value_enum, default_value_t = ObjectiveKind::Macs)]
+    objective: ObjectiveKind,
+    /// ES: write heavy.onnx, knee.onnx, light.onnx, front.json and front.svg into this folder.
+    #[arg(long)]
+    front_dir: Option<PathBuf>,
     /// Clip the gradient's global L2 norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 5.0)]
     max_grad_norm: f32,
@@ -183,6 +223,9 @@ struct Report {
     original: Figures,
     compressed: Figures,
     target_met: Option<bool>,
+    /// `--strategy es`: the three models of the front, as tract measured them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    front: Option<Vec<front::VerifiedPick>>,
     layers: Vec<LayerReport>,
     history: Vec<HistoryEntry>,
 }
@@ -205,8 +248,18 @@ fn config(args: &Args) -> Result<CompressConfig> {
     let strategy = match args.strategy {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
+        StrategyKind::Es => Strategy::Es,
     };
-    let criterion = args.criterion.unwrap_or(args.strategy.default_criterion());
+    if strategy != Strategy::Es && args.front_dir.is_some() {
+        bail!("--front-dir writes the front of --strategy es");
+    }
+    if strategy == Strategy::Es && args.criterion.is_some() {
+        bail!("--strategy es scores no channel: its search needs no --criterion");
+    }
+    let criterion = args
+        .criterion
+        .or(args.strategy.default_criterion())
+        .unwrap_or(CompressConfig::default().criterion);
     if strategy == Strategy::Rls
         && args
             .train
@@ -248,7 +301,41 @@ fn config(args: &Args) -> Result<CompressConfig> {
         },
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
+        es: es_config(args)?,
         ..CompressConfig::default()
+    })
+}
+
+/// The settings of `--strategy es` from its flags.
+fn es_config(args: &Args) -> Result<EsConfig> {
+    let weights: Vec<f64> = args
+        .knee_weights
+        .split(',')
+        .map(|w| w.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|w: &Vec<f64>| w.len() == 2)
+        .with_context(|| {
+            format!(
+                "--knee-weights {}: give two numbers A,B (error, cost), e.g. 0.5,0.5",
+                args.knee_weights
+            )
+        })?;
+    let default = EsConfig::default();
+    Ok(EsConfig {
+        population: args.population,
+        generations: args.generations,
+        mutation: args.mutation,
+        evaluation: match (args.eval_epochs, args.eval_batches) {
+            (Some(epochs), _) => EvalBudget::Epochs(epochs),
+            (None, Some(batches)) => EvalBudget::Batches(batches),
+            (None, None) => default.evaluation,
+        },
+        knee_weights: [weights[0], weights[1]],
+        objective: match args.objective {
+            ObjectiveKind::Macs => Objective::Macs,
+            ObjectiveKind::Params => Objective::Params,
+        },
     })
 }
 
@@ -271,6 +358,9 @@ pub fn run(args: Args) -> Result<()> {
     paths::refuse_overwrite(&model_path, &output)?;
     if let Some(report) = &args.report {
         paths::refuse_report(&model_path, &output, report)?;
+    }
+    if let Some(dir) = &args.front_dir {
+        front::check_dir(&model_path, dir)?;
     }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
@@ -324,7 +414,40 @@ pub fn run(args: Args) -> Result<()> {
         args.quiet,
         "[{bar:30}] {pos}/{len} steps {msg} ({eta})",
     );
+    // The search draws one bar per generation; fine-tuning draws `bar`.
+    let mut generation_bar: Option<(usize, ProgressBar)> = None;
     let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |p: &Progress| {
+        if let Some(s) = p.search {
+            if generation_bar
+                .as_ref()
+                .is_none_or(|(g, _)| *g != s.generation)
+            {
+                if let Some((_, done)) = generation_bar.take() {
+                    done.finish();
+                }
+                let template = format!(
+                    "generation {}/{} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{eta}})",
+                    s.generation, s.generations
+                );
+                generation_bar = Some((
+                    s.generation,
+                    progress::bar(s.offspring, args.quiet, &template),
+                ));
+            }
+            if let Some((_, b)) = &generation_bar {
+                b.set_position(s.done as u64);
+                b.set_message(format!(
+                    "best error {:.2}%  best cost {:.1}%",
+                    100.0 * s.best_error,
+                    100.0 * s.best_cost
+                ));
+            }
+            return;
+        }
+        if let Some((_, done)) = generation_bar.take() {
+            done.finish();
+        }
+        bar.set_length(p.total_steps as u64);
         bar.set_position(p.step as u64);
         bar.set_message(format!(
             "loss {:.4}  MACs {:.0}%  prunes {}",
@@ -351,6 +474,26 @@ pub fn run(args: Args) -> Result<()> {
     if write {
         pare_onnx::write_atomic(&output, &bytes)?;
     }
+    let picks = match &outcome.front {
+        Some(found) => {
+            let dir = args.front_dir.as_deref();
+            let picks = front::verify(
+                found,
+                comparison.before,
+                &test_shape,
+                &data,
+                &splits.test,
+                dir,
+                args.max_drop,
+                args.force,
+            )?;
+            if let Some(dir) = dir {
+                front::write(dir, found, &picks)?;
+            }
+            Some(picks)
+        }
+        None => None,
+    };
     let original_bytes = std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0);
     let layers = layer_report(
         &pare_prune::layer_widths(&before_graph),
@@ -377,6 +520,7 @@ pub fn run(args: Args) -> Result<()> {
             lat_after,
         ),
         target_met: outcome.target_met,
+        front: picks,
         layers,
         history: outcome.history,
     };
@@ -486,6 +630,28 @@ fn render(r: &Report) -> String {
         },
         r.validation
     ));
+    if let Some(picks) = &r.front {
+        out.push_str("\nfront (fine-tuned for the whole budget; test accuracy by tract)\n\n");
+        let rows: Vec<Vec<String>> = picks
+            .iter()
+            .map(|p| {
+                vec![
+                    p.role.name().to_string(),
+                    table::thousands(p.macs),
+                    table::thousands(p.params),
+                    format!("{:.1}%", p.validation_accuracy),
+                    format!("{:.1}%", p.test_accuracy),
+                    p.file
+                        .as_ref()
+                        .map_or("not written".into(), |f| f.display().to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(
+            &["model", "MACs", "params", "validation", "test", "file"],
+            &rows,
+        ));
+    }
     if r.target_met == Some(false) {
         out.push_str("the target was not reached within the epoch budget\n");
     }

@@ -173,10 +173,10 @@ pub struct EsConfig {
 impl Default for EsConfig {
     fn default() -> Self {
         EsConfig {
-            population: 16,
-            generations: 8,
-            mutation: 0.1,
-            evaluation: EvalBudget::Batches(20),
+            population: 30,
+            generations: 11,
+            mutation: 0.2,
+            evaluation: EvalBudget::Batches(30),
             knee_weights: [0.5, 0.5],
             objective: Objective::Macs,
         }
