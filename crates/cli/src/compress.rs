@@ -656,9 +656,14 @@ fn render(r: &Report) -> String {
         out.push_str("the target was not reached within the epoch budget\n");
     }
     let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
-    if (rolled_back || r.target_met == Some(false)) && r.validation_held_out && start >= 99.0 {
+    let memorised = r.validation_held_out && start >= 99.0;
+    if (rolled_back || r.target_met == Some(false)) && memorised {
         out.push_str(&format!(
             "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
+        ));
+    } else if r.front.is_some() && memorised {
+        out.push_str(&format!(
+            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it tell the search's candidates apart poorly; give a separate validation set with --val DIR\n"
         ));
     }
     if r.written {

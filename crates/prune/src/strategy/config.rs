@@ -173,8 +173,8 @@ pub struct EsConfig {
 impl Default for EsConfig {
     fn default() -> Self {
         EsConfig {
-            population: 30,
-            generations: 11,
+            population: 24,
+            generations: 10,
             mutation: 0.2,
             evaluation: EvalBudget::Batches(30),
             knee_weights: [0.5, 0.5],
