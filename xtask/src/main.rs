@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod es_bench;
 mod kernel_bench;
 mod proto;
 mod prune_bench;
@@ -45,6 +46,9 @@ enum Bench {
         /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20).
         model: Option<String>,
     },
+    /// `compress --strategy es` at 50% of the MACs: its front's three models beside RLS and
+    /// one-shot L2 at the same MACs and the same total training, and the search's wall time.
+    Es(es_bench::Settings),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
                 bench::with_pool(|| kernel_bench::conv_speed(layer.as_deref()))
             }
             Bench::Prune { model } => prune_bench::quality(model.as_deref()),
+            Bench::Es(settings) => es_bench::compare(&settings),
         },
     }
 }

@@ -6,7 +6,7 @@
 //! epochs, at the same MACs targets. Prints a Markdown table for docs/BENCHMARKS.md.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -31,21 +31,54 @@ const STRATEGIES: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// Runs every model × target × strategy whose model file name contains `filter`.
-pub fn quality(filter: Option<&str>) -> Result<()> {
-    let root = crate::proto::workspace_root();
+/// Builds the release `compress` binary and returns its path.
+pub fn release_binary(root: &Path) -> Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "pare-cli"])
-        .current_dir(&root)
+        .current_dir(root)
         .status()
         .context("building compress")?;
     if !status.success() {
         bail!("cargo build --release -p pare-cli failed");
     }
     let target_dir = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let binary = target_dir.join("release/compress");
+    Ok(target_dir.join("release/compress"))
+}
+
+/// Runs `binary` on models/`file` with models/mnist5k, `--force -q` and `args`, writing the model
+/// into `out`; returns its `--report` and the wall time in seconds.
+pub fn run_compress(
+    binary: &Path,
+    root: &Path,
+    file: &str,
+    args: &[&str],
+    out: &Path,
+) -> Result<(serde_json::Value, f64)> {
+    let report = out.join("report.json");
+    let start = Instant::now();
+    let o = Command::new(binary)
+        .arg(Path::new("models").join(file))
+        .args(["--data", "models/mnist5k", "--force", "-q"])
+        .args(args)
+        .arg("-o")
+        .arg(out.join("small.onnx"))
+        .arg("--report")
+        .arg(&report)
+        .current_dir(root)
+        .output()?;
+    if !o.status.success() {
+        bail!("{file} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+}
+
+/// Runs every model × target × strategy whose model file name contains `filter`.
+pub fn quality(filter: Option<&str>) -> Result<()> {
+    let root = crate::proto::workspace_root();
+    let binary = release_binary(&root)?;
     let out = tempfile::tempdir()?;
     println!("| model | MACs target | strategy | MACs | params | test acc (orig → new) | latency b1 (orig → new, ratio) | prunes | wall s |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -55,31 +88,8 @@ pub fn quality(filter: Option<&str>) -> Result<()> {
         }
         for target in TARGETS {
             for (name, extra) in STRATEGIES {
-                let report = out.path().join("report.json");
-                let start = Instant::now();
-                let o = Command::new(&binary)
-                    .arg(Path::new("models").join(file))
-                    .args([
-                        "--data",
-                        "models/mnist5k",
-                        "--epochs",
-                        "10",
-                        "--force",
-                        "-q",
-                    ])
-                    .args(["--target-macs", target])
-                    .args(extra)
-                    .arg("-o")
-                    .arg(out.path().join("small.onnx"))
-                    .arg("--report")
-                    .arg(&report)
-                    .current_dir(&root)
-                    .output()?;
-                if !o.status.success() {
-                    bail!("{file} {name}: {}", String::from_utf8_lossy(&o.stderr));
-                }
-                let wall = start.elapsed().as_secs_f64();
-                let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+                let args = [&["--epochs", "10", "--target-macs", target], extra].concat();
+                let (r, wall) = run_compress(&binary, &root, file, &args, out.path())?;
                 let frac = |k: &str| {
                     r["compressed"][k].as_f64().unwrap_or(0.0)
                         / r["original"][k].as_f64().unwrap_or(1.0)

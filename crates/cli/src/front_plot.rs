@@ -15,6 +15,21 @@ fn generation_colour(generation: usize, generations: usize) -> HSLColor {
     HSLColor(0.62 * (1.0 - t), 0.75, 0.65 - 0.3 * t)
 }
 
+/// The individuals to mark, each with the names of its roles ("heavy, knee"; "output" for the
+/// model written when it is none of the three).
+fn marked(front: &Front) -> Vec<(usize, String)> {
+    let mut marks: Vec<(usize, String)> = Vec::new();
+    let roles = front.picks.iter().map(|p| (p.individual, p.role.name()));
+    for (individual, name) in roles.chain([(front.output, "output")]) {
+        match marks.iter_mut().find(|(i, _)| *i == individual) {
+            Some(_) if name == "output" => {}
+            Some((_, names)) => *names = format!("{names}, {name}"),
+            None => marks.push((individual, name.to_string())),
+        }
+    }
+    marks
+}
+
 /// The plot as an SVG document.
 pub fn render(front: &Front) -> Result<String> {
     let point = |i: usize| {
@@ -67,6 +82,7 @@ pub fn render(front: &Front) -> Result<String> {
             .map_err(plot)?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_desc(format!("{measure} (% of the original)"))
             .y_desc("validation accuracy after the short fine-tune (%)")
             .draw()
@@ -86,17 +102,13 @@ pub fn render(front: &Front) -> Result<String> {
             .map_err(plot)?
             .label("front")
             .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], BLACK));
-        for pick in &front.picks {
-            let at = point(pick.individual);
+        for (individual, names) in marked(front) {
+            let at = point(individual);
             chart
                 .draw_series([TriangleMarker::new(at, 7, BLACK.filled())])
                 .map_err(plot)?;
             chart
-                .draw_series([Text::new(
-                    pick.role.name(),
-                    (at.0 + 1.0, at.1),
-                    ("sans-serif", 14),
-                )])
+                .draw_series([Text::new(names, (at.0 + 1.0, at.1), ("sans-serif", 14))])
                 .map_err(plot)?;
         }
         chart
@@ -109,4 +121,64 @@ pub fn render(front: &Front) -> Result<String> {
         root.present().map_err(plot)?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pare_prune::{Cost, FrontIndividual, Pick, Role};
+
+    fn front(picks: [usize; 3], output: usize) -> Front {
+        let individual = |generation: usize, cost: f64| FrontIndividual {
+            generation,
+            kept: vec![3],
+            error: 0.1 / cost,
+            cost,
+            macs: (1000.0 * cost) as u64,
+            params: 10,
+            on_front: true,
+            repeat: false,
+        };
+        let cost = Cost {
+            params: 10,
+            macs: 1000,
+        };
+        Front {
+            objective: Objective::Macs,
+            original: cost,
+            original_validation_accuracy: 97.0,
+            groups: Vec::new(),
+            individuals: vec![individual(1, 0.9), individual(1, 0.6), individual(2, 0.3)],
+            picks: Role::ALL
+                .iter()
+                .zip(picks)
+                .map(|(&role, individual)| Pick {
+                    role,
+                    individual,
+                    cost,
+                    validation_accuracy: 97.0,
+                    graph: pare_ir::Graph::default(),
+                })
+                .collect(),
+            output,
+        }
+    }
+
+    #[test]
+    fn picks_on_one_individual_share_a_label_and_a_separate_output_gets_its_own() {
+        let marks = marked(&front([0, 0, 2], 1));
+        let expected = [(0, "heavy, knee"), (2, "light"), (1, "output")];
+        assert_eq!(marks, expected.map(|(i, n)| (i, n.to_string())));
+        // The output written is the knee: no extra mark.
+        assert_eq!(marked(&front([0, 1, 2], 1)).len(), 3);
+    }
+
+    #[test]
+    fn the_plot_is_one_svg_document_with_a_point_per_individual() {
+        let svg = render(&front([0, 1, 2], 1)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // Three individuals and a legend entry for each of the two generations.
+        assert_eq!(svg.matches("<circle").count(), 3 + 2);
+        assert_eq!(svg.matches("<polygon").count(), 3, "a triangle per pick");
+    }
 }
