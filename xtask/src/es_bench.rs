@@ -5,7 +5,7 @@
 //! final fine-tunes, in epochs). All accuracies are tract's, on the written files. Prints Markdown
 //! tables for docs/BENCHMARKS.md; front.svg stays in the output folder for the page.
 
-use crate::prune_bench::{release_binary, run_compress};
+use crate::prune_bench::{release_binary, run_compress, STRATEGIES};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -81,17 +81,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
             ];
             // A hair above the pick's MACs, so rounding in the text cannot put it out of reach.
             let target = format!("{:.6}", fraction + 1e-6);
-            for extra in [
-                &[][..],
-                &[
-                    "--strategy",
-                    "oneshot",
-                    "--criterion",
-                    "l2",
-                    "--optimizer",
-                    "adam",
-                ][..],
-            ] {
+            for (_, extra) in STRATEGIES {
                 let epochs = budget.to_string();
                 let args = [&["--epochs", &epochs, "--target-macs", &target], extra].concat();
                 let (r, wall) = run_compress(&binary, &root, file, &args, &dir)?;
@@ -111,8 +101,12 @@ pub fn compare(settings: &Settings) -> Result<()> {
             count_candidates(&dir)?,
         ));
     }
-    println!("| model | front model | MACs | params | es test acc | rls test acc (MACs) | oneshot l2 + Adam test acc (MACs) |");
-    println!("|---|---|---|---|---|---|---|");
+    let baselines: String = STRATEGIES
+        .iter()
+        .map(|(name, _)| format!(" {name}: test acc (MACs) |"))
+        .collect();
+    println!("| model | front model | MACs | params | es test acc |{baselines}");
+    println!("|---|---|---|---|---|{}", "---|".repeat(STRATEGIES.len()));
     for row in accuracy_rows {
         println!("| {} |", row.join(" | "));
     }
