@@ -341,6 +341,7 @@ mod tests {
             epochs: 1,
             batch_size: 32,
             calibration_batches: 2,
+            round_to: 4,
             es: EsConfig {
                 population: 5,
                 generations: 2,
@@ -378,6 +379,40 @@ mod tests {
         assert!(Cost::of(&decoded).macs < decoder.cost.macs);
     }
 
+    #[test]
+    fn decoding_re_estimates_batchnorm_statistics_on_the_pruned_copy() {
+        let path = root().join("models/vggbn_keepbn_opset17.onnx");
+        let original = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
+        let (train, val) = data();
+        let config = config();
+        let decoder = Decoder::new(&original, &config, &train, &val);
+        let mut rng = SplitMix64::new(9);
+        let genome = decoder.layout.mutate(&decoder.layout.full(), 0.3, &mut rng);
+        let decoded = decoder.decode(&genome).unwrap();
+        let mut sliced = original.clone();
+        decoder
+            .layout
+            .plan(&genome)
+            .apply(&mut sliced, &decoder.groups)
+            .unwrap();
+        // The same architecture and weights; only the BatchNorm running statistics moved.
+        assert_eq!(pare_ir::node_costs(&decoded), pare_ir::node_costs(&sliced));
+        let statistics: Vec<pare_ir::ValueId> = decoded
+            .node_ids()
+            .filter(|&n| matches!(decoded.node(n).op, pare_ir::Op::BatchNorm { .. }))
+            .flat_map(|n| decoded.node(n).inputs[3..5].to_vec())
+            .flatten()
+            .collect();
+        let differing: Vec<pare_ir::ValueId> = decoded
+            .node_ids()
+            .flat_map(|n| decoded.node(n).inputs.clone())
+            .flatten()
+            .filter(|&v| decoded.value(v).source != sliced.value(v).source)
+            .collect();
+        assert!(!differing.is_empty());
+        assert!(differing.iter().all(|v| statistics.contains(v)));
+    }
+
     fn run(seed: u64) -> (Graph, crate::Outcome) {
         let mut graph = lenet();
         let (train, val) = data();
@@ -392,6 +427,15 @@ mod tests {
         let front = outcome.front.as_ref().expect("es reports its front");
         // 5 offspring in the first generation, 2 in the second.
         assert_eq!(front.individuals.len(), 7);
+        let widths: Vec<usize> = front.groups.iter().map(|g| g.channels).collect();
+        for individual in &front.individuals {
+            for (&kept, &width) in individual.kept.iter().zip(&widths) {
+                assert!(
+                    kept == width || kept % 4 == 0,
+                    "--round-to 4: {kept} of {width}"
+                );
+            }
+        }
         assert!(front.individuals.iter().any(|i| i.on_front));
         let roles: Vec<Role> = front.picks.iter().map(|p| p.role).collect();
         assert_eq!(roles, Role::ALL);
