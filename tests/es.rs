@@ -95,3 +95,64 @@ fn a_tiny_search_writes_the_front_and_repeats_by_seed() {
     assert!(individuals.iter().any(|i| i["on_front"] == true));
     insta::assert_json_snapshot!("es_front_lenet5", rounded(&first));
 }
+
+#[test]
+fn settings_the_search_cannot_use_are_refused_by_name() {
+    let out = tempfile::tempdir().unwrap();
+    let small = out.path().join("small.onnx");
+    let data = mnist();
+    let refused = |extra: &[&str], says: &str| {
+        let mut args = vec![
+            "models/lenet5_opset17.onnx",
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            small.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let run = compress(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(says),
+            "{extra:?}: {stderr}"
+        );
+    };
+    let front = out.path().join("front");
+    let front = front.to_str().unwrap();
+    refused(
+        &["--front-dir", front],
+        "--front-dir writes the front of --strategy es",
+    );
+    refused(
+        &["--strategy", "es", "--criterion", "l2"],
+        "needs no --criterion",
+    );
+    refused(
+        &["--strategy", "es", "--knee-weights", "1"],
+        "--knee-weights 1: give two numbers",
+    );
+    refused(
+        &["--strategy", "es", "--knee-weights", "0,0"],
+        "knee weights must be",
+    );
+    refused(
+        &["--strategy", "es", "--population", "3"],
+        "population must be between 4",
+    );
+    refused(
+        &["--strategy", "es", "--mutation", "0"],
+        "mutation rate must be in (0, 1]",
+    );
+    refused(
+        &[
+            "--strategy",
+            "es",
+            "--eval-epochs",
+            "1",
+            "--eval-batches",
+            "2",
+        ],
+        "cannot be used with",
+    );
+    assert!(!small.exists());
+}
