@@ -100,7 +100,8 @@ pub fn search<E>(
     let mut best = (f64::INFINITY, f64::INFINITY);
     let mut parents: Vec<Genome> = vec![layout.full()];
     for generation in 1..=settings.generations.max(1) {
-        let offspring = settings.population - population.len();
+        // At least one member, so a generation always has parents to choose.
+        let offspring = settings.population.max(1).saturating_sub(population.len());
         for done in 1..=offspring {
             let pick = ((rng.unit_f64() * parents.len() as f64) as usize).min(parents.len() - 1);
             let genome = layout.mutate(&parents[pick], settings.mutation, &mut rng);
@@ -256,6 +257,20 @@ mod tests {
     fn the_same_seed_gives_the_same_search() {
         assert_eq!(run(3).0, run(3).0);
         assert_ne!(run(3).0, run(4).0);
+    }
+
+    #[test]
+    fn a_population_of_three_or_fewer_only_keeps_its_parents() {
+        let layout = GenomeLayout::new(&groups(&[8]), |_| 1, 1);
+        for population in [0, 1, 3] {
+            let s = SearchSettings {
+                population,
+                ..settings(1)
+            };
+            let result = search(&layout, &s, toy, &mut |_| {}).unwrap();
+            // The first generation only has offspring; later ones have no room for any.
+            assert_eq!(result.individuals.len(), population.max(1));
+        }
     }
 
     #[test]
