@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod es_bench;
 mod kernel_bench;
 mod proto;
 mod prune_bench;
@@ -49,6 +50,9 @@ enum Bench {
     /// Effective-filter analysis tested: R_max against ε and T, then accuracy against MACs for
     /// hierarchical, rls and oneshot-l2, with an SVG per model.
     Redundancy(redundancy_bench::Options),
+    /// `compress --strategy es` at 50% of the MACs: its front's three models beside RLS and
+    /// one-shot L2 at the same MACs and the same total training, and the search's wall time.
+    Es(es_bench::Settings),
 }
 
 fn main() -> Result<()> {
@@ -66,6 +70,7 @@ fn main() -> Result<()> {
             }
             Bench::Prune { model } => prune_bench::quality(model.as_deref()),
             Bench::Redundancy(options) => redundancy_bench::run(options),
+            Bench::Es(settings) => es_bench::compare(&settings),
         },
     }
 }

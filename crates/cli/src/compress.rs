@@ -7,14 +7,15 @@
 use crate::analyze::{render_analysis, EnergyArgs};
 use crate::eval::MAX_RUNS;
 use crate::train_args::{OptimizerKind, TrainArgs};
-use crate::{model, paths, progress, table, train_args};
+use crate::{front, model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
+use indicatif::ProgressBar;
 use pare_prune::analysis::RedundancyReport;
 use pare_prune::{
-    Caps, CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress,
-    Ranking, RecoveryReference, Strategy, Target,
+    Caps, CompressConfig, Cost, Criterion, EsConfig, EvalBudget, Event, EventSize, HistoryEntry,
+    LayerWidth, Objective, Progress, Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
@@ -31,6 +32,10 @@ enum StrategyKind {
     /// bisected to meet the target) by pivoted Cholesky, then fine-tune. Without a target, or
     /// with one beyond the caps, prunes to the caps.
     Hierarchical,
+    /// Search channel sets with an evolution strategy on (error, cost); fine-tune three models of
+    /// the front (most accurate, knee, cheapest) and write the knee, or with a target the most
+    /// accurate model of the front within it.
+    Es,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -41,17 +46,22 @@ enum CapsKind {
     Analysis,
 }
 
-impl StrategyKind {
-    /// Whether --criterion chooses its channels (hierarchical's are chosen by the analysis).
-    fn uses_criterion(self) -> bool {
-        !matches!(self, StrategyKind::Hierarchical)
-    }
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ObjectiveKind {
+    /// Multiply-accumulates for one sample.
+    Macs,
+    /// Parameters.
+    Params,
+}
 
-    /// The criterion used when --criterion is not given.
-    fn default_criterion(self) -> Criterion {
+impl StrategyKind {
+    /// The criterion used when --criterion is not given; None for a strategy that scores no
+    /// channel (es searches; hierarchical's channels come from the analysis).
+    fn default_criterion(self) -> Option<Criterion> {
         match self {
-            StrategyKind::Rls => Criterion::Rls,
-            StrategyKind::Oneshot | StrategyKind::Hierarchical => Criterion::L2,
+            StrategyKind::Rls => Some(Criterion::Rls),
+            StrategyKind::Oneshot => Some(Criterion::L2),
+            StrategyKind::Hierarchical | StrategyKind::Es => None,
         }
     }
 }
@@ -62,7 +72,7 @@ fn criterion_parser() -> impl TypedValueParser<Value = Criterion> {
     let values = Criterion::ALL.map(|criterion| {
         let default_of = StrategyKind::value_variants()
             .iter()
-            .filter(|s| s.uses_criterion() && s.default_criterion() == criterion)
+            .filter(|s| s.default_criterion() == Some(criterion))
             .filter_map(|s| s.to_possible_value());
         let help = default_of.fold(criterion.help().to_string(), |help, strategy| {
             format!("{help} (default of --strategy {})", strategy.get_name())
@@ -166,6 +176,31 @@ pub struct Args {
     analysis_batches: usize,
     #[command(flatten)]
     energy: EnergyArgs,
+    /// ES: individuals per generation (the three parents included after the first).
+    #[arg(long, default_value_t = EsConfig::default().population)]
+    population: usize,
+    /// ES: generations of the search.
+    #[arg(long, default_value_t = EsConfig::default().generations)]
+    generations: usize,
+    /// ES: probability that mutation flips each channel's keep bit.
+    #[arg(long, default_value_t = EsConfig::default().mutation)]
+    mutation: f64,
+    /// ES: epochs of the short fine-tune that scores each individual.
+    #[arg(long, conflicts_with = "eval_batches")]
+    eval_epochs: Option<f64>,
+    /// ES: batches of the short fine-tune that scores each individual (0: BatchNorm statistics
+    /// re-estimated only). Default 30.
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    /// ES: weights of (error, cost) in the knee's distance to the ideal point, as A,B.
+    #[arg(long, default_value = "0.5,0.5")]
+    knee_weights: String,
+    /// ES: what the search minimises beside the error.
+    #[arg(long, value_enum, default_value_t = ObjectiveKind::Macs)]
+    objective: ObjectiveKind,
+    /// ES: write heavy.onnx, knee.onnx, light.onnx, front.json and front.svg into this folder.
+    #[arg(long)]
+    front_dir: Option<PathBuf>,
     /// Clip the gradient's global L2 norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 5.0)]
     max_grad_norm: f32,
@@ -217,6 +252,9 @@ struct Report {
     target_clamped: bool,
     /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
     analysis: Option<RedundancyReport>,
+    /// `--strategy es`: the three models of the front, as tract measured them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    front: Option<Vec<front::VerifiedPick>>,
     layers: Vec<LayerReport>,
     history: Vec<HistoryEntry>,
 }
@@ -251,9 +289,16 @@ fn config(args: &Args) -> Result<CompressConfig> {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
         StrategyKind::Hierarchical => Strategy::Hierarchical,
+        StrategyKind::Es => Strategy::Es,
     };
-    if !args.strategy.uses_criterion() && args.criterion.is_some() {
+    if strategy == Strategy::Hierarchical && args.criterion.is_some() {
         bail!("--strategy hierarchical chooses channels by the analysis (pivoted Cholesky); --criterion is for rls and oneshot");
+    }
+    if strategy == Strategy::Es && args.criterion.is_some() {
+        bail!("--strategy es scores no channel: its search needs no --criterion");
+    }
+    if strategy != Strategy::Es && args.front_dir.is_some() {
+        bail!("--front-dir writes the front of --strategy es");
     }
     if args.analysis_batches == 0 || args.analysis_batches > crate::analyze::MAX_BATCHES {
         bail!(
@@ -261,7 +306,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
             crate::analyze::MAX_BATCHES
         );
     }
-    let criterion = args.criterion.unwrap_or(args.strategy.default_criterion());
+    let criterion = args
+        .criterion
+        .or(args.strategy.default_criterion())
+        .unwrap_or(CompressConfig::default().criterion);
     if strategy == Strategy::Rls
         && args
             .train
@@ -308,7 +356,41 @@ fn config(args: &Args) -> Result<CompressConfig> {
             CapsKind::None => Caps::None,
             CapsKind::Analysis => Caps::Analysis,
         },
+        es: es_config(args)?,
         ..CompressConfig::default()
+    })
+}
+
+/// The settings of `--strategy es` from its flags.
+fn es_config(args: &Args) -> Result<EsConfig> {
+    let weights: Vec<f64> = args
+        .knee_weights
+        .split(',')
+        .map(|w| w.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|w: &Vec<f64>| w.len() == 2)
+        .with_context(|| {
+            format!(
+                "--knee-weights {}: give two numbers A,B (error, cost), e.g. 0.5,0.5",
+                args.knee_weights
+            )
+        })?;
+    let default = EsConfig::default();
+    Ok(EsConfig {
+        population: args.population,
+        generations: args.generations,
+        mutation: args.mutation,
+        evaluation: match (args.eval_epochs, args.eval_batches) {
+            (Some(epochs), _) => EvalBudget::Epochs(epochs),
+            (None, Some(batches)) => EvalBudget::Batches(batches),
+            (None, None) => default.evaluation,
+        },
+        knee_weights: [weights[0], weights[1]],
+        objective: match args.objective {
+            ObjectiveKind::Macs => Objective::Macs,
+            ObjectiveKind::Params => Objective::Params,
+        },
     })
 }
 
@@ -347,6 +429,9 @@ pub fn run(args: Args) -> Result<()> {
         inputs.add("the --val dataset", val);
     }
     inputs.refuse_overwrite("-o", &output)?;
+    if let Some(dir) = &args.front_dir {
+        front::check_dir(&inputs, dir)?;
+    }
     if let Some(report) = &args.report {
         inputs.refuse_overwrite("--report", report)?;
         if paths::same_file(report, &output) {
@@ -401,7 +486,40 @@ pub fn run(args: Args) -> Result<()> {
         args.quiet,
         "[{bar:30}] {pos}/{len} steps {msg} ({eta})",
     );
+    // The search draws one bar per generation; fine-tuning draws `bar`.
+    let mut generation_bar: Option<(usize, ProgressBar)> = None;
     let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |p: &Progress| {
+        if let Some(s) = p.search {
+            if generation_bar
+                .as_ref()
+                .is_none_or(|(g, _)| *g != s.generation)
+            {
+                if let Some((_, done)) = generation_bar.take() {
+                    done.finish();
+                }
+                let template = format!(
+                    "generation {}/{} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{eta}})",
+                    s.generation, s.generations
+                );
+                generation_bar = Some((
+                    s.generation,
+                    progress::bar(s.offspring, args.quiet, &template),
+                ));
+            }
+            if let Some((_, b)) = &generation_bar {
+                b.set_position(s.done as u64);
+                b.set_message(format!(
+                    "best error {:.2}%  best cost {:.1}%",
+                    100.0 * s.best_error,
+                    100.0 * s.best_cost
+                ));
+            }
+            return;
+        }
+        if let Some((_, done)) = generation_bar.take() {
+            done.finish();
+        }
+        bar.set_length(p.total_steps as u64);
         bar.set_position(p.step as u64);
         bar.set_message(format!(
             "loss {:.4}  MACs {:.0}%  prunes {}",
@@ -428,6 +546,26 @@ pub fn run(args: Args) -> Result<()> {
     if write {
         pare_onnx::write_atomic(&output, &bytes)?;
     }
+    let picks = match &outcome.front {
+        Some(found) => {
+            let dir = args.front_dir.as_deref();
+            let picks = front::verify(
+                found,
+                comparison.before,
+                &test_shape,
+                &data,
+                &splits.test,
+                dir,
+                args.max_drop,
+                args.force,
+            )?;
+            if let Some(dir) = dir {
+                front::write(dir, found, &picks)?;
+            }
+            Some(picks)
+        }
+        None => None,
+    };
     let original_bytes = std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0);
     let layers = layer_report(
         &pare_prune::layer_widths(&before_graph),
@@ -456,6 +594,7 @@ pub fn run(args: Args) -> Result<()> {
         target_met: outcome.target_met,
         target_clamped: outcome.target_clamped,
         analysis: outcome.analysis,
+        front: picks,
         layers,
         history: outcome.history,
     };
@@ -576,16 +715,40 @@ fn render(r: &Report) -> String {
             ));
         }
     }
+    if let Some(picks) = &r.front {
+        out.push_str("\nfront (fine-tuned for the whole budget; test accuracy by tract)\n\n");
+        let rows: Vec<Vec<String>> = picks
+            .iter()
+            .map(|p| {
+                vec![
+                    p.role.name().to_string(),
+                    table::thousands(p.macs),
+                    table::thousands(p.params),
+                    format!("{:.1}%", p.validation_accuracy),
+                    format!("{:.1}%", p.test_accuracy),
+                    p.file
+                        .as_ref()
+                        .map_or("not written".into(), |f| f.display().to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(
+            &["model", "MACs", "params", "validation", "test", "file"],
+            &rows,
+        ));
+    }
     if r.target_met == Some(false) && !r.target_clamped {
         out.push_str("the target was not reached within the epoch budget\n");
     }
     let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
-    if (rolled_back || (r.target_met == Some(false) && !r.target_clamped))
-        && r.validation_held_out
-        && start >= 99.0
-    {
+    let memorised = r.validation_held_out && start >= 99.0;
+    if (rolled_back || (r.target_met == Some(false) && !r.target_clamped)) && memorised {
         out.push_str(&format!(
             "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
+        ));
+    } else if r.front.is_some() && memorised {
+        out.push_str(&format!(
+            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it tell the search's candidates apart poorly; give a separate validation set with --val DIR\n"
         ));
     }
     if r.written {

@@ -9,6 +9,8 @@ mod compress;
 mod convert;
 mod eval;
 mod finetune;
+mod front;
+mod front_plot;
 mod inspect;
 mod model;
 mod paths;

@@ -11,6 +11,7 @@
 pub mod analysis;
 pub mod criteria;
 mod error;
+pub mod evolution;
 mod groups;
 mod plan;
 pub mod selection;
@@ -23,7 +24,8 @@ pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKi
 pub use plan::PruningPlan;
 pub use selection::{Cost, Ranking, Target};
 pub use strategy::{
-    compress, Caps, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress,
-    RecoveryReference, Strategy,
+    compress, Caps, CompressConfig, EsConfig, EvalBudget, Event, EventSize, Front, FrontGroup,
+    FrontIndividual, HistoryEntry, Objective, Outcome, Pick, Progress, RecoveryReference, Role,
+    Strategy,
 };
 pub use summary::{layer_widths, LayerWidth};

@@ -119,15 +119,16 @@ pub fn evaluate(
 }
 
 /// PyTorch's running-statistics update after a training-mode forward: r ← m·r + (1−m)·batch,
-/// with the unbiased batch variance. ONNX's momentum is the weight of the running value.
-fn update_running_stats(graph: &mut Graph, tape: &Tape) {
+/// with the unbiased batch variance. ONNX's momentum is the weight of the running value; `keep`
+/// overrides it for every node.
+fn update_running_stats(graph: &mut Graph, tape: &Tape, keep: Option<f32>) {
     for id in graph.node_ids().collect::<Vec<_>>() {
         let (Op::BatchNorm { momentum, .. }, Some(stats)) =
             (&graph.node(id).op, tape.batch_stats(id))
         else {
             continue;
         };
-        let m = *momentum;
+        let m = keep.unwrap_or(*momentum);
         let inputs = graph.node(id).inputs.clone();
         let correction = stats.count as f32 / (stats.count.max(2) - 1) as f32;
         for (slot, batch) in [(3, &stats.mean), (4, &stats.var)] {
@@ -205,9 +206,34 @@ pub fn train_step(
     }
     optimizer.step(graph, &tape, &grads);
     if mode == Mode::Train {
-        update_running_stats(graph, &tape);
+        update_running_stats(graph, &tape, None);
     }
     Ok(out)
+}
+
+/// Re-estimates every BatchNorm's running statistics from `batches` batches of `stream`: the
+/// plain mean of their batch statistics (PyTorch's cumulative average), replacing what the
+/// running values held. After channels were removed, the statistics the network was trained with
+/// no longer describe its activations. Weights do not change; a graph without BatchNorm is left
+/// as it is.
+pub fn reestimate_batchnorm(
+    graph: &mut Graph,
+    stream: &mut BatchStream,
+    batches: usize,
+) -> Result<(), TrainError> {
+    if !graph
+        .node_ids()
+        .any(|id| matches!(graph.node(id).op, Op::BatchNorm { .. }))
+    {
+        return Ok(());
+    }
+    for seen in 0..batches {
+        let (images, _) = stream.next_batch();
+        let tape = executor::forward(graph, images, Mode::Train, false, None)?;
+        // The k-th batch enters with weight 1/k: after n batches each has weight 1/n.
+        update_running_stats(graph, &tape, Some(seen as f32 / (seen + 1) as f32));
+    }
+    Ok(())
 }
 
 /// The batch order of one epoch: a permutation drawn from the seed and the epoch number.

@@ -2,7 +2,7 @@
 
 use crate::analysis::AnalysisSettings;
 use crate::criteria::Criterion;
-use crate::selection::{Ranking, Target};
+use crate::selection::{Cost, Ranking, Target};
 use crate::PruneError;
 use pare_train::{Loss, OptimizerConfig, RlsConfig};
 
@@ -17,6 +17,9 @@ pub enum Strategy {
     /// Effective-filter analysis, then per-group budgets under its caps and channels by pivoted
     /// Cholesky (docs/methods/hierarchical.md); then fine-tune for the whole budget.
     Hierarchical,
+    /// Search channel sets with an evolution strategy on (error, cost); keep three models of the
+    /// front (docs/methods/es.md).
+    Es,
 }
 
 /// How far a strategy may narrow each group, besides `min_keep`.
@@ -74,13 +77,16 @@ pub struct CompressConfig {
     pub anneal: bool,
     pub max_grad_norm: Option<f32>,
     pub batchnorm_training: bool,
-    /// Batches the `taylor` criterion (and `rls` for one-shot) averages over.
+    /// Batches the `taylor` criterion (and `rls` for one-shot) averages over; the batches `es`
+    /// re-estimates BatchNorm statistics on.
     pub calibration_batches: usize,
     /// The effective-filter analysis of `hierarchical` and of `caps`.
     pub analysis: AnalysisSettings,
     /// Whether `rls` and `oneshot` keep every group at or above its effective rank
     /// (`hierarchical` always does).
     pub caps: Caps,
+    /// The settings of `--strategy es`.
+    pub es: EsConfig,
 }
 
 impl Default for CompressConfig {
@@ -113,11 +119,17 @@ impl Default for CompressConfig {
             calibration_batches: 8,
             analysis: AnalysisSettings::default(),
             caps: Caps::None,
+            es: EsConfig::default(),
         }
     }
 }
 
 impl CompressConfig {
+    /// The fewest channels a group of `width` channels may keep: `min_keep` of it, at least one.
+    pub(crate) fn kept_floor(&self, width: usize) -> usize {
+        ((self.min_keep * width as f64).ceil() as usize).max(1)
+    }
+
     /// Refuses settings no strategy can run with; each strategy checks its own after this.
     pub(crate) fn check(&self) -> Result<(), PruneError> {
         let fraction = |f: f64| f > 0.0 && f <= 1.0;
@@ -164,4 +176,96 @@ pub enum RecoveryReference {
     LastPrune,
     /// The unpruned network's level: stricter, tolerances do not add up over prunes.
     Original,
+}
+
+/// The settings of `--strategy es` (docs/methods/es.md, "Defaults").
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EsConfig {
+    /// Individuals per generation (the three parents included after the first).
+    pub population: usize,
+    pub generations: usize,
+    /// Probability that mutation flips each channel's bit.
+    pub mutation: f64,
+    /// The short fine-tune that scores an individual.
+    pub evaluation: EvalBudget,
+    /// Weights of (error, cost) in the knee's distance.
+    pub knee_weights: [f64; 2],
+    /// The cost the search minimises.
+    pub objective: Objective,
+}
+
+impl Default for EsConfig {
+    fn default() -> Self {
+        EsConfig {
+            population: 24,
+            generations: 10,
+            mutation: 0.2,
+            evaluation: EvalBudget::Batches(30),
+            knee_weights: [0.5, 0.5],
+            objective: Objective::Macs,
+        }
+    }
+}
+
+impl EsConfig {
+    pub(crate) fn check(&self) -> Result<(), PruneError> {
+        if self.population < 4 || self.population > 10_000 {
+            return Err(PruneError::Setting("the population", "between 4 and 10000"));
+        }
+        if self.generations == 0 || self.generations > 10_000 {
+            return Err(PruneError::Setting(
+                "the generations",
+                "between 1 and 10000",
+            ));
+        }
+        if !(self.mutation > 0.0 && self.mutation <= 1.0) {
+            return Err(PruneError::Setting("the mutation rate", "in (0, 1]"));
+        }
+        let [a, b] = self.knee_weights;
+        if !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0 && a + b > 0.0) {
+            return Err(PruneError::Setting(
+                "the knee weights",
+                "two finite numbers ≥ 0, not both 0",
+            ));
+        }
+        match self.evaluation {
+            EvalBudget::Epochs(e) if !(e > 0.0 && e <= 1000.0) => {
+                Err(PruneError::Setting("the evaluation epochs", "in (0, 1000]"))
+            }
+            EvalBudget::Batches(n) if n > 1_000_000 => Err(PruneError::Setting(
+                "the evaluation batches",
+                "at most 1000000",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How long the short fine-tune that scores an individual trains.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalBudget {
+    /// Passes over the training split.
+    Epochs(f64),
+    /// Minibatches; 0 scores the network with its BatchNorm statistics re-estimated only.
+    Batches(usize),
+}
+
+/// The cost `--strategy es` minimises beside the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    Macs,
+    Params,
+}
+
+impl Objective {
+    /// `cost` as a fraction of `original` in this measure.
+    pub fn fraction(self, cost: Cost, original: Cost) -> f64 {
+        let target = match self {
+            Objective::Macs => Target::Macs(1.0),
+            Objective::Params => Target::Params(1.0),
+        };
+        target.fraction(cost, original)
+    }
 }

@@ -1,5 +1,6 @@
 //! Pruning strategies within one budget of training epochs: RLS prune-and-recover
-//! (docs/methods/rls.md) and one-shot pruning with fine-tuning.
+//! (docs/methods/rls.md), one-shot pruning with fine-tuning, and an evolution strategy over channel
+//! sets (docs/methods/es.md).
 //!
 //! `run` is what they share (the budget, the schedule, validation checks, choosing and applying a
 //! prune, roll-back); each strategy is one file implementing `PruningStrategy`. The graph is
@@ -7,13 +8,18 @@
 //! recovered network when the last prune did not recover).
 
 mod config;
+mod es;
+mod front;
 mod hierarchical;
 mod oneshot;
 mod report;
 mod rls;
 mod run;
 
-pub use config::{Caps, CompressConfig, EventSize, RecoveryReference, Strategy};
+pub use config::{
+    Caps, CompressConfig, EsConfig, EvalBudget, EventSize, Objective, RecoveryReference, Strategy,
+};
+pub use front::{Front, FrontGroup, FrontIndividual, Pick, Role};
 pub use report::{Event, HistoryEntry, Outcome, Progress};
 
 use crate::groups::analyze;
@@ -29,6 +35,7 @@ impl Strategy {
             Strategy::Rls => &rls::PruneAndRecover,
             Strategy::Oneshot => &oneshot::Oneshot,
             Strategy::Hierarchical => &hierarchical::Hierarchical,
+            Strategy::Es => &es::Evolution,
         }
     }
 }

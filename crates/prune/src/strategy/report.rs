@@ -1,7 +1,9 @@
 //! What a compression run reports: its history of events, its progress after every step, and
 //! its outcome. The history and outcome are the `--report` JSON.
 
+use super::front::Front;
 use crate::analysis::RedundancyReport;
+use crate::evolution::SearchProgress;
 use crate::plan::PruningPlan;
 use crate::selection::Cost;
 
@@ -49,6 +51,8 @@ pub struct Outcome {
     pub analysis: Option<RedundancyReport>,
     /// The target asked for more than the caps allow, so the run pruned to the caps instead.
     pub target_clamped: bool,
+    /// `--strategy es`: every individual of the search and the models picked from its front.
+    pub front: Option<Front>,
 }
 
 /// Reported after every training step.
@@ -60,4 +64,7 @@ pub struct Progress {
     /// Current MACs over the original's.
     pub macs_fraction: f64,
     pub prunes: usize,
+    /// While `--strategy es` searches: where the search stands (the step fields then count
+    /// nothing).
+    pub search: Option<SearchProgress>,
 }

@@ -5,6 +5,7 @@
 //! Recovery is judged on the validation set the caller gives, never on test data.
 
 use super::config::{CompressConfig, EventSize, RecoveryReference};
+use super::front::Front;
 use super::report::{Event, HistoryEntry, Outcome, Progress};
 use crate::analysis::{self, EffectiveFilters, RedundancyReport};
 use crate::criteria::{self, Criterion, Evidence};
@@ -60,11 +61,35 @@ fn score_share_count(scores: &[f64], share: f64) -> usize {
     count.max(1)
 }
 
+/// The training settings of `epochs` passes under `config`.
+pub(crate) fn train_config(config: &CompressConfig, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: config.batch_size,
+        seed: config.seed,
+        loss: config.loss,
+        optimizer: config.finetune.clone(),
+        batchnorm_training: config.batchnorm_training,
+        max_grad_norm: config.max_grad_norm,
+    }
+}
+
+/// The schedule once pruning is over, from step `from`: a cosine decay to zero over the rest of
+/// the budget if `anneal` is set, else the configured step.
+pub(crate) fn final_schedule(config: &CompressConfig, from: usize) -> Schedule {
+    if config.anneal {
+        Schedule::Anneal { from }
+    } else {
+        Schedule::Constant
+    }
+}
+
 /// A compression run in progress: where it stands in the budget and what it did so far.
 pub(crate) struct Run<'a> {
     pub config: &'a CompressConfig,
     steps: TrainingLoop<'a>,
     calibration: BatchStream<'a>,
+    train: &'a Dataset,
     val: &'a Dataset,
     original: Cost,
     /// Per group (by `group_key`), its width before the first prune.
@@ -78,6 +103,8 @@ pub(crate) struct Run<'a> {
     /// Per group (by `group_key`), the width the analysis caps it at: r_g.
     caps: BTreeMap<ValueId, usize>,
     target_clamped: bool,
+    /// The models of the accuracy–cost front, when a search found one.
+    front: Option<Front>,
     on_progress: &'a mut dyn FnMut(&Progress),
 }
 
@@ -91,19 +118,11 @@ impl<'a> Run<'a> {
         config: &'a CompressConfig,
         on_progress: &'a mut dyn FnMut(&Progress),
     ) -> Result<Self, PruneError> {
-        let train_config = TrainConfig {
-            epochs: config.epochs,
-            batch_size: config.batch_size,
-            seed: config.seed,
-            loss: config.loss,
-            optimizer: config.finetune.clone(),
-            batchnorm_training: config.batchnorm_training,
-            max_grad_norm: config.max_grad_norm,
-        };
         Ok(Run {
             config,
-            steps: TrainingLoop::new(graph, train, train_config)?,
+            steps: TrainingLoop::new(graph, train, train_config(config, config.epochs))?,
             calibration: BatchStream::new(train, config.batch_size, !config.seed),
+            train,
             val,
             original: Cost::of(graph),
             original_widths: groups
@@ -117,6 +136,7 @@ impl<'a> Run<'a> {
             filters: None,
             caps: BTreeMap::new(),
             target_clamped: false,
+            front: None,
             on_progress,
         })
     }
@@ -131,7 +151,28 @@ impl<'a> Run<'a> {
             plans: self.plans,
             analysis: self.filters.map(|(_, report)| report),
             target_clamped: self.target_clamped,
+            front: self.front,
         }
+    }
+
+    /// The training split, for a strategy that trains copies of the network on its own.
+    pub fn train_data(&self) -> &'a Dataset {
+        self.train
+    }
+
+    /// The validation split.
+    pub fn val_data(&self) -> &'a Dataset {
+        self.val
+    }
+
+    /// Passes progress on to the caller, for work outside `train`.
+    pub fn report(&mut self, progress: &Progress) {
+        (self.on_progress)(progress)
+    }
+
+    /// Hands the run's front of models to its outcome.
+    pub fn set_front(&mut self, front: Front) {
+        self.front = Some(front);
     }
 
     /// Steps taken so far.
@@ -205,11 +246,8 @@ impl<'a> Run<'a> {
 
     /// Once pruning is over: the step decays over the rest of the budget, if `anneal` is set.
     pub fn anneal_schedule(&mut self) {
-        self.steps.set_schedule(if self.config.anneal {
-            Schedule::Anneal { from: self.step() }
-        } else {
-            Schedule::Constant
-        });
+        self.steps
+            .set_schedule(final_schedule(self.config, self.step()));
     }
 
     /// Trains `steps` steps (fewer at the budget's end), reporting progress after each.
@@ -230,6 +268,7 @@ impl<'a> Run<'a> {
                 loss: s.loss,
                 macs_fraction,
                 prunes,
+                search: None,
             })
         })
     }
@@ -243,9 +282,7 @@ impl<'a> Run<'a> {
             .and_then(|k| self.original_widths.get(&k).copied())
             .unwrap_or(group.channels);
         let cap = key.and_then(|k| self.caps.get(&k).copied()).unwrap_or(1);
-        ((self.config.min_keep * original as f64).ceil() as usize)
-            .max(cap)
-            .max(1)
+        self.config.kept_floor(original).max(cap)
     }
 
     /// The effective-filter analysis of `graph` (whose groups are `groups`) on calibration
