@@ -12,6 +12,7 @@ pub mod criteria;
 mod error;
 mod groups;
 mod plan;
+pub mod relief;
 pub mod selection;
 pub mod strategy;
 mod summary;
