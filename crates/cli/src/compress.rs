@@ -5,14 +5,16 @@
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
 use crate::eval::MAX_RUNS;
+use crate::relief_args::ReliefArgs;
+use crate::sparsity::{self, Zeros};
 use crate::train_args::{OptimizerKind, TrainArgs};
 use crate::{model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
 use pare_prune::{
-    CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerWidth, Progress, Ranking,
-    RecoveryReference, Strategy, Target,
+    CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerSparsity, LayerWidth,
+    Progress, Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
@@ -25,14 +27,18 @@ enum StrategyKind {
     Rls,
     /// Prune straight to the target, then fine-tune for the whole budget.
     Oneshot,
+    /// Neural network relief: per unit, keep the connections carrying --alpha-conv/--alpha-fc of
+    /// its signal; remove dead and unread units; retrain; --iterations times.
+    Relief,
 }
 
 impl StrategyKind {
-    /// The criterion used when --criterion is not given.
-    fn default_criterion(self) -> Criterion {
+    /// The criterion used when --criterion is not given (relief scores by its own rule).
+    fn default_criterion(self) -> Option<Criterion> {
         match self {
-            StrategyKind::Rls => Criterion::Rls,
-            StrategyKind::Oneshot => Criterion::L2,
+            StrategyKind::Rls => Some(Criterion::Rls),
+            StrategyKind::Oneshot => Some(Criterion::L2),
+            StrategyKind::Relief => None,
         }
     }
 }
@@ -43,7 +49,7 @@ fn criterion_parser() -> impl TypedValueParser<Value = Criterion> {
     let values = Criterion::ALL.map(|criterion| {
         let default_of = StrategyKind::value_variants()
             .iter()
-            .filter(|s| s.default_criterion() == criterion)
+            .filter(|s| s.default_criterion() == Some(criterion))
             .filter_map(|s| s.to_possible_value());
         let help = default_of.fold(criterion.help().to_string(), |help, strategy| {
             format!("{help} (default of --strategy {})", strategy.get_name())
@@ -143,6 +149,8 @@ pub struct Args {
     max_grad_norm: f32,
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    relief: ReliefArgs,
     /// Refuse to write the model if test accuracy falls by more than this many points.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
@@ -166,6 +174,8 @@ struct Figures {
     params: u64,
     macs: u64,
     file_bytes: u64,
+    #[serde(flatten)]
+    zeros: Zeros,
     test_accuracy: f64,
     latency: Latency,
 }
@@ -184,6 +194,8 @@ struct Report {
     compressed: Figures,
     target_met: Option<bool>,
     layers: Vec<LayerReport>,
+    /// Per weight layer of the compressed model, its parameters that are not exactly zero.
+    sparsity: Vec<LayerSparsity>,
     history: Vec<HistoryEntry>,
 }
 
@@ -205,8 +217,12 @@ fn config(args: &Args) -> Result<CompressConfig> {
     let strategy = match args.strategy {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
+        StrategyKind::Relief => Strategy::Relief,
     };
-    let criterion = args.criterion.unwrap_or(args.strategy.default_criterion());
+    let criterion = args
+        .criterion
+        .or(args.strategy.default_criterion())
+        .unwrap_or(Criterion::L2);
     if strategy == Strategy::Rls
         && args
             .train
@@ -248,15 +264,17 @@ fn config(args: &Args) -> Result<CompressConfig> {
         },
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
+        relief: args.relief.settings(),
         ..CompressConfig::default()
     })
 }
 
-fn figures(cost: Cost, bytes: u64, accuracy: Accuracy, latency: Latency) -> Figures {
+fn figures(cost: Cost, bytes: u64, zeros: Zeros, accuracy: Accuracy, latency: Latency) -> Figures {
     Figures {
         params: cost.params,
         macs: cost.macs,
         file_bytes: bytes,
+        zeros,
         test_accuracy: accuracy.percent(),
         latency,
     }
@@ -367,17 +385,23 @@ pub fn run(args: Args) -> Result<()> {
         original: figures(
             outcome.original,
             original_bytes,
+            Zeros::of(
+                &before_graph,
+                &pare_onnx::encode(&pare_ir::export(&before_graph)),
+            ),
             comparison.before,
             lat_before,
         ),
         compressed: figures(
             outcome.compressed,
             bytes.len() as u64,
+            Zeros::of(&graph, &bytes),
             comparison.after,
             lat_after,
         ),
         target_met: outcome.target_met,
         layers,
+        sparsity: pare_prune::layer_sparsity(&graph),
         history: outcome.history,
     };
     if let Some(path) = &args.report {
@@ -417,7 +441,7 @@ fn width(w: Option<usize>) -> String {
 fn render(r: &Report) -> String {
     let (o, c) = (&r.original, &r.compressed);
     let ratio = |a: f64, b: f64| format!("{:.2}x", b / a.max(f64::MIN_POSITIVE));
-    let rows = vec![
+    let mut rows = vec![
         vec![
             "params".into(),
             table::thousands(o.params),
@@ -449,29 +473,37 @@ fn render(r: &Report) -> String {
             ratio(o.latency.median_ms, c.latency.median_ms),
         ],
     ];
+    let zeros = sparsity::has_zeros(&r.sparsity);
+    if zeros {
+        let (params, gzip) = sparsity::rows(o.params, &o.zeros, &c.zeros);
+        rows.insert(3, gzip);
+        rows.splice(1..1, params);
+    }
     let mut out = table::render(&["", "original", "compressed", "ratio"], &rows);
     let widths: Vec<Vec<String>> = r
         .layers
         .iter()
-        .map(|l| {
-            vec![
+        .zip(&r.sparsity)
+        .map(|(l, s)| {
+            let mut row = vec![
                 l.name.clone(),
                 l.op.clone(),
                 width(l.outputs_before),
                 width(l.outputs_after),
                 table::thousands(l.macs_after),
-            ]
+            ];
+            row.extend(zeros.then(|| sparsity::share(s)));
+            row
         })
         .collect();
     out.push_str("\nlayers\n\n");
-    out.push_str(&table::render(
-        &["name", "op", "outputs before", "after", "MACs after"],
-        &widths,
-    ));
+    let mut header = vec!["name", "op", "outputs before", "after", "MACs after"];
+    header.extend(zeros.then_some("nonzero"));
+    out.push_str(&table::render(&header, &widths));
     let prunes = r
         .history
         .iter()
-        .filter(|h| matches!(h.event, Event::Prune { .. }))
+        .filter(|h| matches!(h.event, Event::Prune { .. } | Event::Relief { .. }))
         .count();
     let rolled_back = r
         .history

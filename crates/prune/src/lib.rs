@@ -26,4 +26,4 @@ pub use strategy::{
     compress, CompressConfig, Event, EventSize, HistoryEntry, Outcome, Progress, RecoveryReference,
     Strategy,
 };
-pub use summary::{layer_widths, LayerWidth};
+pub use summary::{layer_sparsity, layer_widths, nonzero_params, LayerSparsity, LayerWidth};

@@ -41,6 +41,8 @@ pub struct ReliefSettings {
     pub form: ScoreForm,
     /// Training images in the pruning set.
     pub pruning_images: usize,
+    /// Passes of masking and retraining, each with an equal share of the epochs.
+    pub iterations: usize,
 }
 
 impl Default for ReliefSettings {
@@ -50,6 +52,7 @@ impl Default for ReliefSettings {
             alpha_fc: 0.95,
             form: ScoreForm::PerSample,
             pruning_images: 1000,
+            iterations: 5,
         }
     }
 }

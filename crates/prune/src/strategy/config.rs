@@ -1,6 +1,7 @@
 //! The settings of one compression run, and the common checks on them.
 
 use crate::criteria::Criterion;
+use crate::relief::ReliefSettings;
 use crate::selection::{Ranking, Target};
 use crate::PruneError;
 use pare_train::{Loss, OptimizerConfig, RlsConfig};
@@ -13,6 +14,9 @@ pub enum Strategy {
     Rls,
     /// Prune straight to the target, then fine-tune for the whole budget.
     Oneshot,
+    /// Neural network relief: mask connections carrying little of their unit's signal, remove
+    /// units left dead or unread, retrain; repeat.
+    Relief,
 }
 
 /// Everything one compression run needs besides the model and the data.
@@ -62,6 +66,8 @@ pub struct CompressConfig {
     pub batchnorm_training: bool,
     /// Batches the `taylor` criterion (and `rls` for one-shot) averages over.
     pub calibration_batches: usize,
+    /// The `relief` strategy's settings.
+    pub relief: ReliefSettings,
 }
 
 impl Default for CompressConfig {
@@ -92,6 +98,7 @@ impl Default for CompressConfig {
             max_grad_norm: Some(5.0),
             batchnorm_training: true,
             calibration_batches: 8,
+            relief: ReliefSettings::default(),
         }
     }
 }

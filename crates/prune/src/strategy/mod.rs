@@ -8,6 +8,7 @@
 
 mod config;
 mod oneshot;
+mod relief;
 mod report;
 mod rls;
 mod run;
@@ -27,6 +28,7 @@ impl Strategy {
         match self {
             Strategy::Rls => &rls::PruneAndRecover,
             Strategy::Oneshot => &oneshot::Oneshot,
+            Strategy::Relief => &relief::Relief,
         }
     }
 }

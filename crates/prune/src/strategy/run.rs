@@ -63,6 +63,7 @@ fn score_share_count(scores: &[f64], share: f64) -> usize {
 pub(crate) struct Run<'a> {
     pub config: &'a CompressConfig,
     steps: TrainingLoop<'a>,
+    train: &'a Dataset,
     calibration: BatchStream<'a>,
     val: &'a Dataset,
     original: Cost,
@@ -97,6 +98,7 @@ impl<'a> Run<'a> {
         Run {
             config,
             steps: TrainingLoop::new(train, train_config),
+            train,
             calibration: BatchStream::new(train, config.batch_size, !config.seed),
             val,
             original: Cost::of(graph),
@@ -121,6 +123,21 @@ impl<'a> Run<'a> {
             history: self.history,
             plans: self.plans,
         }
+    }
+
+    /// The training split the run trains on.
+    pub fn train_data(&self) -> &'a Dataset {
+        self.train
+    }
+
+    /// Steps left in the budget.
+    pub fn steps_left(&self) -> usize {
+        self.steps.total_steps() - self.steps.step()
+    }
+
+    /// Lists plans a strategy applied by itself (with `PruningPlan::apply_with_masks`).
+    pub fn add_plans(&mut self, plans: impl IntoIterator<Item = PruningPlan>) {
+        self.plans.extend(plans);
     }
 
     /// Steps taken so far.
