@@ -6,8 +6,9 @@ use ndarray::{Array4, ArrayD, Axis};
 use pare_data::Dataset;
 use pare_ir::{Graph, Tensor, ValueId};
 use pare_onnx::{attr, GraphBuilder};
-use pare_prune::relief::remove_units;
-use pare_train::optim::Masks;
+use pare_prune::relief::{gate_residuals, remove_units};
+use pare_train::optim::{Masked, Masks};
+use pare_train::{Loss, Mode, OptimizerConfig, SgdConfig, TrainConfig, TrainingLoop};
 use pare_verify::{max_abs_diff, TractModel};
 
 fn wave(n: usize, seed: f32) -> Vec<f32> {
@@ -140,4 +141,132 @@ fn a_unit_dead_on_the_pruning_set_is_removed() {
     assert_eq!(masks.get(w1).unwrap().shape(), [3, 2, 3, 3]);
     let pruned = run(&graph, dir.path(), "pruned.onnx", &x);
     assert!(max_abs_diff(&dense, &pruned) <= 1e-5);
+}
+
+/// x[N,2,6,6] → Conv a(4) → Relu → Conv b(4) → BatchNorm → Add(·, Relu output) → Relu →
+/// GlobalAveragePool → Flatten → Gemm(4→3). Filter 1 of b is tiny (its main branch carries
+/// almost nothing), and so is filter 3 of a (the shortcut's channel 3).
+fn residual_graph() -> Graph {
+    let mut wa = wave(72, 1.0);
+    wa[54..].iter_mut().for_each(|w| *w *= 1e-4);
+    let mut wb = wave(144, 2.0);
+    wb[36..72].iter_mut().for_each(|w| *w *= 1e-4);
+    let mut b = GraphBuilder::new("residual", 17);
+    b.input("x", [-1i64, 2, 6, 6]);
+    b.initializer(attr::tensor_f32("wa", &[4, 2, 3, 3], wa));
+    b.initializer(attr::tensor_f32("ba", &[4], vec![0.1, 0.2, 0.1, 0.0]));
+    b.initializer(attr::tensor_f32("wb", &[4, 4, 3, 3], wb));
+    b.initializer(attr::tensor_f32("bb", &[4], vec![0.1, 0.0, 0.1, 0.2]));
+    b.initializer(attr::tensor_f32("gamma", &[4], vec![1.0; 4]));
+    b.initializer(attr::tensor_f32("beta", &[4], vec![0.0; 4]));
+    b.initializer(attr::tensor_f32("mean", &[4], vec![0.0; 4]));
+    b.initializer(attr::tensor_f32("var", &[4], vec![1.0; 4]));
+    b.initializer(attr::tensor_f32("fc", &[3, 4], wave(12, 3.0)));
+    b.initializer(attr::tensor_f32("fcb", &[3], wave(3, 4.0)));
+    let pads = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+    b.node("Conv", &["x", "wa", "ba"], &["ca"], pads());
+    b.node("Relu", &["ca"], &["ra"], vec![]);
+    b.node("Conv", &["ra", "wb", "bb"], &["cb"], pads());
+    b.node(
+        "BatchNormalization",
+        &["cb", "gamma", "beta", "mean", "var"],
+        &["bn"],
+        vec![],
+    );
+    b.node("Add", &["bn", "ra"], &["sum"], vec![]);
+    b.node("Relu", &["sum"], &["out"], vec![]);
+    b.node("GlobalAveragePool", &["out"], &["gap"], vec![]);
+    b.node("Flatten", &["gap"], &["f"], vec![]);
+    b.node(
+        "Gemm",
+        &["f", "fc", "fcb"],
+        &["y"],
+        vec![attr::int("transB", 1)],
+    );
+    b.output("y", [-1i64, 3]);
+    pare_ir::import(&b.build()).unwrap()
+}
+
+fn pare_outputs(graph: &Graph, x: &Array4<f32>) -> ndarray::Array2<f32> {
+    let tape = pare_train::forward(graph, x.clone().into_dyn(), Mode::Eval, false, None).unwrap();
+    let y = tape.value(graph.outputs[0]).unwrap();
+    y.clone().into_dimensionality().unwrap()
+}
+
+#[test]
+fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
+    let mut graph = residual_graph();
+    let data = Dataset {
+        images: images(),
+        labels: vec![0, 1, 2, 0, 1, 2],
+    };
+    let mut masks = Masks::default();
+    let switched = gate_residuals(&mut graph, &data, 4, 0.9, &mut masks).unwrap();
+    assert_eq!(switched, 2);
+    // The main branch's filter 1 goes (Conv weight and bias, BatchNorm scale and shift)...
+    let wb = masks.get(value(&graph, "wb")).unwrap();
+    for f in 0..4 {
+        let open = wb.index_axis(Axis(0), f).iter().all(|&m| m == 1.0);
+        assert_eq!(open, f != 1, "filter {f}");
+    }
+    for name in ["bb", "gamma", "beta"] {
+        assert_eq!(
+            masks.get(value(&graph, name)).unwrap().as_slice().unwrap(),
+            [1.0, 0.0, 1.0, 1.0]
+        );
+    }
+    // ...and the identity shortcut's channel 3 is gated by a constant Mul.
+    let gate = value(&graph, "ra_relief_gate");
+    assert!(masks.is_held(gate));
+    assert_eq!(
+        masks.get(gate).unwrap().as_slice().unwrap(),
+        [1.0, 1.0, 1.0, 0.0]
+    );
+    masks.apply_to_weights(&mut graph);
+
+    // Training holds the gate and the masks.
+    let sgd = OptimizerConfig::Sgd(SgdConfig::default());
+    let mut optimizer = Masked::new(sgd.build(&graph), masks.clone(), &mut graph);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 3,
+        seed: 1,
+        loss: Loss::CrossEntropy,
+        optimizer: sgd,
+        batchnorm_training: true,
+        max_grad_norm: None,
+    };
+    TrainingLoop::new(&data, config)
+        .run(&mut graph, &mut optimizer, 2, &mut |_| {})
+        .unwrap();
+    match graph.value(gate).initializer() {
+        Some(Tensor::F32(g)) => assert_eq!(g.as_slice().unwrap(), [1.0, 1.0, 1.0, 0.0]),
+        _ => unreachable!("the gate is a constant"),
+    }
+
+    // The exported graph, gate included, runs in tract as in pare.
+    let x = images();
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = run(&graph, dir.path(), "gated.onnx", &x);
+    assert!(max_abs_diff(&pare_outputs(&graph, &x), &theirs) <= 1e-4);
+    let model = pare_ir::export(&graph);
+    let onnx = model.graph.as_ref().unwrap();
+    assert!(onnx
+        .node
+        .iter()
+        .any(|n| n.op_type.as_deref() == Some("Mul")));
+    // Channel surgery still works around the gate.
+    let mut pruned = graph.clone();
+    let mut plan = pare_prune::PruningPlan::default();
+    let groups = pare_prune::analyze(&pruned);
+    let stream = groups
+        .groups
+        .iter()
+        .find(|g| g.prunable() && g.values.contains(&value(&pruned, "sum")))
+        .unwrap();
+    plan.drop_channels(stream.id, [1]);
+    plan.apply_with_masks(&mut pruned, &groups, &mut masks)
+        .unwrap();
+    assert_eq!(masks.get(gate).unwrap().shape(), [1, 3, 1, 1]);
+    run(&pruned, dir.path(), "pruned.onnx", &x);
 }

@@ -8,8 +8,10 @@
 //! own inputs, so a Conv is scored on its output before any BatchNorm.
 
 mod conv;
+mod residual;
 mod units;
 
+pub use residual::gate_residuals;
 pub use units::{dead_or_unread, remove_units};
 
 use crate::PruneError;

@@ -7,7 +7,7 @@
 use super::config::CompressConfig;
 use super::report::Event;
 use super::run::{PruningStrategy, Run};
-use crate::relief::{mask_layers, pruning_set, remove_units, score};
+use crate::relief::{gate_residuals, mask_layers, pruning_set, remove_units, score};
 use crate::summary::nonzero_params;
 use crate::PruneError;
 use pare_ir::Graph;
@@ -53,6 +53,7 @@ impl PruningStrategy for Relief {
         for pass in 1..=settings.iterations {
             let scores = score(graph, &set, settings.form, batch)?;
             mask_layers(graph, &scores, &settings, &mut masks);
+            gate_residuals(graph, &set, batch, settings.alpha_conv, &mut masks)?;
             masks.apply_to_weights(graph);
             let plans = remove_units(graph, &mut masks, Some((&set, batch)))?;
             let channels = plans

@@ -9,51 +9,75 @@ use super::Optimizer;
 use crate::executor::{Gradients, Tape};
 use ndarray::{ArrayD, Zip};
 use pare_ir::{Graph, Tensor, ValueId, ValueSource};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Per masked parameter (a float initializer), a 0/1 array of its shape; parameters without an
-/// entry are not masked.
+/// entry are not masked. A *held* parameter (a constant gate) is its mask: training never moves
+/// it, not even by weight decay.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Masks(BTreeMap<ValueId, ArrayD<f32>>);
+pub struct Masks {
+    masks: BTreeMap<ValueId, ArrayD<f32>>,
+    held: BTreeSet<ValueId>,
+}
 
 impl Masks {
     /// Masks `param` with `mask` (its shape, entries 0 or 1), replacing any mask it had.
     pub fn insert(&mut self, param: ValueId, mask: ArrayD<f32>) {
-        self.0.insert(param, mask);
+        self.masks.insert(param, mask);
+    }
+
+    /// Holds `param` at `values` (0 or 1 each) through training.
+    pub fn hold(&mut self, param: ValueId, values: ArrayD<f32>) {
+        self.masks.insert(param, values);
+        self.held.insert(param);
+    }
+
+    /// Whether `param` is held (see `hold`).
+    pub fn is_held(&self, param: ValueId) -> bool {
+        self.held.contains(&param)
     }
 
     pub fn get(&self, param: ValueId) -> Option<&ArrayD<f32>> {
-        self.0.get(&param)
+        self.masks.get(&param)
     }
 
     pub fn get_mut(&mut self, param: ValueId) -> Option<&mut ArrayD<f32>> {
-        self.0.get_mut(&param)
+        self.masks.get_mut(&param)
     }
 
     /// Every masked parameter with its mask, in value order.
     pub fn iter(&self) -> impl Iterator<Item = (ValueId, &ArrayD<f32>)> {
-        self.0.iter().map(|(&v, m)| (v, m))
+        self.masks.iter().map(|(&v, m)| (v, m))
     }
 
     /// Every masked parameter with its mask, mutable (surgery slices them like the weights).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ValueId, &mut ArrayD<f32>)> {
-        self.0.iter_mut().map(|(&v, m)| (v, m))
+        self.masks.iter_mut().map(|(&v, m)| (v, m))
     }
 
-    /// Multiplies every masked parameter of `graph` by its mask.
+    /// Multiplies every masked parameter of `graph` by its mask, and sets every held one to its
+    /// values.
     pub fn apply_to_weights(&self, graph: &mut Graph) {
-        for (&v, mask) in &self.0 {
+        for (&v, mask) in &self.masks {
             if let ValueSource::Initializer(Tensor::F32(w)) = &mut graph.value_mut(v).source {
-                multiply(w, mask, v);
+                if self.is_held(v) {
+                    w.assign(mask);
+                } else {
+                    multiply(w, mask, v);
+                }
             }
         }
     }
 
-    /// Multiplies the gradient of every masked parameter by its mask.
+    /// Multiplies the gradient of every masked parameter by its mask; zeroes a held one's.
     pub fn apply_to_gradients(&self, grads: &mut Gradients) {
-        for (&v, mask) in &self.0 {
+        for (&v, mask) in &self.masks {
             if let Some(g) = grads.of_mut(v) {
-                multiply(g, mask, v);
+                if self.is_held(v) {
+                    g.fill(0.0);
+                } else {
+                    multiply(g, mask, v);
+                }
             }
         }
     }
@@ -178,6 +202,33 @@ mod tests {
             ArrayD::from_shape_vec(ndarray::IxDyn(&[2]), vec![0.0, 1.0]).unwrap(),
         );
         masks
+    }
+
+    #[test]
+    fn a_held_parameter_never_moves_not_even_by_weight_decay() {
+        let data = data();
+        let sgd = OptimizerConfig::Sgd(SgdConfig {
+            weight_decay: 0.1,
+            ..SgdConfig::default()
+        });
+        let mut graph = graph();
+        let mut masks = Masks::default();
+        let held = ArrayD::from_shape_vec(ndarray::IxDyn(&[3]), vec![1.0, 0.0, 1.0]).unwrap();
+        masks.hold(value(&graph, "cb"), held.clone());
+        let mut masked = Masked::new(sgd.build(&graph), masks, &mut graph);
+        let config = TrainConfig {
+            epochs: 2,
+            batch_size: 4,
+            seed: 7,
+            loss: Loss::CrossEntropy,
+            optimizer: sgd,
+            batchnorm_training: true,
+            max_grad_norm: None,
+        };
+        TrainingLoop::new(&data, config)
+            .run(&mut graph, &mut masked, 4, &mut |_| {})
+            .unwrap();
+        assert_eq!(f32s(&graph, value(&graph, "cb")), held);
     }
 
     #[test]
