@@ -6,7 +6,11 @@ use ndarray::{Array4, ArrayD, Axis};
 use pare_data::Dataset;
 use pare_ir::{Graph, Tensor, ValueId};
 use pare_onnx::{attr, GraphBuilder};
-use pare_prune::relief::{gate_residuals, remove_units};
+mod common;
+
+use pare_prune::relief::{
+    gate_residuals, mask_layers, remove_units, score, ReliefSettings, ScoreForm,
+};
 use pare_train::optim::{Masked, Masks};
 use pare_train::{Loss, Mode, OptimizerConfig, SgdConfig, TrainConfig, TrainingLoop};
 use pare_verify::{max_abs_diff, TractModel};
@@ -269,4 +273,35 @@ fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
         .unwrap();
     assert_eq!(masks.get(gate).unwrap().shape(), [1, 3, 1, 1]);
     run(&pruned, dir.path(), "pruned.onnx", &x);
+}
+
+#[test]
+fn one_relief_pass_on_every_shipped_model_keeps_tract_and_pare_in_agreement() {
+    let test = pare_data::load_dir(&common::mnist()).unwrap().test.head(16);
+    let settings = ReliefSettings::default();
+    let dir = tempfile::tempdir().unwrap();
+    for path in common::shipped_models() {
+        let name = path.display().to_string();
+        let mut graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
+        let params = pare_prune::nonzero_params(&graph);
+        let scores = score(&graph, &test, ScoreForm::PerSample, 8).unwrap();
+        let mut masks = Masks::default();
+        mask_layers(&graph, &scores, &settings, &mut masks);
+        gate_residuals(&mut graph, &test, 8, settings.alpha_conv, &mut masks).unwrap();
+        masks.apply_to_weights(&mut graph);
+        let masked = run(&graph, dir.path(), "masked.onnx", &test.images);
+        remove_units(&mut graph, &mut masks, Some((&test, 8))).unwrap();
+        let pruned = run(&graph, dir.path(), "pruned.onnx", &test.images);
+        let diff = max_abs_diff(&masked, &pruned);
+        assert!(
+            diff <= 1e-4,
+            "{name}: removing units changed outputs by {diff}"
+        );
+        let ours = max_abs_diff(&pare_outputs(&graph, &test.images), &pruned);
+        assert!(ours <= 1e-3, "{name}: pare and tract differ by {ours}");
+        assert!(
+            pare_prune::nonzero_params(&graph) < params,
+            "{name}: nothing masked"
+        );
+    }
 }

@@ -6,11 +6,11 @@
 //! epochs, at the same MACs targets. Prints a Markdown table for docs/BENCHMARKS.md.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const MODELS: [(&str, &str); 3] = [
+pub const MODELS: [(&str, &str); 3] = [
     ("LeNet-5", "lenet5_opset17.onnx"),
     ("VGG-style, BN folded", "vggbn_opset17.onnx"),
     ("ResNet-20", "resnet20_opset17.onnx"),
@@ -31,21 +31,32 @@ const STRATEGIES: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// Runs every model × target × strategy whose model file name contains `filter`.
-pub fn quality(filter: Option<&str>) -> Result<()> {
-    let root = crate::proto::workspace_root();
+/// Builds the `compress` binary (release, or debug for a smoke test) and returns its path.
+pub fn compress_binary(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "-p", "pare-cli"];
+    if release {
+        args.push("--release");
+    }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "pare-cli"])
-        .current_dir(&root)
+        .args(&args)
+        .current_dir(root)
         .status()
         .context("building compress")?;
     if !status.success() {
-        bail!("cargo build --release -p pare-cli failed");
+        bail!("cargo {} failed", args.join(" "));
     }
     let target_dir = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let binary = target_dir.join("release/compress");
+    Ok(target_dir
+        .join(if release { "release" } else { "debug" })
+        .join("compress"))
+}
+
+/// Runs every model × target × strategy whose model file name contains `filter`.
+pub fn quality(filter: Option<&str>) -> Result<()> {
+    let root = crate::proto::workspace_root();
+    let binary = compress_binary(&root, true)?;
     let out = tempfile::tempdir()?;
     println!("| model | MACs target | strategy | MACs | params | test acc (orig → new) | latency b1 (orig → new, ratio) | prunes | wall s |");
     println!("|---|---|---|---|---|---|---|---|---|");
