@@ -4,7 +4,7 @@
 
 use ndarray::{Array4, ArrayD, Axis};
 use pare_data::Dataset;
-use pare_ir::{Graph, Tensor, ValueId};
+use pare_ir::{Graph, Tensor, ValueId, ValueSource};
 use pare_onnx::{attr, GraphBuilder};
 mod common;
 
@@ -126,7 +126,7 @@ fn a_unit_dead_on_the_pruning_set_is_removed() {
     mask.index_axis_mut(Axis(0), 3).fill(0.0);
     masks.insert(w1, mask);
     masks.apply_to_weights(&mut graph);
-    if let pare_ir::ValueSource::Initializer(Tensor::F32(b)) = &mut graph.value_mut(b1).source {
+    if let ValueSource::Initializer(Tensor::F32(b)) = &mut graph.value_mut(b1).source {
         b[[3]] = -1.0;
     }
     let data = Dataset {
@@ -304,4 +304,30 @@ fn one_relief_pass_on_every_shipped_model_keeps_tract_and_pare_in_agreement() {
             "{name}: nothing masked"
         );
     }
+}
+
+#[test]
+fn inspect_shows_the_nonzero_share_of_a_model_with_exact_zeros() {
+    let path = common::root().join("models/lenet5_opset17.onnx");
+    let mut graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
+    // Half of fc3's 840 weights (its first 5 of 10 rows) set to zero: 430 of 850 left.
+    let fc3 = graph
+        .node_ids()
+        .find(|&n| graph.node(n).name == "/fc3/Gemm")
+        .unwrap();
+    let weight = graph.node(fc3).inputs[1].unwrap();
+    if let ValueSource::Initializer(Tensor::F32(w)) = &mut graph.value_mut(weight).source {
+        w.slice_mut(ndarray::s![..5, ..]).fill(0.0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sparse.onnx");
+    pare_onnx::write_model(&file, &pare_ir::export(&graph)).unwrap();
+    let out = common::compress(&["inspect", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("nonzero"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("/fc3/Gemm")).unwrap();
+    assert!(line.trim_end().ends_with("50.6%"), "{line}");
+    let line = text.lines().find(|l| l.starts_with("/fc2/Gemm")).unwrap();
+    assert!(line.trim_end().ends_with("100.0%"), "{line}");
 }
