@@ -10,8 +10,7 @@ use pare_ir::{Graph, Op, Tensor, ValueSource};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{attr, GraphBuilder};
 use pare_prune::{analyze, PruningPlan, SliceKind};
-use pare_verify::{max_abs_diff, TractModel};
-use std::path::Path;
+use pare_verify::max_abs_diff;
 
 struct Lcg(u64);
 
@@ -76,15 +75,6 @@ fn silence(graph: &mut Graph, plan: &PruningPlan) {
     }
 }
 
-fn run(graph: &Graph, dir: &Path, name: &str, x: &Array4<f32>) -> ndarray::Array2<f32> {
-    let path = dir.join(name);
-    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
-    TractModel::load(&path, x.shape())
-        .unwrap()
-        .run(x.view())
-        .unwrap()
-}
-
 /// Prunes random channel subsets several times and checks tract sees no difference.
 fn check_surgery(name: &str, graph: &Graph, x: &Array4<f32>, seeds: u64) -> usize {
     let dir = tempfile::tempdir().unwrap();
@@ -101,8 +91,8 @@ fn check_surgery(name: &str, graph: &Graph, x: &Array4<f32>, seeds: u64) -> usiz
         silence(&mut silenced, &plan);
         let mut pruned = silenced.clone();
         plan.apply(&mut pruned, &analyze(&silenced)).unwrap();
-        let a = run(&silenced, dir.path(), "silenced.onnx", x);
-        let b = run(&pruned, dir.path(), "pruned.onnx", x);
+        let a = common::tract_outputs(&silenced, dir.path(), "silenced.onnx", x);
+        let b = common::tract_outputs(&pruned, dir.path(), "pruned.onnx", x);
         let diff = max_abs_diff(&a, &b);
         assert!(
             diff <= 1e-5,
@@ -499,7 +489,7 @@ fn strategies_prune_the_depthwise_concat_and_se_graphs() {
             )
             .unwrap();
             let out = ours.value(graph.outputs[0]).unwrap().clone();
-            let tract = run(&graph, dir.path(), "pruned.onnx", &x);
+            let tract = common::tract_outputs(&graph, dir.path(), "pruned.onnx", &x);
             let diff = out
                 .iter()
                 .zip(tract.iter())

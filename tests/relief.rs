@@ -13,7 +13,7 @@ use pare_prune::relief::{
 };
 use pare_train::optim::{Masked, Masks};
 use pare_train::{Loss, Mode, OptimizerConfig, SgdConfig, TrainConfig, TrainingLoop};
-use pare_verify::{max_abs_diff, TractModel};
+use pare_verify::max_abs_diff;
 
 fn wave(n: usize, seed: f32) -> Vec<f32> {
     (0..n)
@@ -68,15 +68,6 @@ fn filters(graph: &Graph, name: &str) -> usize {
     }
 }
 
-fn run(graph: &Graph, dir: &std::path::Path, name: &str, x: &Array4<f32>) -> ndarray::Array2<f32> {
-    let path = dir.join(name);
-    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
-    TractModel::load(&path, x.shape())
-        .unwrap()
-        .run(x.view())
-        .unwrap()
-}
-
 fn images() -> Array4<f32> {
     Array4::from_shape_fn((6, 2, 6, 6), |(n, c, y, x)| {
         ((n * 131 + c * 31 + y * 7 + x) as f32 * 0.377).sin()
@@ -100,13 +91,13 @@ fn units_no_one_reads_are_removed_and_tract_sees_no_difference() {
     masks.apply_to_weights(&mut graph);
     let x = images();
     let dir = tempfile::tempdir().unwrap();
-    let dense = run(&graph, dir.path(), "dense.onnx", &x);
+    let dense = common::tract_outputs(&graph, dir.path(), "dense.onnx", &x);
 
     let plans = remove_units(&mut graph, &mut masks, None).unwrap();
     assert!(!plans.is_empty());
     assert_eq!(filters(&graph, "w1"), 3, "conv1 lost its unread channel");
     assert_eq!(filters(&graph, "w2"), 2, "conv2 lost its unread channel");
-    let pruned = run(&graph, dir.path(), "pruned.onnx", &x);
+    let pruned = common::tract_outputs(&graph, dir.path(), "pruned.onnx", &x);
     let diff = max_abs_diff(&dense, &pruned);
     assert!(diff <= 1e-5, "outputs differ by {diff}");
     // The masks followed the surgery, and the weight they left masked stays zero.
@@ -135,7 +126,7 @@ fn a_unit_dead_on_the_pruning_set_is_removed() {
     };
     let x = images();
     let dir = tempfile::tempdir().unwrap();
-    let dense = run(&graph, dir.path(), "dense.onnx", &x);
+    let dense = common::tract_outputs(&graph, dir.path(), "dense.onnx", &x);
     // Without data the filter is still read (its weights downstream are not zero).
     assert!(remove_units(&mut graph.clone(), &mut masks.clone(), None)
         .unwrap()
@@ -143,7 +134,7 @@ fn a_unit_dead_on_the_pruning_set_is_removed() {
     remove_units(&mut graph, &mut masks, Some((&data, 4))).unwrap();
     assert_eq!(filters(&graph, "w1"), 3);
     assert_eq!(masks.get(w1).unwrap().shape(), [3, 2, 3, 3]);
-    let pruned = run(&graph, dir.path(), "pruned.onnx", &x);
+    let pruned = common::tract_outputs(&graph, dir.path(), "pruned.onnx", &x);
     assert!(max_abs_diff(&dense, &pruned) <= 1e-5);
 }
 
@@ -251,7 +242,7 @@ fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
     // The exported graph, gate included, runs in tract as in pare.
     let x = images();
     let dir = tempfile::tempdir().unwrap();
-    let theirs = run(&graph, dir.path(), "gated.onnx", &x);
+    let theirs = common::tract_outputs(&graph, dir.path(), "gated.onnx", &x);
     assert!(max_abs_diff(&pare_outputs(&graph, &x), &theirs) <= 1e-4);
     let model = pare_ir::export(&graph);
     let onnx = model.graph.as_ref().unwrap();
@@ -272,7 +263,7 @@ fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
     plan.apply_with_masks(&mut pruned, &groups, &mut masks)
         .unwrap();
     assert_eq!(masks.get(gate).unwrap().shape(), [1, 3, 1, 1]);
-    run(&pruned, dir.path(), "pruned.onnx", &x);
+    common::tract_outputs(&pruned, dir.path(), "pruned.onnx", &x);
 }
 
 #[test]
@@ -289,9 +280,9 @@ fn one_relief_pass_on_every_shipped_model_keeps_tract_and_pare_in_agreement() {
         mask_layers(&graph, &scores, &settings, &mut masks);
         gate_residuals(&mut graph, &test, 8, settings.alpha_conv, &mut masks).unwrap();
         masks.apply_to_weights(&mut graph);
-        let masked = run(&graph, dir.path(), "masked.onnx", &test.images);
+        let masked = common::tract_outputs(&graph, dir.path(), "masked.onnx", &test.images);
         remove_units(&mut graph, &mut masks, Some((&test, 8))).unwrap();
-        let pruned = run(&graph, dir.path(), "pruned.onnx", &test.images);
+        let pruned = common::tract_outputs(&graph, dir.path(), "pruned.onnx", &test.images);
         let diff = max_abs_diff(&masked, &pruned);
         assert!(
             diff <= 1e-4,

@@ -16,7 +16,7 @@ pub const MODELS: [(&str, &str); 3] = [
     ("ResNet-20", "resnet20_opset17.onnx"),
 ];
 const TARGETS: [&str; 2] = ["0.5", "0.25"];
-const STRATEGIES: [(&str, &[&str]); 2] = [
+pub const STRATEGIES: [(&str, &[&str]); 2] = [
     ("rls (default)", &[]),
     (
         "oneshot l2 + Adam",

@@ -4,7 +4,7 @@
 //! accuracy; at the end, test accuracy beside rls and one-shot L2 + Adam pruned to the same
 //! structural MACs. Prints Markdown tables for docs/BENCHMARKS.md.
 
-use crate::prune_bench::{compress_binary, MODELS};
+use crate::prune_bench::{compress_binary, MODELS, STRATEGIES};
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -102,20 +102,7 @@ pub fn relief(filter: Option<&str>, settings: &Settings) -> Result<()> {
             continue;
         }
         let target = format!("{macs:.4}");
-        for (name, extra) in [
-            ("rls", vec![]),
-            (
-                "oneshot l2 + Adam",
-                vec![
-                    "--strategy",
-                    "oneshot",
-                    "--criterion",
-                    "l2",
-                    "--optimizer",
-                    "adam",
-                ],
-            ),
-        ] {
+        for (name, extra) in STRATEGIES {
             let mut args: Vec<String> = vec![
                 "--epochs".into(),
                 epochs.clone(),
