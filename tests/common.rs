@@ -39,3 +39,18 @@ pub fn compress(args: &[&str]) -> Output {
         .output()
         .expect("compress runs")
 }
+
+/// tract's outputs on `graph` written to `dir/name`, for the batch `x`.
+pub fn tract_outputs(
+    graph: &pare_ir::Graph,
+    dir: &Path,
+    name: &str,
+    x: &ndarray::Array4<f32>,
+) -> ndarray::Array2<f32> {
+    let path = dir.join(name);
+    pare_onnx::write_model(&path, &pare_ir::export(graph)).unwrap();
+    pare_verify::TractModel::load(&path, x.shape())
+        .unwrap()
+        .run(x.view())
+        .unwrap()
+}

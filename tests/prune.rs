@@ -10,7 +10,7 @@ use pare_ir::{Graph, Op};
 use pare_onnx::proto::ModelProto;
 use pare_onnx::{attr, GraphBuilder};
 use pare_prune::{analyze, PruningPlan};
-use properties::{check_surgery, image, run, weights};
+use properties::{check_surgery, image, weights};
 
 #[test]
 fn surgery_on_every_shipped_model_changes_nothing_that_carried_nothing() {
@@ -381,7 +381,7 @@ fn strategies_prune_the_depthwise_concat_and_se_graphs() {
             )
             .unwrap();
             let out = ours.value(graph.outputs[0]).unwrap().clone();
-            let tract = run(&graph, dir.path(), "pruned.onnx", &x);
+            let tract = common::tract_outputs(&graph, dir.path(), "pruned.onnx", &x);
             let diff = out
                 .iter()
                 .zip(tract.iter())

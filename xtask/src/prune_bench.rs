@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const MODELS: [(&str, &str); 3] = [
+pub const MODELS: [(&str, &str); 3] = [
     ("LeNet-5", "lenet5_opset17.onnx"),
     ("VGG-style, BN folded", "vggbn_opset17.onnx"),
     ("ResNet-20", "resnet20_opset17.onnx"),
@@ -34,19 +34,29 @@ pub const STRATEGIES: [(&str, &[&str]); 2] = [
 
 /// Builds the release `compress` binary and returns its path.
 pub fn release_compress() -> Result<PathBuf> {
-    let root = crate::proto::workspace_root();
+    compress_binary(&crate::proto::workspace_root(), true)
+}
+
+/// Builds the `compress` binary (release, or debug for a smoke test) and returns its path.
+pub fn compress_binary(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "-p", "pare-cli"];
+    if release {
+        args.push("--release");
+    }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "pare-cli"])
-        .current_dir(&root)
+        .args(&args)
+        .current_dir(root)
         .status()
         .context("building compress")?;
     if !status.success() {
-        bail!("cargo build --release -p pare-cli failed");
+        bail!("cargo {} failed", args.join(" "));
     }
     let target_dir = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    Ok(target_dir.join("release/compress"))
+    Ok(target_dir
+        .join(if release { "release" } else { "debug" })
+        .join("compress"))
 }
 
 /// Runs `binary` (a `compress`) from the workspace root with `args`, quietly; returns its stdout.

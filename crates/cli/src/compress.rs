@@ -6,6 +6,8 @@
 
 use crate::analyze::{render_analysis, EnergyArgs};
 use crate::eval::MAX_RUNS;
+use crate::relief_args::ReliefArgs;
+use crate::sparsity::{self, Zeros};
 use crate::train_args::{OptimizerKind, TrainArgs};
 use crate::{front, model, paths, progress, table, train_args};
 use anyhow::{bail, Context, Result};
@@ -15,7 +17,7 @@ use indicatif::ProgressBar;
 use pare_prune::analysis::RedundancyReport;
 use pare_prune::{
     Caps, CompressConfig, Cost, Criterion, EsConfig, EvalBudget, Event, EventSize, HistoryEntry,
-    LayerWidth, Objective, Progress, Ranking, RecoveryReference, Strategy, Target,
+    LayerSparsity, LayerWidth, Objective, Progress, Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
 use serde::Serialize;
@@ -36,6 +38,9 @@ enum StrategyKind {
     /// the front (most accurate, knee, cheapest) and write the knee, or with a target the most
     /// accurate model of the front within it.
     Es,
+    /// Neural network relief: per unit, keep the connections carrying --alpha-conv/--alpha-fc of
+    /// its signal; remove dead and unread units; retrain; --iterations times.
+    Relief,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -61,7 +66,7 @@ impl StrategyKind {
         match self {
             StrategyKind::Rls => Some(Criterion::Rls),
             StrategyKind::Oneshot => Some(Criterion::L2),
-            StrategyKind::Hierarchical | StrategyKind::Es => None,
+            StrategyKind::Hierarchical | StrategyKind::Es | StrategyKind::Relief => None,
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct Args {
     train: TrainArgs,
     #[command(flatten)]
     shape: model::InputShapeArg,
+    #[command(flatten)]
+    relief: ReliefArgs,
     /// Refuse to write the model if test accuracy falls by more than this many points.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
@@ -231,6 +238,8 @@ struct Figures {
     params: u64,
     macs: u64,
     file_bytes: u64,
+    #[serde(flatten)]
+    zeros: Zeros,
     test_accuracy: f64,
     latency: Latency,
 }
@@ -256,6 +265,8 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     front: Option<Vec<front::VerifiedPick>>,
     layers: Vec<LayerReport>,
+    /// Per weight layer of the compressed model, its parameters that are not exactly zero.
+    sparsity: Vec<LayerSparsity>,
     history: Vec<HistoryEntry>,
 }
 
@@ -290,6 +301,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         StrategyKind::Oneshot => Strategy::Oneshot,
         StrategyKind::Hierarchical => Strategy::Hierarchical,
         StrategyKind::Es => Strategy::Es,
+        StrategyKind::Relief => Strategy::Relief,
     };
     if strategy == Strategy::Hierarchical && args.criterion.is_some() {
         bail!("--strategy hierarchical chooses channels by the analysis (pivoted Cholesky); --criterion is for rls and oneshot");
@@ -357,6 +369,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
             CapsKind::Analysis => Caps::Analysis,
         },
         es: es_config(args)?,
+        relief: args.relief.settings(),
         ..CompressConfig::default()
     })
 }
@@ -394,11 +407,12 @@ fn es_config(args: &Args) -> Result<EsConfig> {
     })
 }
 
-fn figures(cost: Cost, bytes: u64, accuracy: Accuracy, latency: Latency) -> Figures {
+fn figures(cost: Cost, bytes: u64, zeros: Zeros, accuracy: Accuracy, latency: Latency) -> Figures {
     Figures {
         params: cost.params,
         macs: cost.macs,
         file_bytes: bytes,
+        zeros,
         test_accuracy: accuracy.percent(),
         latency,
     }
@@ -582,12 +596,17 @@ pub fn run(args: Args) -> Result<()> {
         original: figures(
             outcome.original,
             original_bytes,
+            Zeros::of(
+                &before_graph,
+                &pare_onnx::encode(&pare_ir::export(&before_graph)),
+            ),
             comparison.before,
             lat_before,
         ),
         compressed: figures(
             outcome.compressed,
             bytes.len() as u64,
+            Zeros::of(&graph, &bytes),
             comparison.after,
             lat_after,
         ),
@@ -596,6 +615,7 @@ pub fn run(args: Args) -> Result<()> {
         analysis: outcome.analysis,
         front: picks,
         layers,
+        sparsity: pare_prune::layer_sparsity(&graph),
         history: outcome.history,
     };
     if let Some(path) = &args.report {
@@ -635,7 +655,7 @@ fn width(w: Option<usize>) -> String {
 fn render(r: &Report) -> String {
     let (o, c) = (&r.original, &r.compressed);
     let ratio = |a: f64, b: f64| format!("{:.2}x", b / a.max(f64::MIN_POSITIVE));
-    let rows = vec![
+    let mut rows = vec![
         vec![
             "params".into(),
             table::thousands(o.params),
@@ -667,29 +687,37 @@ fn render(r: &Report) -> String {
             ratio(o.latency.median_ms, c.latency.median_ms),
         ],
     ];
+    let zeros = sparsity::has_zeros(&r.sparsity);
+    if zeros {
+        let (params, gzip) = sparsity::rows(o.params, &o.zeros, &c.zeros);
+        rows.insert(3, gzip);
+        rows.splice(1..1, params);
+    }
     let mut out = table::render(&["", "original", "compressed", "ratio"], &rows);
     let widths: Vec<Vec<String>> = r
         .layers
         .iter()
-        .map(|l| {
-            vec![
+        .zip(&r.sparsity)
+        .map(|(l, s)| {
+            let mut row = vec![
                 l.name.clone(),
                 l.op.clone(),
                 width(l.outputs_before),
                 width(l.outputs_after),
                 table::thousands(l.macs_after),
-            ]
+            ];
+            row.extend(zeros.then(|| sparsity::share(s)));
+            row
         })
         .collect();
     out.push_str("\nlayers\n\n");
-    out.push_str(&table::render(
-        &["name", "op", "outputs before", "after", "MACs after"],
-        &widths,
-    ));
+    let mut header = vec!["name", "op", "outputs before", "after", "MACs after"];
+    header.extend(zeros.then_some("nonzero"));
+    out.push_str(&table::render(&header, &widths));
     let prunes = r
         .history
         .iter()
-        .filter(|h| matches!(h.event, Event::Prune { .. }))
+        .filter(|h| matches!(h.event, Event::Prune { .. } | Event::Relief { .. }))
         .count();
     let rolled_back = r
         .history

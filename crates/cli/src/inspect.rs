@@ -27,6 +27,8 @@ struct Layer {
     op: String,
     output_shape: Option<String>,
     params: usize,
+    /// Of a weight layer's weight and bias, the entries that are not exactly zero.
+    nonzero: Option<u64>,
     macs: u64,
 }
 
@@ -72,11 +74,12 @@ fn groups(graph: &Graph) -> Vec<GroupReport> {
 }
 
 fn report(path: PathBuf, graph: &Graph) -> Report {
+    let sparsity = pare_prune::layer_sparsity(graph);
     let layers: Vec<Layer> = graph
-        .nodes
-        .iter()
+        .node_ids()
         .zip(node_costs(graph))
-        .map(|(node, cost)| Layer {
+        .map(|(id, cost)| (graph.node(id), id, cost))
+        .map(|(node, id, cost)| Layer {
             name: node.name.clone(),
             op: node.op.op_type().to_string(),
             output_shape: node
@@ -85,6 +88,7 @@ fn report(path: PathBuf, graph: &Graph) -> Report {
                 .and_then(|&o| graph.value(o).shape.as_ref())
                 .map(|s| s.to_string()),
             params: cost.params,
+            nonzero: sparsity.iter().find(|s| s.node == id).map(|s| s.nonzero),
             macs: cost.macs,
         })
         .collect();
@@ -106,36 +110,45 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    // The nonzero share only when masks (or anything else) left exact zeros in a weight layer.
+    let zeros = report
+        .layers
+        .iter()
+        .any(|l| l.nonzero.is_some_and(|n| n < l.params as u64));
     let mut rows: Vec<Vec<String>> = report
         .layers
         .iter()
         .map(|l| {
-            vec![
+            let mut row = vec![
                 l.name.clone(),
                 l.op.clone(),
                 l.output_shape.clone().unwrap_or_else(|| "?".into()),
                 table::thousands(l.params as u64),
                 table::thousands(l.macs),
-            ]
+            ];
+            let share = |n: u64| format!("{:.1}%", 100.0 * n as f64 / l.params.max(1) as f64);
+            row.extend(zeros.then(|| l.nonzero.map(share).unwrap_or_default()));
+            row
         })
         .collect();
-    rows.push(vec![
+    let mut total = vec![
         "total".into(),
         String::new(),
         String::new(),
         table::thousands(report.total_params as u64),
         table::thousands(report.total_macs),
-    ]);
+    ];
+    total.extend(zeros.then(String::new));
+    rows.push(total);
+    let mut header = vec!["name", "op", "output shape", "params", "MACs"];
+    header.extend(zeros.then_some("nonzero"));
     println!(
         "{} (opset {}, {} nodes)\n",
         report.model.display(),
         report.opset,
         report.layers.len()
     );
-    print!(
-        "{}",
-        table::render(&["name", "op", "output shape", "params", "MACs"], &rows)
-    );
+    print!("{}", table::render(&header, &rows));
     let rows: Vec<Vec<String>> = report
         .groups
         .iter()

@@ -15,6 +15,8 @@ mod inspect;
 mod model;
 mod paths;
 mod progress;
+mod relief_args;
+mod sparsity;
 mod table;
 mod train_args;
 

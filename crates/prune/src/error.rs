@@ -32,6 +32,8 @@ pub enum PruneError {
         "the model has no prunable channel group (see `compress inspect` for why each is frozen)"
     )]
     NothingToPrune,
+    #[error("relief cannot score node '{node}': {problem}")]
+    Relief { node: String, problem: String },
     #[error("{0} must be {1}")]
     Setting(&'static str, &'static str),
 }

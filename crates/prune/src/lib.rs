@@ -14,6 +14,7 @@ mod error;
 pub mod evolution;
 mod groups;
 mod plan;
+pub mod relief;
 pub mod selection;
 pub mod strategy;
 mod summary;
@@ -28,4 +29,4 @@ pub use strategy::{
     FrontIndividual, HistoryEntry, Objective, Outcome, Pick, Progress, RecoveryReference, Role,
     Strategy,
 };
-pub use summary::{layer_widths, LayerWidth};
+pub use summary::{layer_sparsity, layer_widths, nonzero_params, LayerSparsity, LayerWidth};

@@ -6,6 +6,7 @@ use crate::groups::{ChannelGroups, GroupId, Segment};
 use crate::PruneError;
 use ndarray::{ArrayD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueSource};
+use pare_train::optim::Masks;
 use std::collections::BTreeMap;
 
 /// Per group, the channel indices to drop.
@@ -112,10 +113,93 @@ impl PruningPlan {
         pare_ir::infer_shapes(graph)?;
         Ok(())
     }
+
+    /// Applies the plan to `graph` and slices `masks` exactly like the tensors they mask, so
+    /// every mask keeps its tensor's shape and its entries stay on the same connections.
+    pub fn apply_with_masks(
+        &self,
+        graph: &mut Graph,
+        groups: &ChannelGroups,
+        masks: &mut Masks,
+    ) -> Result<(), PruneError> {
+        self.apply(graph, groups)?;
+        for slice in &groups.slices {
+            if let (Some(keep), Some(mask)) = (
+                self.kept_indices(groups, &slice.segments),
+                masks.get_mut(slice.tensor),
+            ) {
+                *mask = select(mask, slice.axis, &keep);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The kept indices along `axis`, in standard layout (the optimisers and export read
 /// initializers as contiguous slices).
 fn select(t: &ArrayD<f32>, axis: usize, keep: &[usize]) -> ArrayD<f32> {
     t.select(Axis(axis), keep).as_standard_layout().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::analyze;
+    use pare_ir::ValueId;
+    use pare_onnx::{attr, GraphBuilder};
+
+    fn wave(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + seed) * 0.7123).sin()).collect()
+    }
+
+    /// x[1,5,5] → Conv(4, 3×3, bias) → Relu → Flatten → Gemm(36→3, no transB, bias).
+    fn graph() -> Graph {
+        let mut b = GraphBuilder::new("masks", 17);
+        b.input("x", [1i64, 1, 5, 5]);
+        b.initializer(attr::tensor_f32("w", &[4, 1, 3, 3], wave(36, 1.0)));
+        b.initializer(attr::tensor_f32("cb", &[4], wave(4, 2.0)));
+        b.initializer(attr::tensor_f32("fc", &[36, 3], wave(108, 3.0)));
+        b.initializer(attr::tensor_f32("fcb", &[3], wave(3, 4.0)));
+        b.node("Conv", &["x", "w", "cb"], &["c"], vec![]);
+        b.node("Relu", &["c"], &["r"], vec![]);
+        b.node("Flatten", &["r"], &["f"], vec![]);
+        b.node("Gemm", &["f", "fc", "fcb"], &["y"], vec![]);
+        b.output("y", [1i64, 3]);
+        pare_ir::import(&b.build()).unwrap()
+    }
+
+    fn tensor(graph: &Graph, v: ValueId) -> ArrayD<f32> {
+        match graph.value(v).initializer() {
+            Some(Tensor::F32(a)) => a.clone(),
+            _ => unreachable!("a float initializer"),
+        }
+    }
+
+    #[test]
+    fn masks_are_sliced_like_the_tensors_they_mask() {
+        let mut graph = graph();
+        // Each "mask" a copy of its tensor: sliced alike, they stay equal.
+        let mut masks = Masks::default();
+        for v in graph.value_ids() {
+            if matches!(graph.value(v).initializer(), Some(Tensor::F32(_))) {
+                masks.insert(v, tensor(&graph, v));
+            }
+        }
+        let groups = analyze(&graph);
+        let conv = groups.groups.iter().find(|g| g.prunable()).unwrap();
+        let mut plan = PruningPlan::default();
+        plan.drop_channels(conv.id, [1, 3]);
+        plan.apply_with_masks(&mut graph, &groups, &mut masks)
+            .unwrap();
+        let mut shapes = Vec::new();
+        for (v, mask) in masks.iter() {
+            assert_eq!(mask, &tensor(&graph, v));
+            shapes.push(mask.shape().to_vec());
+        }
+        assert_eq!(
+            shapes,
+            [vec![2, 1, 3, 3], vec![2], vec![18, 3], vec![3]],
+            "conv filters, conv bias, Gemm rows through Flatten, Gemm bias"
+        );
+    }
 }

@@ -201,6 +201,7 @@ pub fn train_step(
     }
     let out = config.loss.evaluate(s, labels);
     let mut grads = executor::backward(graph, &tape, target, out.grad.clone().into_dyn())?;
+    optimizer.mask_gradients(&mut grads);
     if let Some(max) = config.max_grad_norm {
         clip_grad_norm(graph, &mut grads, max);
     }

@@ -2,6 +2,7 @@
 
 use crate::analysis::AnalysisSettings;
 use crate::criteria::Criterion;
+use crate::relief::ReliefSettings;
 use crate::selection::{Cost, Ranking, Target};
 use crate::PruneError;
 use pare_train::{Loss, OptimizerConfig, RlsConfig};
@@ -20,6 +21,9 @@ pub enum Strategy {
     /// Search channel sets with an evolution strategy on (error, cost); keep three models of the
     /// front (docs/methods/es.md).
     Es,
+    /// Neural network relief: mask connections carrying little of their unit's signal, remove
+    /// units left dead or unread, retrain; repeat.
+    Relief,
 }
 
 /// How far a strategy may narrow each group, besides `min_keep`.
@@ -87,6 +91,8 @@ pub struct CompressConfig {
     pub caps: Caps,
     /// The settings of `--strategy es`.
     pub es: EsConfig,
+    /// The `relief` strategy's settings.
+    pub relief: ReliefSettings,
 }
 
 impl Default for CompressConfig {
@@ -120,6 +126,7 @@ impl Default for CompressConfig {
             analysis: AnalysisSettings::default(),
             caps: Caps::None,
             es: EsConfig::default(),
+            relief: ReliefSettings::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod es;
 mod front;
 mod hierarchical;
 mod oneshot;
+mod relief;
 mod report;
 mod rls;
 mod run;
@@ -36,6 +37,7 @@ impl Strategy {
             Strategy::Oneshot => &oneshot::Oneshot,
             Strategy::Hierarchical => &hierarchical::Hierarchical,
             Strategy::Es => &es::Evolution,
+            Strategy::Relief => &relief::Relief,
         }
     }
 }

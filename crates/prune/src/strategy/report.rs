@@ -15,6 +15,13 @@ pub enum Event {
     Start,
     /// Channels removed.
     Prune { channels: usize },
+    /// One relief pass: connections masked, then `channels` dead or unread units removed,
+    /// leaving `nonzero_params` parameters that are not exactly zero.
+    Relief {
+        pass: usize,
+        channels: usize,
+        nonzero_params: u64,
+    },
     /// A validation check: whether the network was back to its level before the last prune.
     Check { recovered: bool },
     /// The budget ended (or training diverged) before the last prune recovered: the last

@@ -175,6 +175,16 @@ impl<'a> Run<'a> {
         self.front = Some(front);
     }
 
+    /// Steps left in the budget.
+    pub fn steps_left(&self) -> usize {
+        self.steps.total_steps() - self.steps.step()
+    }
+
+    /// Lists plans a strategy applied by itself (with `PruningPlan::apply_with_masks`).
+    pub fn add_plans(&mut self, plans: impl IntoIterator<Item = PruningPlan>) {
+        self.plans.extend(plans);
+    }
+
     /// Steps taken so far.
     pub fn step(&self) -> usize {
         self.steps.step()

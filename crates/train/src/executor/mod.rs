@@ -14,6 +14,7 @@ mod fusion;
 mod node;
 mod tape;
 
+pub use node::window_2d;
 pub use tape::{Mode, Tape};
 
 use crate::error::graph_name;

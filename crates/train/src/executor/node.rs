@@ -101,12 +101,7 @@ pub(super) fn gemm_spec(g: &pare_ir::Gemm) -> GemmSpec {
 }
 
 /// The 2-d window of a Conv or pool node over an (h, w) input.
-pub(super) fn window_2d(
-    window: &Window,
-    ceil_mode: bool,
-    h: usize,
-    w: usize,
-) -> Result<Window2d, String> {
+pub fn window_2d(window: &Window, ceil_mode: bool, h: usize, w: usize) -> Result<Window2d, String> {
     let (Some(pads), Some(out)) = (
         window.resolved_pads(&[h, w]),
         window.output_size(&[h, w], ceil_mode),

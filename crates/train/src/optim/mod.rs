@@ -5,10 +5,12 @@
 //! initializer that received a gradient (BatchNorm running statistics never do).
 
 mod adam;
+mod masked;
 mod rls;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
+pub use masked::{Masked, Masks};
 pub use rls::{Rls, RlsConfig, RlsState};
 pub use sgd::{Sgd, SgdConfig};
 
@@ -25,6 +27,24 @@ pub trait Optimizer {
     /// Whether `step` reads the tape's mean layer inputs (only RLS does; recording them costs).
     fn needs_mean_inputs(&self) -> bool {
         false
+    }
+    /// Zeroes the gradients of entries that must not move, before clipping and `step` (only
+    /// `Masked` has any).
+    fn mask_gradients(&self, _grads: &mut Gradients) {}
+}
+
+impl<O: Optimizer + ?Sized> Optimizer for Box<O> {
+    fn step(&mut self, graph: &mut Graph, tape: &Tape, grads: &Gradients) {
+        (**self).step(graph, tape, grads);
+    }
+    fn set_step_scale(&mut self, scale: f64) {
+        (**self).set_step_scale(scale);
+    }
+    fn needs_mean_inputs(&self) -> bool {
+        (**self).needs_mean_inputs()
+    }
+    fn mask_gradients(&self, grads: &mut Gradients) {
+        (**self).mask_gradients(grads);
     }
 }
 

@@ -1,0 +1,136 @@
+//! `cargo xtask bench relief`: `--strategy relief` on the shipped fixtures, as a user would run
+//! it (the `compress` binary on models/mnist5k, figures from its `--report`, i.e. tract on the
+//! written files): per pass, the nonzero parameters and structural MACs it left and validation
+//! accuracy; at the end, test accuracy beside rls and one-shot L2 + Adam pruned to the same
+//! structural MACs. Prints Markdown tables for docs/BENCHMARKS.md.
+
+use crate::prune_bench::{compress_binary, MODELS, STRATEGIES};
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// The settings of one benchmark run.
+pub struct Settings {
+    pub epochs: usize,
+    pub iterations: usize,
+    pub pruning_images: usize,
+    /// A debug binary: a smoke test of the benchmark itself, its figures mean nothing.
+    pub debug: bool,
+}
+
+/// One `compress` run and its report, with its wall time in seconds.
+fn compress(binary: &Path, root: &Path, file: &str, args: &[String]) -> Result<(Value, f64)> {
+    let out = tempfile::tempdir()?;
+    let report = out.path().join("report.json");
+    let start = Instant::now();
+    let o = Command::new(binary)
+        .arg(Path::new("models").join(file))
+        .args(["--data", "models/mnist5k", "--force", "-q"])
+        .args(args)
+        .arg("-o")
+        .arg(out.path().join("small.onnx"))
+        .arg("--report")
+        .arg(&report)
+        .current_dir(root)
+        .output()?;
+    if !o.status.success() {
+        bail!("{file} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Runs relief, then rls and one-shot at relief's MACs, on every model whose file name contains
+/// `filter`.
+pub fn relief(filter: Option<&str>, settings: &Settings) -> Result<()> {
+    let root = crate::proto::workspace_root();
+    let binary = compress_binary(&root, !settings.debug)?;
+    if settings.debug {
+        eprintln!("warning: a debug build; these figures only show that the benchmark runs");
+    }
+    let epochs = settings.epochs.to_string();
+    let mut finals = Vec::new();
+    println!("| model | pass | nonzero params | compression | params | MACs | val acc |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, file) in MODELS {
+        if filter.is_some_and(|f| !file.contains(f)) {
+            continue;
+        }
+        let args: Vec<String> = [
+            "--strategy",
+            "relief",
+            "--optimizer",
+            "adam",
+            "--epochs",
+            &epochs,
+            "--iterations",
+            &settings.iterations.to_string(),
+            "--pruning-images",
+            &settings.pruning_images.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let (r, wall) = compress(&binary, &root, file, &args)?;
+        let original = number(&r["original"]["params"]);
+        let original_macs = number(&r["original"]["macs"]);
+        for h in r["history"].as_array().into_iter().flatten() {
+            if h["kind"] != "relief" && h["kind"] != "rolled-back" {
+                continue;
+            }
+            let pass = h["pass"]
+                .as_u64()
+                .map_or("rolled back".into(), |p| p.to_string());
+            let nonzero = h["nonzero_params"].as_f64();
+            println!(
+                "| {label} | {pass} | {} | {} | {:.1}% | {:.1}% | {:.1}% |",
+                nonzero.map_or("".into(), |n| format!("{n:.0}")),
+                nonzero.map_or("".into(), |n| format!("{:.1}×", original / n.max(1.0))),
+                100.0 * number(&h["params"]) / original,
+                100.0 * number(&h["macs"]) / original_macs,
+                number(&h["validation_accuracy"]),
+            );
+        }
+        let macs = number(&r["compressed"]["macs"]) / original_macs;
+        finals.push((label, "relief + Adam".to_string(), r, wall));
+        if macs >= 0.999 {
+            continue;
+        }
+        let target = format!("{macs:.4}");
+        for (name, extra) in STRATEGIES {
+            let mut args: Vec<String> = vec![
+                "--epochs".into(),
+                epochs.clone(),
+                "--target-macs".into(),
+                target.clone(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let (r, wall) = compress(&binary, &root, file, &args)?;
+            finals.push((label, format!("{name} @ {target} MACs"), r, wall));
+        }
+    }
+    println!();
+    println!("| model | strategy | MACs | params | nonzero params | compression | test acc (orig → new) | gzip bytes (orig → new) | wall s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, name, r, wall) in finals {
+        let (o, c) = (&r["original"], &r["compressed"]);
+        let frac = |k: &str| 100.0 * number(&c[k]) / number(&o[k]).max(1.0);
+        println!(
+            "| {label} | {name} | {:.1}% | {:.1}% | {:.0} | {:.1}× | {:.1} → {:.1} | {:.0} → {:.0} | {wall:.0} |",
+            frac("macs"),
+            frac("params"),
+            number(&c["nonzero_params"]),
+            number(&o["params"]) / number(&c["nonzero_params"]).max(1.0),
+            number(&o["test_accuracy"]),
+            number(&c["test_accuracy"]),
+            number(&o["gzip_bytes"]),
+            number(&c["gzip_bytes"]),
+        );
+    }
+    Ok(())
+}
