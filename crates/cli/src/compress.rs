@@ -4,7 +4,10 @@
 //! The compressed model is verified from its encoded bytes before anything is written, so a
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
+mod report;
+
 use crate::analyze::{render_analysis, EnergyArgs};
+use crate::es_args::EsArgs;
 use crate::eval::MAX_RUNS;
 use crate::relief_args::ReliefArgs;
 use crate::sparsity::{self, Zeros};
@@ -16,10 +19,11 @@ use clap::ValueEnum;
 use indicatif::ProgressBar;
 use pare_prune::analysis::RedundancyReport;
 use pare_prune::{
-    Caps, CompressConfig, Cost, Criterion, EsConfig, EvalBudget, Event, EventSize, HistoryEntry,
-    LayerSparsity, LayerWidth, Objective, Progress, Ranking, RecoveryReference, Strategy, Target,
+    Caps, CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerSparsity,
+    LayerWidth, Progress, Ranking, RecoveryReference, Strategy, Target,
 };
 use pare_verify::{Accuracy, Latency, Source, Subject};
+use report::{figures, layer_report, render, Report};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -49,14 +53,6 @@ enum CapsKind {
     None,
     /// No group narrower than its effective filters (see `compress analyze`).
     Analysis,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum ObjectiveKind {
-    /// Multiply-accumulates for one sample.
-    Macs,
-    /// Parameters.
-    Params,
 }
 
 impl StrategyKind {
@@ -181,31 +177,8 @@ pub struct Args {
     analysis_batches: usize,
     #[command(flatten)]
     energy: EnergyArgs,
-    /// ES: individuals per generation (the three parents included after the first).
-    #[arg(long, default_value_t = EsConfig::default().population)]
-    population: usize,
-    /// ES: generations of the search.
-    #[arg(long, default_value_t = EsConfig::default().generations)]
-    generations: usize,
-    /// ES: probability that mutation flips each channel's keep bit.
-    #[arg(long, default_value_t = EsConfig::default().mutation)]
-    mutation: f64,
-    /// ES: epochs of the short fine-tune that scores each individual.
-    #[arg(long, conflicts_with = "eval_batches")]
-    eval_epochs: Option<f64>,
-    /// ES: batches of the short fine-tune that scores each individual (0: BatchNorm statistics
-    /// re-estimated only). Default 30.
-    #[arg(long)]
-    eval_batches: Option<usize>,
-    /// ES: weights of (error, cost) in the knee's distance to the ideal point, as A,B.
-    #[arg(long, default_value = "0.5,0.5")]
-    knee_weights: String,
-    /// ES: what the search minimises beside the error.
-    #[arg(long, value_enum, default_value_t = ObjectiveKind::Macs)]
-    objective: ObjectiveKind,
-    /// ES: write heavy.onnx, knee.onnx, light.onnx, front.json and front.svg into this folder.
-    #[arg(long)]
-    front_dir: Option<PathBuf>,
+    #[command(flatten)]
+    es: EsArgs,
     /// Clip the gradient's global L2 norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 5.0)]
     max_grad_norm: f32,
@@ -233,53 +206,6 @@ pub struct Args {
 }
 
 /// One model's figures, measured by tract.
-#[derive(Serialize)]
-struct Figures {
-    params: u64,
-    macs: u64,
-    file_bytes: u64,
-    #[serde(flatten)]
-    zeros: Zeros,
-    test_accuracy: f64,
-    latency: Latency,
-}
-
-#[derive(Serialize)]
-struct Report {
-    model: PathBuf,
-    output: PathBuf,
-    written: bool,
-    config: CompressConfig,
-    validation: String,
-    /// Whether the validation images were held out of the training split.
-    validation_held_out: bool,
-    test_images: usize,
-    original: Figures,
-    compressed: Figures,
-    target_met: Option<bool>,
-    /// The target asked for more than the analysis's caps allow; the model was pruned to them.
-    target_clamped: bool,
-    /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
-    analysis: Option<RedundancyReport>,
-    /// `--strategy es`: the three models of the front, as tract measured them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    front: Option<Vec<front::VerifiedPick>>,
-    layers: Vec<LayerReport>,
-    /// Per weight layer of the compressed model, its parameters that are not exactly zero.
-    sparsity: Vec<LayerSparsity>,
-    history: Vec<HistoryEntry>,
-}
-
-#[derive(Serialize)]
-struct LayerReport {
-    name: String,
-    op: String,
-    outputs_before: Option<usize>,
-    outputs_after: Option<usize>,
-    macs_before: u64,
-    macs_after: u64,
-}
-
 fn config(args: &Args) -> Result<CompressConfig> {
     train_args::check_epochs(args.epochs)?;
     if args.latency_runs == 0 || args.latency_runs > MAX_RUNS {
@@ -309,7 +235,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
     if strategy == Strategy::Es && args.criterion.is_some() {
         bail!("--strategy es scores no channel: its search needs no --criterion");
     }
-    if strategy != Strategy::Es && args.front_dir.is_some() {
+    if strategy != Strategy::Es && args.es.front_dir.is_some() {
         bail!("--front-dir writes the front of --strategy es");
     }
     if args.analysis_batches == 0 || args.analysis_batches > crate::analyze::MAX_BATCHES {
@@ -368,54 +294,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
             CapsKind::None => Caps::None,
             CapsKind::Analysis => Caps::Analysis,
         },
-        es: es_config(args)?,
+        es: args.es.config()?,
         relief: args.relief.settings(),
         ..CompressConfig::default()
     })
-}
-
-/// The settings of `--strategy es` from its flags.
-fn es_config(args: &Args) -> Result<EsConfig> {
-    let weights: Vec<f64> = args
-        .knee_weights
-        .split(',')
-        .map(|w| w.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .ok()
-        .filter(|w: &Vec<f64>| w.len() == 2)
-        .with_context(|| {
-            format!(
-                "--knee-weights {}: give two numbers A,B (error, cost), e.g. 0.5,0.5",
-                args.knee_weights
-            )
-        })?;
-    let default = EsConfig::default();
-    Ok(EsConfig {
-        population: args.population,
-        generations: args.generations,
-        mutation: args.mutation,
-        evaluation: match (args.eval_epochs, args.eval_batches) {
-            (Some(epochs), _) => EvalBudget::Epochs(epochs),
-            (None, Some(batches)) => EvalBudget::Batches(batches),
-            (None, None) => default.evaluation,
-        },
-        knee_weights: [weights[0], weights[1]],
-        objective: match args.objective {
-            ObjectiveKind::Macs => Objective::Macs,
-            ObjectiveKind::Params => Objective::Params,
-        },
-    })
-}
-
-fn figures(cost: Cost, bytes: u64, zeros: Zeros, accuracy: Accuracy, latency: Latency) -> Figures {
-    Figures {
-        params: cost.params,
-        macs: cost.macs,
-        file_bytes: bytes,
-        zeros,
-        test_accuracy: accuracy.percent(),
-        latency,
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -443,7 +325,7 @@ pub fn run(args: Args) -> Result<()> {
         inputs.add("the --val dataset", val);
     }
     inputs.refuse_overwrite("-o", &output)?;
-    if let Some(dir) = &args.front_dir {
+    if let Some(dir) = &args.es.front_dir {
         front::check_dir(&inputs, dir)?;
     }
     if let Some(report) = &args.report {
@@ -562,7 +444,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let picks = match &outcome.front {
         Some(found) => {
-            let dir = args.front_dir.as_deref();
+            let dir = args.es.front_dir.as_deref();
             let picks = front::verify(
                 found,
                 comparison.before,
@@ -631,156 +513,4 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn layer_report(before: &[LayerWidth], after: &[LayerWidth]) -> Vec<LayerReport> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| LayerReport {
-            name: b.name.clone(),
-            op: b.op.clone(),
-            outputs_before: b.outputs,
-            outputs_after: a.outputs,
-            macs_before: b.macs,
-            macs_after: a.macs,
-        })
-        .collect()
-}
-
-fn width(w: Option<usize>) -> String {
-    w.map_or_else(|| "?".into(), |w| w.to_string())
-}
-
-fn render(r: &Report) -> String {
-    let (o, c) = (&r.original, &r.compressed);
-    let ratio = |a: f64, b: f64| format!("{:.2}x", b / a.max(f64::MIN_POSITIVE));
-    let mut rows = vec![
-        vec![
-            "params".into(),
-            table::thousands(o.params),
-            table::thousands(c.params),
-            ratio(o.params as f64, c.params as f64),
-        ],
-        vec![
-            "MACs".into(),
-            table::thousands(o.macs),
-            table::thousands(c.macs),
-            ratio(o.macs as f64, c.macs as f64),
-        ],
-        vec![
-            "file size (bytes)".into(),
-            table::thousands(o.file_bytes),
-            table::thousands(c.file_bytes),
-            ratio(o.file_bytes as f64, c.file_bytes as f64),
-        ],
-        vec![
-            format!("test accuracy ({} images)", r.test_images),
-            format!("{:.1}%", o.test_accuracy),
-            format!("{:.1}%", c.test_accuracy),
-            format!("{:+.1} pt", c.test_accuracy - o.test_accuracy),
-        ],
-        vec![
-            "latency, batch 1 (median ms)".into(),
-            format!("{:.3}", o.latency.median_ms),
-            format!("{:.3}", c.latency.median_ms),
-            ratio(o.latency.median_ms, c.latency.median_ms),
-        ],
-    ];
-    let zeros = sparsity::has_zeros(&r.sparsity);
-    if zeros {
-        let (params, gzip) = sparsity::rows(o.params, &o.zeros, &c.zeros);
-        rows.insert(3, gzip);
-        rows.splice(1..1, params);
-    }
-    let mut out = table::render(&["", "original", "compressed", "ratio"], &rows);
-    let widths: Vec<Vec<String>> = r
-        .layers
-        .iter()
-        .zip(&r.sparsity)
-        .map(|(l, s)| {
-            let mut row = vec![
-                l.name.clone(),
-                l.op.clone(),
-                width(l.outputs_before),
-                width(l.outputs_after),
-                table::thousands(l.macs_after),
-            ];
-            row.extend(zeros.then(|| sparsity::share(s)));
-            row
-        })
-        .collect();
-    out.push_str("\nlayers\n\n");
-    let mut header = vec!["name", "op", "outputs before", "after", "MACs after"];
-    header.extend(zeros.then_some("nonzero"));
-    out.push_str(&table::render(&header, &widths));
-    let prunes = r
-        .history
-        .iter()
-        .filter(|h| matches!(h.event, Event::Prune { .. } | Event::Relief { .. }))
-        .count();
-    let rolled_back = r
-        .history
-        .iter()
-        .any(|h| matches!(h.event, Event::RolledBack { .. }));
-    out.push_str(&format!(
-        "\n{prunes} pruning event(s){}; validation: {}\n",
-        if rolled_back {
-            ", the last one rolled back"
-        } else {
-            ""
-        },
-        r.validation
-    ));
-    if let Some(a) = &r.analysis {
-        out.push_str("\neffective-filter analysis of the original model\n\n");
-        out.push_str(&render_analysis(a));
-        if r.target_clamped {
-            out.push_str(&format!(
-                "the target asks for more than the caps allow: pruned to the caps instead (estimated limit: {:.1}% of the MACs, {:.1}% of the parameters removed)\n",
-                100.0 * a.r_max_macs,
-                100.0 * a.r_max_params
-            ));
-        }
-    }
-    if let Some(picks) = &r.front {
-        out.push_str("\nfront (fine-tuned for the whole budget; test accuracy by tract)\n\n");
-        let rows: Vec<Vec<String>> = picks
-            .iter()
-            .map(|p| {
-                vec![
-                    p.role.name().to_string(),
-                    table::thousands(p.macs),
-                    table::thousands(p.params),
-                    format!("{:.1}%", p.validation_accuracy),
-                    format!("{:.1}%", p.test_accuracy),
-                    p.file
-                        .as_ref()
-                        .map_or("not written".into(), |f| f.display().to_string()),
-                ]
-            })
-            .collect();
-        out.push_str(&table::render(
-            &["model", "MACs", "params", "validation", "test", "file"],
-            &rows,
-        ));
-    }
-    if r.target_met == Some(false) && !r.target_clamped {
-        out.push_str("the target was not reached within the epoch budget\n");
-    }
-    let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
-    let memorised = r.validation_held_out && start >= 99.0;
-    if (rolled_back || (r.target_met == Some(false) && !r.target_clamped)) && memorised {
-        out.push_str(&format!(
-            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
-        ));
-    } else if r.front.is_some() && memorised {
-        out.push_str(&format!(
-            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it tell the search's candidates apart poorly; give a separate validation set with --val DIR\n"
-        ));
-    }
-    if r.written {
-        out.push_str(&format!("wrote {}\n", r.output.display()));
-    }
-    out
 }

@@ -7,6 +7,7 @@
 mod analyze;
 mod compress;
 mod convert;
+mod es_args;
 mod eval;
 mod finetune;
 mod front;

@@ -1,0 +1,220 @@
+//! What `compress` prints and writes with `--report`: both models' figures, the layers' widths,
+//! the history, and the table people read.
+
+use super::*;
+
+#[derive(Serialize)]
+pub(super) struct Figures {
+    pub(super) params: u64,
+    pub(super) macs: u64,
+    pub(super) file_bytes: u64,
+    #[serde(flatten)]
+    pub(super) zeros: Zeros,
+    pub(super) test_accuracy: f64,
+    pub(super) latency: Latency,
+}
+
+#[derive(Serialize)]
+pub(super) struct Report {
+    pub(super) model: PathBuf,
+    pub(super) output: PathBuf,
+    pub(super) written: bool,
+    pub(super) config: CompressConfig,
+    pub(super) validation: String,
+    /// Whether the validation images were held out of the training split.
+    pub(super) validation_held_out: bool,
+    pub(super) test_images: usize,
+    pub(super) original: Figures,
+    pub(super) compressed: Figures,
+    pub(super) target_met: Option<bool>,
+    /// The target asked for more than the analysis's caps allow; the model was pruned to them.
+    pub(super) target_clamped: bool,
+    /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
+    pub(super) analysis: Option<RedundancyReport>,
+    /// `--strategy es`: the three models of the front, as tract measured them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) front: Option<Vec<front::VerifiedPick>>,
+    pub(super) layers: Vec<LayerReport>,
+    /// Per weight layer of the compressed model, its parameters that are not exactly zero.
+    pub(super) sparsity: Vec<LayerSparsity>,
+    pub(super) history: Vec<HistoryEntry>,
+}
+
+#[derive(Serialize)]
+pub(super) struct LayerReport {
+    pub(super) name: String,
+    pub(super) op: String,
+    pub(super) outputs_before: Option<usize>,
+    pub(super) outputs_after: Option<usize>,
+    pub(super) macs_before: u64,
+    pub(super) macs_after: u64,
+}
+
+pub(super) fn figures(
+    cost: Cost,
+    bytes: u64,
+    zeros: Zeros,
+    accuracy: Accuracy,
+    latency: Latency,
+) -> Figures {
+    Figures {
+        params: cost.params,
+        macs: cost.macs,
+        file_bytes: bytes,
+        zeros,
+        test_accuracy: accuracy.percent(),
+        latency,
+    }
+}
+
+pub(super) fn layer_report(before: &[LayerWidth], after: &[LayerWidth]) -> Vec<LayerReport> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| LayerReport {
+            name: b.name.clone(),
+            op: b.op.clone(),
+            outputs_before: b.outputs,
+            outputs_after: a.outputs,
+            macs_before: b.macs,
+            macs_after: a.macs,
+        })
+        .collect()
+}
+
+fn width(w: Option<usize>) -> String {
+    w.map_or_else(|| "?".into(), |w| w.to_string())
+}
+
+pub(super) fn render(r: &Report) -> String {
+    let (o, c) = (&r.original, &r.compressed);
+    let ratio = |a: f64, b: f64| format!("{:.2}x", b / a.max(f64::MIN_POSITIVE));
+    let mut rows = vec![
+        vec![
+            "params".into(),
+            table::thousands(o.params),
+            table::thousands(c.params),
+            ratio(o.params as f64, c.params as f64),
+        ],
+        vec![
+            "MACs".into(),
+            table::thousands(o.macs),
+            table::thousands(c.macs),
+            ratio(o.macs as f64, c.macs as f64),
+        ],
+        vec![
+            "file size (bytes)".into(),
+            table::thousands(o.file_bytes),
+            table::thousands(c.file_bytes),
+            ratio(o.file_bytes as f64, c.file_bytes as f64),
+        ],
+        vec![
+            format!("test accuracy ({} images)", r.test_images),
+            format!("{:.1}%", o.test_accuracy),
+            format!("{:.1}%", c.test_accuracy),
+            format!("{:+.1} pt", c.test_accuracy - o.test_accuracy),
+        ],
+        vec![
+            "latency, batch 1 (median ms)".into(),
+            format!("{:.3}", o.latency.median_ms),
+            format!("{:.3}", c.latency.median_ms),
+            ratio(o.latency.median_ms, c.latency.median_ms),
+        ],
+    ];
+    let zeros = sparsity::has_zeros(&r.sparsity);
+    if zeros {
+        let (params, gzip) = sparsity::rows(o.params, &o.zeros, &c.zeros);
+        rows.insert(3, gzip);
+        rows.splice(1..1, params);
+    }
+    let mut out = table::render(&["", "original", "compressed", "ratio"], &rows);
+    let widths: Vec<Vec<String>> = r
+        .layers
+        .iter()
+        .zip(&r.sparsity)
+        .map(|(l, s)| {
+            let mut row = vec![
+                l.name.clone(),
+                l.op.clone(),
+                width(l.outputs_before),
+                width(l.outputs_after),
+                table::thousands(l.macs_after),
+            ];
+            row.extend(zeros.then(|| sparsity::share(s)));
+            row
+        })
+        .collect();
+    out.push_str("\nlayers\n\n");
+    let mut header = vec!["name", "op", "outputs before", "after", "MACs after"];
+    header.extend(zeros.then_some("nonzero"));
+    out.push_str(&table::render(&header, &widths));
+    let prunes = r
+        .history
+        .iter()
+        .filter(|h| matches!(h.event, Event::Prune { .. } | Event::Relief { .. }))
+        .count();
+    let rolled_back = r
+        .history
+        .iter()
+        .any(|h| matches!(h.event, Event::RolledBack { .. }));
+    out.push_str(&format!(
+        "\n{prunes} pruning event(s){}; validation: {}\n",
+        if rolled_back {
+            ", the last one rolled back"
+        } else {
+            ""
+        },
+        r.validation
+    ));
+    if let Some(a) = &r.analysis {
+        out.push_str("\neffective-filter analysis of the original model\n\n");
+        out.push_str(&render_analysis(a));
+        if r.target_clamped {
+            out.push_str(&format!(
+                "the target asks for more than the caps allow: pruned to the caps instead (estimated limit: {:.1}% of the MACs, {:.1}% of the parameters removed)\n",
+                100.0 * a.r_max_macs,
+                100.0 * a.r_max_params
+            ));
+        }
+    }
+    if let Some(picks) = &r.front {
+        out.push_str("\nfront (fine-tuned for the whole budget; test accuracy by tract)\n\n");
+        let rows: Vec<Vec<String>> = picks
+            .iter()
+            .map(|p| {
+                vec![
+                    p.role.name().to_string(),
+                    table::thousands(p.macs),
+                    table::thousands(p.params),
+                    format!("{:.1}%", p.validation_accuracy),
+                    format!("{:.1}%", p.test_accuracy),
+                    p.file
+                        .as_ref()
+                        .map_or("not written".into(), |f| f.display().to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(
+            &["model", "MACs", "params", "validation", "test", "file"],
+            &rows,
+        ));
+    }
+    if r.target_met == Some(false) && !r.target_clamped {
+        out.push_str("the target was not reached within the epoch budget\n");
+    }
+    let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
+    let memorised = r.validation_held_out && start >= 99.0;
+    if (rolled_back || (r.target_met == Some(false) && !r.target_clamped)) && memorised {
+        out.push_str(&format!(
+            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"
+        ));
+    } else if r.front.is_some() && memorised {
+        out.push_str(&format!(
+            "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it tell the search's candidates apart poorly; give a separate validation set with --val DIR\n"
+        ));
+    }
+    if r.written {
+        out.push_str(&format!("wrote {}\n", r.output.display()));
+    }
+    out
+}
