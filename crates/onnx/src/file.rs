@@ -137,8 +137,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
         path: path.into(),
         cause,
     };
+    // A replaced file keeps its permissions.
+    let mut replaced_permissions = None;
     let destination = match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => path.canonicalize().map_err(err)?,
+        Ok(meta) if meta.is_file() => {
+            replaced_permissions = Some(meta.permissions());
+            path.canonicalize().map_err(err)?
+        }
         Ok(meta) => {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -160,11 +165,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
             "the path names no file",
         ))
     })?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(err)?;
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Created as 0666 less the umask, as File::create would, not tempfile's private 0600.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
+    if let Some(permissions) = replaced_permissions {
+        tmp.as_file().set_permissions(permissions).map_err(err)?;
+    }
     let tmp_path = tmp.path().to_path_buf();
     UNFINISHED.lock().insert(tmp_path.clone());
     let written = tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all());
@@ -216,6 +229,27 @@ mod tests {
         write_atomic(&path, b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(entries(dir.path()), ["m.onnx"], "no temporary file is left");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_permissions_and_a_new_one_is_not_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // A new file gets 0666 less the umask, which a plain File::create also gets.
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let expected = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.onnx");
+        write_atomic(&fresh, b"new").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, expected);
     }
 
     #[cfg(unix)]
