@@ -54,3 +54,19 @@ pub fn tract_outputs(
         .run(x.view())
         .unwrap()
 }
+
+/// Asserts a clean failure: exit status 1, one line on stderr naming `names`, no panic.
+pub fn assert_clean_error(o: &Output, names: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for name in names {
+        assert!(err.contains(name), "'{name}' missing from: {err}");
+    }
+    err
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
