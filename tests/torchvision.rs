@@ -1,6 +1,7 @@
-//! Real sizes: MobileNetV2 and ResNet-18 layer for layer as torchvision defines them (Conv
-//! without bias → BatchNorm → ReLU/ReLU6, inverted residuals with depthwise convolutions, basic
-//! blocks with 1×1 projections, global pooling, Flatten, Linear to 1000 classes), built with the
+//! Real sizes: MobileNetV2, ResNet-18 and ResNet-50 layer for layer as torchvision defines them
+//! (Conv without bias → BatchNorm → ReLU/ReLU6, inverted residuals with depthwise convolutions,
+//! basic and bottleneck blocks with 1×1 projections, global pooling, Flatten, Linear to 1000
+//! classes), built with the
 //! project's model builder and seeded random weights (He initialisation) at a 32×32 input so the
 //! tests stay fast. Each is imported, grouped, pruned at random with the surgery property checked
 //! in tract, compared with tract's forward pass, and trained for one step.
@@ -189,9 +190,8 @@ fn mobilenet_v2() -> ModelProto {
     net.classifier(&x, 1280, 1000)
 }
 
-/// torchvision's ResNet-18: a 7×7 stem, a 3×3 max pool, four stages of two basic blocks.
-fn resnet18() -> ModelProto {
-    let mut net = Net::new("resnet18", 3);
+/// torchvision's ResNet stem: a 7×7 stride-2 convolution and a 3×3 stride-2 max pool.
+fn resnet_stem(net: &mut Net) -> String {
     let stem = net.conv_bn("input", 3, 64, 7, 2, 1, Act::Relu);
     net.b.node(
         "MaxPool",
@@ -203,25 +203,64 @@ fn resnet18() -> ModelProto {
             attr::ints("pads", &[1, 1, 1, 1]),
         ],
     );
-    let mut x = "maxpool".to_string();
+    "maxpool".to_string()
+}
+
+/// The end of a residual block: `h` plus the shortcut (a 1×1 projection when the shape changes),
+/// then ReLU.
+fn residual(net: &mut Net, x: &str, h: &str, c_in: i64, c_out: i64, stride: i64) -> String {
+    let shortcut = if stride != 1 || c_in != c_out {
+        net.conv_bn(x, c_in, c_out, 1, stride, 1, Act::None)
+    } else {
+        x.to_string()
+    };
+    let sum = net.add(h, &shortcut);
+    let out = net.name("relu");
+    net.b.node("Relu", &[&sum], &[&out], vec![]);
+    out
+}
+
+/// Stage widths and first strides of torchvision's ResNets.
+const RESNET_STAGES: [(i64, i64); 4] = [(64, 1), (128, 2), (256, 2), (512, 2)];
+
+/// torchvision's ResNet-18: the stem, then four stages of two basic blocks.
+fn resnet18() -> ModelProto {
+    let mut net = Net::new("resnet18", 3);
+    let mut x = resnet_stem(&mut net);
     let mut c_in = 64;
-    for (c, first_stride) in [(64, 1), (128, 2), (256, 2), (512, 2)] {
+    for (c, first_stride) in RESNET_STAGES {
         for i in 0..2 {
             let stride = if i == 0 { first_stride } else { 1 };
             let h = net.conv_bn(&x, c_in, c, 3, stride, 1, Act::Relu);
             let h = net.conv_bn(&h, c, c, 3, 1, 1, Act::None);
-            let shortcut = if stride != 1 || c_in != c {
-                net.conv_bn(&x, c_in, c, 1, stride, 1, Act::None)
-            } else {
-                x.clone()
-            };
-            let sum = net.add(&h, &shortcut);
-            x = net.name("relu");
-            net.b.node("Relu", &[&sum], &[&x], vec![]);
+            x = residual(&mut net, &x, &h, c_in, c, stride);
             c_in = c;
         }
     }
     net.classifier(&x, 512, 1000)
+}
+
+/// Bottleneck blocks per stage of torchvision's ResNet-50.
+const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+
+/// torchvision's ResNet-50: the stem, then four stages of bottleneck blocks (1×1 down to the
+/// stage width, 3×3 with the stride, as torchvision's v1.5 places it, 1×1 up to four times it).
+fn resnet50() -> ModelProto {
+    let mut net = Net::new("resnet50", 4);
+    let mut x = resnet_stem(&mut net);
+    let mut c_in = 64;
+    for ((width, first_stride), blocks) in RESNET_STAGES.into_iter().zip(RESNET50_BLOCKS) {
+        let c_out = width * 4;
+        for i in 0..blocks {
+            let stride = if i == 0 { first_stride } else { 1 };
+            let h = net.conv_bn(&x, c_in, width, 1, 1, 1, Act::Relu);
+            let h = net.conv_bn(&h, width, width, 3, stride, 1, Act::Relu);
+            let h = net.conv_bn(&h, width, c_out, 1, 1, 1, Act::None);
+            x = residual(&mut net, &x, &h, c_in, c_out, stride);
+            c_in = c_out;
+        }
+    }
+    net.classifier(&x, 2048, 1000)
 }
 
 fn prunable_widths(graph: &pare_ir::Graph) -> Vec<usize> {
@@ -270,4 +309,17 @@ fn resnet18_groups_prunes_and_trains() {
     // stem's 64 channels join stage 1's).
     let expected = vec![64, 64, 128, 128, 256, 256, 512, 512, 64, 128, 256, 512];
     check("resnet18", &resnet18(), expected);
+}
+
+#[test]
+fn resnet50_groups_prunes_and_trains() {
+    // Two groups inside each of the sixteen bottleneck blocks (the 1×1 and the 3×3 outputs) and
+    // one residual stream per stage at four times the stage width; the stem's 64 channels only
+    // feed stage 1's first block and its projection, so they are a group of their own.
+    let mut expected = vec![64];
+    for ((width, _), blocks) in RESNET_STAGES.into_iter().zip(RESNET50_BLOCKS) {
+        expected.extend(std::iter::repeat_n(width as usize, 2 * blocks));
+        expected.push(4 * width as usize);
+    }
+    check("resnet50", &resnet50(), expected);
 }
