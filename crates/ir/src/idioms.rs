@@ -5,7 +5,10 @@
 //! - a zero-valued constant Pad of spatial axes read only by Conv nodes becomes those Convs' own
 //!   padding (TensorFlow and Paddle converters pad separately);
 //! - Squeeze and Unsqueeze with known shapes become a Reshape to a constant target that copies
-//!   the batch (`0`), as PyTorch writes before its classifier.
+//!   the batch (`0`), as PyTorch writes before its classifier;
+//! - a Relu reading a Relu reads the first one's input instead (Relu is idempotent), so a run of
+//!   Relus becomes one: tract's optimiser takes time quadratic in such a run (2,000 in a row:
+//!   20 s), and a model pare writes must not hand it one.
 
 use crate::graph::{Graph, NodeId, ValueSource};
 use crate::op::MAX_WINDOW_ATTR;
@@ -21,6 +24,7 @@ pub fn rewrite(graph: &mut Graph) -> Result<(), IrError> {
         retype(graph, id)?;
         changed |= squeeze_to_reshape(graph, id);
         changed |= merge_pad_into_convs(graph, id);
+        changed |= skip_repeated_relu(graph, id);
     }
     if changed {
         graph.remove_unused();
@@ -140,6 +144,24 @@ fn squeeze_to_reshape(graph: &mut Graph, id: NodeId) -> bool {
     let node = &mut graph.nodes[id.0 as usize];
     node.op = Op::Reshape { allowzero: false };
     node.inputs = vec![Some(data), Some(target)];
+    true
+}
+
+/// Relu(Relu(x)) → Relu(x): the outer Relu reads x; the inner one goes once nothing reads it.
+/// Nodes are visited in topological order, so a whole run collapses in one sweep.
+fn skip_repeated_relu(graph: &mut Graph, id: NodeId) -> bool {
+    let node = graph.node(id);
+    let (Op::Relu, Some(Some(input))) = (&node.op, node.inputs.first().copied()) else {
+        return false;
+    };
+    let ValueSource::Node(producer) = graph.value(input).source else {
+        return false;
+    };
+    let producer = graph.node(producer);
+    let (Op::Relu, Some(Some(x))) = (&producer.op, producer.inputs.first().copied()) else {
+        return false;
+    };
+    graph.nodes[id.0 as usize].inputs[0] = Some(x);
     true
 }
 

@@ -239,9 +239,10 @@ fn a_large_unsorted_graph_sorts() {
     let mut b = GraphBuilder::new("t", 17);
     b.input("v0", [DimSpec::from("N"), 4.into()])
         .output(&format!("v{n}"), [DimSpec::from("N"), 4.into()]);
+    // Relu and Sigmoid alternate, so no run of Relus folds away.
     for i in (0..n).rev() {
         b.node(
-            "Relu",
+            if i % 2 == 0 { "Relu" } else { "Sigmoid" },
             &[&format!("v{i}")],
             &[&format!("v{}", i + 1)],
             vec![],
@@ -284,4 +285,30 @@ fn missing_inputs_outputs_and_axes_out_of_range_are_refused() {
     b.input("x", [1, 4]).output("y", [1, 4]);
     b.node("Softmax", &["x"], &["y"], vec![attr::int("axis", i64::MAX)]);
     assert_names(&refused(&b.build()), &["Softmax_0", "axis", "out of range"]);
+}
+
+#[test]
+fn a_run_of_relus_becomes_one_relu_that_reads_the_same_input() {
+    // x → Relu × 3000 → y, and a second output read from the middle of the run: the run folds to
+    // one Relu per output (tract's optimiser is quadratic in such runs), both reading x.
+    let mut b = GraphBuilder::new("relus", 17);
+    b.input("x", [1, 3, 8, 8]).output("y", [1, 3, 8, 8]);
+    b.output("mid", [1, 3, 8, 8]);
+    let mut previous = "x".to_string();
+    for i in 0..3000 {
+        let out = match i {
+            2999 => "y".to_string(),
+            1500 => "mid".to_string(),
+            _ => format!("r{i}"),
+        };
+        b.node("Relu", &[&previous], &[&out], vec![]);
+        previous = out;
+    }
+    let graph = import(&b.build()).unwrap();
+    assert_eq!(graph.node_ids().count(), 2);
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        assert!(matches!(node.op, pare_ir::Op::Relu));
+        assert_eq!(graph.value(node.inputs[0].unwrap()).name, "x");
+    }
 }
