@@ -26,21 +26,23 @@ fn parse_crop(s: &str) -> Result<[u32; 2], String> {
     }
 }
 
+/// The help heading of the preprocessing flags (set on each, so flags after them keep theirs).
+const HEADING: &str = "Preprocessing (every split, in this order)";
+
 /// The preprocessing flags, in the order torchvision applies them: decode, resize, crop, scale
 /// to 0..1, channel order, normalise. The same preprocessing applies to every split read.
 #[derive(clap::Args, Clone, Debug, Default)]
-#[command(next_help_heading = "Preprocessing (every split, in this order)")]
 pub struct PreprocessArgs {
     /// Image folders: resize each image so its shorter side is N pixels (bilinear, like
     /// torchvision's Resize(N)), then centre-crop it to --crop, so images of any size load.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = HEADING)]
     resize: Option<u32>,
     /// Image folders: centre-crop each image (after --resize) to HxW. With --resize it defaults
     /// to the model's input height and width. Without either, all images must have one size.
-    #[arg(long, value_name = "HxW", value_parser = parse_crop)]
+    #[arg(long, value_name = "HxW", value_parser = parse_crop, help_heading = HEADING)]
     crop: Option<[u32; 2]>,
     /// The order of the colour channels the model takes (after scaling pixels to 0..1).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, help_heading = HEADING)]
     channel_order: ChannelOrderArg,
     /// Subtract this from each channel: one value per channel (M1,M2,M3), or one for all.
     /// Default 0 when --std is given.
@@ -48,7 +50,8 @@ pub struct PreprocessArgs {
         long,
         value_name = "M1,M2,M3",
         value_delimiter = ',',
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        help_heading = HEADING
     )]
     mean: Vec<f32>,
     /// Then divide each channel by this: one value per channel, or one for all, each above 0.
@@ -57,7 +60,8 @@ pub struct PreprocessArgs {
         long,
         value_name = "S1,S2,S3",
         value_delimiter = ',',
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        help_heading = HEADING
     )]
     std: Vec<f32>,
 }
