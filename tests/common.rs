@@ -70,3 +70,26 @@ pub fn assert_clean_error(o: &Output, names: &[&str]) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
+
+/// The shipped LeNet-5 with its image dimensions left open, as a Paddle or TensorFlow converter
+/// writes its input (`N×1×?×?`), and every intermediate declaration dropped.
+pub fn open_lenet(dir: &Path) -> PathBuf {
+    use pare_onnx::proto::tensor_shape_proto::dimension::Value;
+    use pare_onnx::proto::type_proto;
+    let mut model = pare_onnx::read_model(&root().join("models/lenet5_opset17.onnx")).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    graph.value_info.clear();
+    let Some(type_proto::Value::TensorType(t)) = graph.input[0]
+        .r#type
+        .as_mut()
+        .and_then(|t| t.value.as_mut())
+    else {
+        panic!("LeNet's input is a tensor")
+    };
+    for d in &mut t.shape.as_mut().unwrap().dim[2..] {
+        d.value = Some(Value::DimParam("?".into()));
+    }
+    let path = dir.join("open_lenet.onnx");
+    pare_onnx::write_model(&path, &model).unwrap();
+    path
+}

@@ -247,34 +247,10 @@ fn inspect_takes_the_input_shape_and_says_why_groups_are_frozen_without_it() {
     );
 }
 
-/// The shipped LeNet-5 with its image dimensions left open, as a Paddle or TensorFlow converter
-/// writes its input (`N×1×?×?`), and every intermediate declaration dropped.
-fn open_lenet(dir: &std::path::Path) -> std::path::PathBuf {
-    use pare_onnx::proto::tensor_shape_proto::dimension::Value;
-    use pare_onnx::proto::type_proto;
-    let mut model =
-        pare_onnx::read_model(&common::root().join("models/lenet5_opset17.onnx")).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    graph.value_info.clear();
-    let Some(type_proto::Value::TensorType(t)) = graph.input[0]
-        .r#type
-        .as_mut()
-        .and_then(|t| t.value.as_mut())
-    else {
-        panic!("LeNet's input is a tensor")
-    };
-    for d in &mut t.shape.as_mut().unwrap().dim[2..] {
-        d.value = Some(Value::DimParam("?".into()));
-    }
-    let path = dir.join("open_lenet.onnx");
-    pare_onnx::write_model(&path, &model).unwrap();
-    path
-}
-
 #[test]
 fn compress_takes_an_open_input_shape_from_the_data_and_keeps_the_batch_open() {
     let dir = tempfile::tempdir().unwrap();
-    let model = open_lenet(dir.path());
+    let model = common::open_lenet(dir.path());
     let graph = pare_ir::import(&pare_onnx::read_model(&model).unwrap()).unwrap();
     assert!(pare_ir::input_shape_is_open(&graph));
     let out = dir.path().join("small.onnx");

@@ -1,6 +1,7 @@
 //! `compress analyze`: how far each channel group, and the whole model, can be pruned, from the
 //! effective-filter analysis (docs/methods/hierarchical.md). Trains nothing, writes nothing.
 
+use crate::data_args::{self, PreprocessArgs};
 use crate::{model, progress, table};
 use anyhow::{bail, Context, Result};
 use pare_prune::analysis::{self, AnalysisSettings, GramSource, RedundancyReport};
@@ -85,6 +86,8 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     shape: model::InputShapeArg,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
 }
 
 /// The most batches `analyze` sums over: beyond this a typo, not an analysis.
@@ -94,6 +97,7 @@ pub const MAX_BATCHES: usize = 100_000;
 struct Report {
     model: PathBuf,
     data: PathBuf,
+    preprocess: pare_data::Preprocess,
     batch_size: usize,
     seed: u64,
     #[serde(flatten)]
@@ -107,12 +111,11 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..1.0).contains(&args.min_keep) {
         bail!("--min-keep must be in [0, 1)");
     }
-    let splits = pare_data::load_dir(&args.data)?;
-    let graph = model::load_for_data(
+    let (graph, preprocess, splits) = data_args::load_model_and_data(
         &args.model,
         &args.shape,
         &args.data,
-        splits.train.image_shape(),
+        &args.preprocess,
         &mut Default::default(),
     )?;
     let train = &splits.train;
@@ -145,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         analysis: filters.report(&graph, &groups)?,
         model: args.model,
         data: args.data,
+        preprocess,
         batch_size: args.batch,
         seed: args.seed,
     };

@@ -7,6 +7,7 @@
 mod report;
 
 use crate::analyze::{render_analysis, EnergyArgs};
+use crate::data_args::{self, PreprocessArgs};
 use crate::es_args::EsArgs;
 use crate::eval::MAX_RUNS;
 use crate::relief_args::ReliefArgs;
@@ -187,6 +188,8 @@ pub struct Args {
     #[command(flatten)]
     shape: model::InputShapeArg,
     #[command(flatten)]
+    preprocess: PreprocessArgs,
+    #[command(flatten)]
     relief: ReliefArgs,
     /// Refuse to write the model if test accuracy falls by more than this many points.
     #[arg(long, default_value_t = 1.0)]
@@ -311,13 +314,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let config = config(&args)?;
 
-    let splits = pare_data::load_dir(&data)?;
     let mut inputs = paths::Inputs::default();
-    let mut graph = model::load_for_data(
+    let (mut graph, preprocess, splits) = data_args::load_model_and_data(
         &model_path,
         &args.shape,
         &data,
-        splits.train.image_shape(),
+        &args.preprocess,
         &mut inputs,
     )?;
     inputs.add("the --data dataset", &data);
@@ -356,7 +358,7 @@ pub fn run(args: Args) -> Result<()> {
                     "warning: --val is --data, so recovery is judged on the test split the final table reports"
                 );
             }
-            let v = pare_data::load_dir(dir)?.test;
+            let v = data_args::load(dir, &preprocess)?.test;
             pare_verify::input_shape_for(&graph, &model_path, dir, "validation", &v, 1)?;
             original.check_labels(dir, "test", &v)?;
             let label = format!("{} ({} images)", dir.display(), v.len());
@@ -472,6 +474,7 @@ pub fn run(args: Args) -> Result<()> {
         output: output.clone(),
         written: write,
         config,
+        preprocess,
         validation,
         validation_held_out: args.val.is_none(),
         test_images: splits.test.len(),

@@ -1,5 +1,6 @@
 //! `compress eval`: accuracy and latency of a model file, measured by tract.
 
+use crate::data_args::{self, PreprocessArgs};
 use crate::model;
 use anyhow::{bail, Context, Result};
 use ndarray::s;
@@ -32,6 +33,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     shape: model::InputShapeArg,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
 }
 
 /// The most timed (or warm-up) runs `eval` makes: beyond this a typo, not a measurement.
@@ -40,6 +43,7 @@ pub(crate) const MAX_RUNS: usize = 100_000;
 #[derive(Serialize)]
 struct Report {
     model: PathBuf,
+    preprocess: pare_data::Preprocess,
     accuracy_percent: f64,
     correct: usize,
     total: usize,
@@ -54,7 +58,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--runs and --warmup must be at most {MAX_RUNS}");
     }
     let graph = model::load(&args.model, &args.shape, &mut Default::default())?;
-    let splits = pare_data::load_dir(&args.data)?;
+    let preprocess = args.preprocess.preprocess(&graph, &args.model)?;
+    let splits = data_args::load(&args.data, &preprocess)?;
     let test = &splits.test;
     // More images per run than the split has would only pad (and allocate) empty samples.
     let batch = args.batch.min(test.len()).max(1);
@@ -71,6 +76,7 @@ pub fn run(args: Args) -> Result<()> {
     .with_context(|| format!("{}: timing failed", args.model.display()))?;
     let report = Report {
         model: args.model,
+        preprocess,
         accuracy_percent: acc.percent(),
         correct: acc.correct,
         total: acc.total,

@@ -1,9 +1,11 @@
 //! `compress finetune`: train a model on a dataset with pare's own forward and backward passes,
 //! then verify the written file with tract.
 
+use crate::data_args::{self, PreprocessArgs};
 use crate::train_args::TrainArgs;
 use crate::{model, paths, progress, table, train_args};
 use anyhow::Result;
+use pare_data::Preprocess;
 use pare_train::TrainConfig;
 use pare_verify::{Source, Subject};
 use serde::Serialize;
@@ -32,6 +34,8 @@ pub struct Args {
     train: TrainArgs,
     #[command(flatten)]
     shape: model::InputShapeArg,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short)]
     quiet: bool,
@@ -45,6 +49,7 @@ struct Report {
     model: PathBuf,
     output: PathBuf,
     config: TrainConfig,
+    preprocess: Preprocess,
     epochs: Vec<pare_train::EpochReport>,
     test_accuracy_before: f64,
     test_accuracy_after: f64,
@@ -62,13 +67,12 @@ pub fn run(args: Args) -> Result<()> {
         batchnorm_training: !args.train.freeze_bn,
         max_grad_norm: None,
     };
-    let splits = pare_data::load_dir(&args.data)?;
     let mut inputs = paths::Inputs::default();
-    let mut graph = model::load_for_data(
+    let (mut graph, preprocess, splits) = data_args::load_model_and_data(
         &args.model,
         &args.shape,
         &args.data,
-        splits.train.image_shape(),
+        &args.preprocess,
         &mut inputs,
     )?;
     inputs.add("the --data dataset", &args.data);
@@ -100,6 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         model: args.model.clone(),
         output: args.output.clone(),
         config,
+        preprocess,
         epochs,
         test_accuracy_before: comparison.before.percent(),
         test_accuracy_after: comparison.after.percent(),

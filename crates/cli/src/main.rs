@@ -7,6 +7,7 @@
 mod analyze;
 mod compress;
 mod convert;
+mod data_args;
 mod es_args;
 mod eval;
 mod finetune;

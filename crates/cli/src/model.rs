@@ -69,17 +69,15 @@ pub fn load(path: &Path, input_shape: &InputShapeArg, inputs: &mut Inputs) -> Re
     Ok(graph)
 }
 
-/// As `load`, and when the model leaves its sample shape open and `--input-shape` is not given,
-/// fixes it to the dataset's image shape `image` (from `data`).
-pub fn load_for_data(
+/// When `graph` (read from `path`) still leaves its sample shape open (`--input-shape` was not
+/// given), fixes it to the dataset's image shape `image` (from `data`).
+pub fn fix_open_input(
+    graph: &mut Graph,
     path: &Path,
-    input_shape: &InputShapeArg,
     data: &Path,
     image: [usize; 3],
-    inputs: &mut Inputs,
-) -> Result<Graph> {
-    let mut graph = load(path, input_shape, inputs)?;
-    if pare_ir::input_shape_is_open(&graph) {
+) -> Result<()> {
+    if pare_ir::input_shape_is_open(graph) {
         if image.contains(&0) {
             bail!(
                 "{}: the model's input shape is open and {} holds no images to take it from; \
@@ -88,7 +86,7 @@ pub fn load_for_data(
                 data.display()
             );
         }
-        pare_ir::fix_input_shape(&mut graph, &image).with_context(|| {
+        pare_ir::fix_input_shape(graph, &image).with_context(|| {
             format!(
                 "{}: its open input shape, taken from the images of {}",
                 path.display(),
@@ -96,5 +94,5 @@ pub fn load_for_data(
             )
         })?;
     }
-    Ok(graph)
+    Ok(())
 }

@@ -33,6 +33,13 @@ pub enum DataError {
         labels: PathBuf,
         n_labels: usize,
     },
+    /// A preprocessing setting is out of range or does not fit the data; `problem` names the file
+    /// or split at fault, if any.
+    #[error("{setting}: {problem}")]
+    Preprocess {
+        setting: crate::preprocess::Setting,
+        problem: String,
+    },
     /// A caller's argument does not fit the data (no file is involved).
     #[error("{0}")]
     BadArgument(String),

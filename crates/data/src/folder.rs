@@ -1,11 +1,12 @@
 //! Image-folder datasets: `train/<class>/*.png|jpg|jpeg` and `test/<class>/...`, one folder per
 //! class, classes numbered in alphabetical order of train's folder names.
 //!
-//! Every image must match the first one's size and channel count; this module must not resize,
-//! crop or otherwise alter images to make them fit.
+//! Every image must match the first one's size and channel count, after the resize and centre crop
+//! the caller asks for (see `Preprocess::fit`); this module must not otherwise alter images to
+//! make them fit.
 
-use crate::{file, DataError, Dataset, Splits};
-use image::ImageReader;
+use crate::{file, DataError, Dataset, Preprocess, Splits};
+use image::{ImageBuffer, ImageReader, Pixel};
 use ndarray::Array4;
 use std::path::{Path, PathBuf};
 
@@ -16,11 +17,11 @@ pub(crate) const EXPECTED: &str =
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// Loads `dir/train` and `dir/test`; `None` if `dir` has neither folder.
-pub(crate) fn load(dir: &Path) -> Option<Result<Splits, DataError>> {
+pub(crate) fn load(dir: &Path, preprocess: &Preprocess) -> Option<Result<Splits, DataError>> {
     let (train, test) = (dir.join("train"), dir.join("test"));
     match (train.is_dir(), test.is_dir()) {
         (false, false) => None,
-        (true, true) => Some(load_splits(&train, &test)),
+        (true, true) => Some(load_splits(&train, &test, preprocess)),
         (has_train, _) => Some(Err(DataError::Incomplete {
             dir: dir.into(),
             format: "an image-folder dataset (train/ and test/)",
@@ -29,7 +30,11 @@ pub(crate) fn load(dir: &Path) -> Option<Result<Splits, DataError>> {
     }
 }
 
-fn load_splits(train_dir: &Path, test_dir: &Path) -> Result<Splits, DataError> {
+fn load_splits(
+    train_dir: &Path,
+    test_dir: &Path,
+    preprocess: &Preprocess,
+) -> Result<Splits, DataError> {
     let classes = subfolders(train_dir)?;
     if classes.is_empty() {
         return Err(DataError::Malformed {
@@ -66,8 +71,8 @@ fn load_splits(train_dir: &Path, test_dir: &Path) -> Result<Splits, DataError> {
     }
     let mut first = None;
     Ok(Splits {
-        train: read_images(&train_files, &mut first)?,
-        test: read_images(&test_files, &mut first)?,
+        train: read_images(&train_files, preprocess, &mut first)?,
+        test: read_images(&test_files, preprocess, &mut first)?,
     })
 }
 
@@ -114,12 +119,13 @@ type FirstImage = ([usize; 3], PathBuf);
 /// must have its shape.
 fn read_images(
     files: &[(PathBuf, usize)],
+    preprocess: &Preprocess,
     first: &mut Option<FirstImage>,
 ) -> Result<Dataset, DataError> {
     let mut pixels = Vec::new();
     let mut labels = Vec::with_capacity(files.len());
     for (path, label) in files {
-        let (shape, values) = decode(path)?;
+        let (shape, values) = decode(path, preprocess)?;
         match first {
             None => *first = Some((shape, path.clone())),
             Some((expected, first_path)) if *expected != shape => {
@@ -129,7 +135,7 @@ fn read_images(
                     path: path.clone(),
                     problem: format!(
                         "image is {c}×{h}×{w} (channels×height×width) but the first image, {}, is \
-                         {ec}×{eh}×{ew}; all images must have the same size and channels",
+                         {ec}×{eh}×{ew}; all images must have the same size and channels (resize and centre-crop them to one size)",
                         first_path.display()
                     ),
                 });
@@ -145,9 +151,10 @@ fn read_images(
     Ok(Dataset { images, labels })
 }
 
-/// One image as `[C, H, W]` and its pixels in that order, scaled to 0..1. Grayscale gives one
-/// channel, colour three; alpha is dropped and 16-bit samples are reduced to 8 bits.
-fn decode(path: &Path) -> Result<([usize; 3], Vec<f32>), DataError> {
+/// One image as `[C, H, W]` and its pixels in that order, resized and cropped as `preprocess`
+/// asks, scaled to 0..1. Grayscale gives one channel, colour three; alpha is dropped and 16-bit
+/// samples are reduced to 8 bits (before resizing, as PIL does).
+fn decode(path: &Path, preprocess: &Preprocess) -> Result<([usize; 3], Vec<f32>), DataError> {
     let image = ImageReader::new(std::io::BufReader::new(file::open(path)?))
         .with_guessed_format()
         .map_err(|cause| DataError::Read {
@@ -159,22 +166,22 @@ fn decode(path: &Path) -> Result<([usize; 3], Vec<f32>), DataError> {
             path: path.into(),
             problem: format!("cannot decode the image: {e}"),
         })?;
-    let (h, w) = (image.height() as usize, image.width() as usize);
-    let scale = |v: &u8| f32::from(*v) / 255.0;
     if image.color().has_color() {
-        let rgb = image.to_rgb8();
-        // Decoders give interleaved RGB rows; the dataset wants whole planes per channel.
-        let values = (0..3)
-            .flat_map(|c| rgb.as_raw().iter().skip(c).step_by(3))
-            .map(scale)
-            .collect();
-        Ok(([3, h, w], values))
+        Ok(planes(preprocess.fit(image.to_rgb8(), path)?))
     } else {
-        Ok((
-            [1, h, w],
-            image.to_luma8().as_raw().iter().map(scale).collect(),
-        ))
+        Ok(planes(preprocess.fit(image.to_luma8(), path)?))
     }
+}
+
+/// The pixels of `image` as whole planes per channel (decoders interleave them), scaled to 0..1.
+fn planes<P: Pixel<Subpixel = u8>>(image: ImageBuffer<P, Vec<u8>>) -> ([usize; 3], Vec<f32>) {
+    let (h, w) = (image.height() as usize, image.width() as usize);
+    let c = usize::from(P::CHANNEL_COUNT);
+    let values = (0..c)
+        .flat_map(|channel| image.as_raw().iter().skip(channel).step_by(c))
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
+    ([c, h, w], values)
 }
 
 #[cfg(test)]
@@ -196,7 +203,10 @@ mod tests {
     }
 
     fn err(dir: &Path) -> String {
-        load(dir).unwrap().unwrap_err().to_string()
+        load(dir, &Preprocess::default())
+            .unwrap()
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -218,7 +228,7 @@ mod tests {
         RgbImage::from_pixel(3, 2, Rgb([128, 128, 128]))
             .save(mkdir(&r.join("test/dog")).join("d.jpg"))
             .unwrap();
-        let s = load(r).unwrap().unwrap();
+        let s = load(r, &Preprocess::default()).unwrap().unwrap();
         assert_eq!(s.train.labels, [0, 0, 1]);
         assert_eq!(s.train.image_shape(), [3, 2, 3]);
         // Sample 2 is dog/a.png: channel 0 at (x 2, y 1) = 21.
@@ -238,7 +248,7 @@ mod tests {
             .save(mkdir(&r.join("train/0")).join("a.png"))
             .unwrap();
         mkdir(&r.join("test"));
-        let s = load(r).unwrap().unwrap();
+        let s = load(r, &Preprocess::default()).unwrap().unwrap();
         assert_eq!(s.train.image_shape(), [1, 4, 4]);
         assert_eq!(s.train.images[[0, 0, 2, 3]], 1.0);
         assert!(s.test.is_empty());
@@ -309,6 +319,41 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         mkdir(&root.path().join("train"));
         assert!(err(root.path()).contains("test/ is missing"));
-        assert!(load(tempfile::tempdir().unwrap().path()).is_none());
+        assert!(load(tempfile::tempdir().unwrap().path(), &Preprocess::default()).is_none());
+    }
+
+    #[test]
+    fn images_of_different_sizes_load_once_resized_and_cropped() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        RgbImage::from_pixel(12, 6, Rgb([255, 0, 51]))
+            .save(mkdir(&r.join("train/a")).join("wide.png"))
+            .unwrap();
+        RgbImage::from_pixel(4, 9, Rgb([0, 255, 51]))
+            .save(mkdir(&r.join("test/a")).join("tall.png"))
+            .unwrap();
+        assert!(err(r).contains("(resize and centre-crop them to one size)"));
+        let p = Preprocess {
+            resize: Some(4),
+            crop: Some([3, 4]),
+            ..Preprocess::default()
+        };
+        let s = load(r, &p).unwrap().unwrap();
+        assert_eq!(s.train.image_shape(), [3, 3, 4]);
+        assert_eq!(s.test.image_shape(), [3, 3, 4]);
+        // Flat colours stay flat through the resize.
+        assert_eq!(s.train.images[[0, 0, 2, 3]], 1.0);
+        assert_eq!(s.test.images[[0, 1, 0, 0]], 1.0);
+        assert_eq!(s.test.images[[0, 2, 1, 1]], 0.2);
+        // Cropped to more than the resized wide image has: the file is named.
+        let p = Preprocess {
+            crop: Some([5, 4]),
+            ..p
+        };
+        let e = load(r, &p).unwrap().unwrap_err().to_string();
+        assert!(
+            e.contains("wide.png: the image is 4×8") && e.contains("after resizing"),
+            "{e}"
+        );
     }
 }

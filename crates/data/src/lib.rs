@@ -13,10 +13,12 @@ mod folder;
 mod idx;
 mod npy;
 mod npz;
+mod preprocess;
 
 pub use dataset::{Dataset, Splits};
 pub use error::DataError;
 pub use idx::{read_idx, IdxArray};
+pub use preprocess::{ChannelOrder, Normalize, Preprocess, Setting, MAX_RESIZED_SIDE, MAX_SIDE};
 
 use std::path::Path;
 
@@ -27,20 +29,60 @@ use std::path::Path;
 /// `test/` image folders. Byte pixels (IDX, CIFAR, PNG/JPEG, integer NumPy arrays) are scaled to
 /// 0..1 (divided by 255); float NumPy arrays are taken as they are.
 pub fn load_dir(path: &Path) -> Result<Splits, DataError> {
+    load_dir_with(path, &Preprocess::default())
+}
+
+/// As [`load_dir`], with every image of both splits prepared as `preprocess` asks (see
+/// [`Preprocess`]). Resizing and cropping need decoded images, so only image folders take them;
+/// any other format is refused when they are asked for (once it is recognised, which reads it).
+pub fn load_dir_with(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError> {
+    preprocess.check()?;
+    let mut splits = load_format(path, preprocess)?;
+    preprocess.apply(&mut splits.train, path, "train")?;
+    preprocess.apply(&mut splits.test, path, "test")?;
+    Ok(splits)
+}
+
+/// Refuses a resize or crop for a dataset of `format`, which holds no decodable images.
+fn keep_size(preprocess: &Preprocess, path: &Path, format: &str) -> Result<(), DataError> {
+    if !preprocess.changes_size() {
+        return Ok(());
+    }
+    let setting = if preprocess.resize.is_some() {
+        Setting::Resize
+    } else {
+        Setting::Crop
+    };
+    Err(DataError::Preprocess {
+        setting,
+        problem: format!(
+            "{}: resizing and cropping apply to image folders (train/<class>/*.png), but this is \
+             {format}; store its images at the size the model takes instead",
+            path.display()
+        ),
+    })
+}
+
+fn load_format(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError> {
     let meta = std::fs::metadata(path).map_err(|cause| DataError::Read {
         path: path.into(),
         cause,
     })?;
     if meta.is_file() && npz::is_npz(path) {
+        keep_size(preprocess, path, "a .npz file")?;
         return npz::load_file(path);
     }
     if !meta.is_dir() {
         return Err(DataError::NotADataset { path: path.into() });
     }
+    let sized = |format: &'static str| {
+        move |loaded: Result<Splits, DataError>| keep_size(preprocess, path, format).and(loaded)
+    };
     idx::load(path)
-        .or_else(|| cifar::load(path))
-        .or_else(|| npz::load(path))
-        .or_else(|| folder::load(path))
+        .map(sized("an MNIST IDX dataset"))
+        .or_else(|| cifar::load(path).map(sized("a CIFAR dataset")))
+        .or_else(|| npz::load(path).map(sized("a NumPy dataset")))
+        .or_else(|| folder::load(path, preprocess))
         .unwrap_or_else(|| {
             Err(DataError::UnknownLayout {
                 dir: path.into(),
@@ -98,5 +140,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absent: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn resizing_a_dataset_that_is_no_image_folder_is_refused_and_normalising_is_not() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/digits8x8");
+        let resize = Preprocess {
+            resize: Some(8),
+            ..Preprocess::default()
+        };
+        for path in [dir.clone(), dir.join("digits8x8.npz")] {
+            let e = load_dir_with(&path, &resize).unwrap_err().to_string();
+            assert!(
+                e.starts_with("resize: ") && e.contains("apply to image folders"),
+                "{e}"
+            );
+        }
+        let centred = Preprocess {
+            normalize: Some(Normalize {
+                mean: vec![0.5],
+                std: vec![0.25],
+            }),
+            ..Preprocess::default()
+        };
+        let plain = load_dir(&dir).unwrap();
+        let normalised = load_dir_with(&dir, &centred).unwrap();
+        let [x, y] = [
+            plain.test.images[[3, 0, 4, 4]],
+            normalised.test.images[[3, 0, 4, 4]],
+        ];
+        assert_eq!(y, (x - 0.5) / 0.25);
     }
 }

@@ -20,6 +20,8 @@ pub(super) struct Report {
     pub(super) output: PathBuf,
     pub(super) written: bool,
     pub(super) config: CompressConfig,
+    /// How every split's images were prepared (resize, crop, channel order, mean and std).
+    pub(super) preprocess: pare_data::Preprocess,
     pub(super) validation: String,
     /// Whether the validation images were held out of the training split.
     pub(super) validation_held_out: bool,
