@@ -134,3 +134,23 @@ fn external_data_outside_the_model_folder_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_compress"))
+        .args([
+            "inspect",
+            path_str(&root().join("models/vggbn_opset17.onnx")),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before a line is printed
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(o.status.signal(), Some(13), "{:?}: {stderr}", o.status); // SIGPIPE
+}

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const THREADS: usize = 2;
+pub const THREADS: usize = 2;
 const BATCH: usize = 64;
 const SEED: u64 = 0;
 const WARMUP_STEPS: usize = 3;

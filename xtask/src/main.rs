@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod epoch_bench;
 mod es_bench;
 mod kernel_bench;
 mod proto;
@@ -38,6 +39,9 @@ enum Bench {
     Train,
     /// LeNet-5 trained from scratch with RLS, Adam and SGD: tract test accuracy per epoch.
     Convergence,
+    /// One training epoch of torchvision's MobileNetV2 on 1,000 224×224 images, pare beside
+    /// PyTorch (needs torch and torchvision).
+    Epoch,
     /// The convolution kernels alone, per layer of the VGG-style net and LeNet-5, and GEMM.
     Kernels {
         /// Keep only the layers whose label contains this (e.g. conv2).
@@ -84,6 +88,7 @@ fn main() -> Result<()> {
         Task::Bench { which } => match which {
             Bench::Train => bench::with_pool(bench::train_speed),
             Bench::Convergence => bench::with_pool(bench::convergence),
+            Bench::Epoch => bench::with_pool(epoch_bench::mobilenet_v2_epoch),
             Bench::Kernels { layer } => {
                 bench::with_pool(|| kernel_bench::conv_speed(layer.as_deref()))
             }

@@ -56,6 +56,10 @@ enum Command {
 
 fn main() -> ExitCode {
     pare_kernels::memory::keep_freed_memory();
+    // Rust ignores SIGPIPE, so printing to a closed pipe (`compress eval … | head -2`) would
+    // panic; like other Unix tools, end quietly instead. Files are never pipes (paths refuses
+    // them), so this cannot cut a model write short.
+    sigpipe::reset();
     // Ctrl-C (or SIGTERM) during a write would leave its hidden temporary file behind.
     let interrupted = ctrlc::set_handler(|| {
         pare_onnx::remove_unfinished_writes();
