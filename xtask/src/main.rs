@@ -60,22 +60,7 @@ enum Bench {
     Es(es_bench::Settings),
     /// `compress --strategy relief` per pass (nonzero params, structural MACs, validation), then
     /// beside rls and one-shot L2 at the same structural MACs, from its --report.
-    Relief {
-        /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20).
-        model: Option<String>,
-        /// The training budget of every run.
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        /// Relief's passes.
-        #[arg(long, default_value_t = 5)]
-        iterations: usize,
-        /// Relief's pruning set.
-        #[arg(long, default_value_t = 1000)]
-        pruning_images: usize,
-        /// Use a debug build of compress: checks that the benchmark runs, figures mean nothing.
-        #[arg(long)]
-        debug: bool,
-    },
+    Relief(relief_bench::Settings),
 }
 
 fn main() -> Result<()> {
@@ -95,21 +80,7 @@ fn main() -> Result<()> {
             Bench::Prune { model } => prune_bench::quality(model.as_deref()),
             Bench::Redundancy(options) => redundancy_bench::run(options),
             Bench::Es(settings) => es_bench::compare(&settings),
-            Bench::Relief {
-                model,
-                epochs,
-                iterations,
-                pruning_images,
-                debug,
-            } => relief_bench::relief(
-                model.as_deref(),
-                &relief_bench::Settings {
-                    epochs,
-                    iterations,
-                    pruning_images,
-                    debug,
-                },
-            ),
+            Bench::Relief(settings) => relief_bench::relief(&settings),
         },
     }
 }
