@@ -51,7 +51,7 @@ pub fn with_pool(bench: impl FnOnce() -> Result<()>) -> Result<()> {
     bench()
 }
 
-fn models_dir() -> PathBuf {
+pub fn models_dir() -> PathBuf {
     crate::proto::workspace_root().join("models")
 }
 

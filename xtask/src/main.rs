@@ -8,6 +8,7 @@
 mod bench;
 mod epoch_bench;
 mod es_bench;
+mod fuzz;
 mod kernel_bench;
 mod proto;
 mod prune_bench;
@@ -20,12 +21,15 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "xtask",
-    about = "pare's maintainer chores: ONNX bindings and benchmarks"
+    about = "pare's maintainer chores: ONNX bindings, fuzzing and benchmarks"
 )]
 enum Task {
     /// Regenerate crates/onnx/src/generated/onnx.rs from proto/onnx.proto with protox (no protoc
     /// needed). A test fails when the committed file is stale.
     GenProto,
+    /// Structured mutation fuzzing of read, import, groups, surgery and export over the shipped
+    /// models; lists panics and broken invariants with the command that replays each.
+    Fuzz(fuzz::Options),
     /// Run a benchmark (build with --release: a debug build's figures mean nothing).
     Bench {
         #[command(subcommand)]
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
             println!("wrote {}", path.display());
             Ok(())
         }
+        Task::Fuzz(options) => fuzz::run(&options),
         Task::Bench { which } => match which {
             Bench::Train => bench::with_pool(bench::train_speed),
             Bench::Convergence => bench::with_pool(bench::convergence),

@@ -207,12 +207,15 @@ fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shap
                 }
             }
             check::check_vector(graph, id, 2, "the bias", &w.0[0])?;
-            let (Some(cin), Some(wcin), Some(m)) = (x.0[1].known(), w.0[1].known(), w.0[0].known())
-            else {
+            let (Some(wcin), Some(m)) = (w.0[1].known(), w.0[0].known()) else {
                 return Ok(vec![None]);
             };
+            // Input channels the model leaves open are not checked, but the output is still
+            // inferred: a shape kept from before would go stale when surgery slices the weight.
+            let cin = x.0[1].known();
             let needs = wcin.checked_mul(c.group);
-            if needs != Some(cin) || m % c.group != 0 {
+            if cin.is_some_and(|cin| needs != Some(cin)) || m % c.group != 0 {
+                let cin = cin.map_or("?".into(), |cin| cin.to_string());
                 return Err(format!(
                     "input has {cin} channels, but a weight {w} with group {} needs {} and an \
                      output count the group divides",
@@ -319,6 +322,12 @@ fn infer_node(graph: &Graph, id: NodeId, strict: bool) -> Result<Vec<Option<Shap
             let Some(target) = graph.const_input(id, 1).and_then(|t| t.as_i64()) else {
                 return Ok(vec![None]);
             };
+            if target.ndim() != 1 {
+                return Err(format!(
+                    "the shape input must be a vector, not of shape {:?}",
+                    target.shape()
+                ));
+            }
             reshape_shape(&x, target.iter().copied().collect(), *allowzero)?
         }
         Op::Concat { axis } => {

@@ -312,3 +312,17 @@ fn a_run_of_relus_becomes_one_relu_that_reads_the_same_input() {
         assert_eq!(graph.value(node.inputs[0].unwrap()).name, "x");
     }
 }
+
+/// Found by `cargo xtask fuzz` (seed 1, case 6232): a Reshape target of shape [2, 1] was read as
+/// a vector, and surgery indexed it as one and panicked. ONNX requires a vector.
+#[test]
+fn a_reshape_target_that_is_not_a_vector_is_refused() {
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1, 4, 2, 2]).output("y", [1, 16]);
+    b.initializer(tensor_i64("shape", &[2, 1], vec![1, 16]));
+    b.node("Reshape", &["x", "shape"], &["y"], vec![]);
+    assert_names(
+        &refused(&b.build()),
+        &["Reshape_0", "must be a vector", "[2, 1]"],
+    );
+}

@@ -29,7 +29,7 @@ impl SplitMix64 {
 
     /// A uniform value in `0..bound` (`bound > 0`), by Lemire's multiply-and-reject method so
     /// that no value is favoured.
-    fn below(&mut self, bound: u64) -> u64 {
+    pub fn below(&mut self, bound: u64) -> u64 {
         let threshold = bound.wrapping_neg() % bound;
         loop {
             let m = u128::from(self.next_u64()) * u128::from(bound);

@@ -254,7 +254,7 @@ impl Analysis<'_> {
                     }
                 }
             }
-            Op::Reshape { .. } => self.reshape(id, &label, xmap),
+            Op::Reshape { allowzero } => self.reshape(id, &label, *allowzero, xmap),
             Op::Concat { axis } => {
                 let rank = graph.value(out).shape.as_ref().map_or(0, |s| s.rank()) as i64;
                 let maps: Option<Vec<Vec<Segment>>> = node
@@ -376,7 +376,7 @@ impl Analysis<'_> {
         }
     }
 
-    fn reshape(&mut self, id: NodeId, label: &str, xmap: Option<Vec<Segment>>) {
+    fn reshape(&mut self, id: NodeId, label: &str, allowzero: bool, xmap: Option<Vec<Segment>>) {
         let graph = self.graph;
         let node = graph.node(id);
         let out = node.outputs[0];
@@ -385,9 +385,16 @@ impl Analysis<'_> {
             node.inputs[0].and_then(|v| graph.value(v).shape.clone()),
             graph.value(out).shape.clone(),
         );
-        let flattens = match (&xs, &ys) {
-            (Some(xs), Some(ys)) => {
-                xs.rank() >= 2
+        // Surgery can follow the channels only through a target it can read and rewrite: a
+        // constant int64 vector (a shape computed at run time, or of another type, stays fixed).
+        let target = graph
+            .const_input(id, 1)
+            .and_then(|t| t.as_i64())
+            .filter(|t| t.ndim() == 1);
+        let flattens = match (&xs, &ys, target) {
+            (Some(xs), Some(ys), Some(target)) => {
+                target.len() == 2
+                    && xs.rank() >= 2
                     && ys.rank() == 2
                     && xs.0[0] == ys.0[0]
                     && xs.0[1..]
@@ -398,6 +405,10 @@ impl Analysis<'_> {
             }
             _ => false,
         };
+        // A reshape that keeps the shape passes the channels through only if its target does
+        // not spell out their count: 0 copies it (unless allowzero), -1 infers it.
+        let keeps_channels =
+            target.is_some_and(|t| t.len() >= 2 && (t[[1]] == -1 || (t[[1]] == 0 && !allowzero)));
         if flattens {
             let inner: usize = xs.expect("checked").0[2..]
                 .iter()
@@ -412,10 +423,13 @@ impl Analysis<'_> {
                 .collect();
             self.reshapes.push((id, map.clone()));
             self.maps.insert(out, map);
-        } else if xs.is_some() && xs == ys {
+        } else if keeps_channels && xs.is_some() && xs == ys {
             self.maps.insert(out, m);
         } else {
-            let why = format!("{label} hard-codes the channel count");
+            let why = match target {
+                Some(_) => format!("{label} hard-codes the channel count"),
+                None => format!("{label} has a target shape that is not a constant int64 vector"),
+            };
             self.freeze(&m, why.clone());
             self.open(out, Some(why));
         }
