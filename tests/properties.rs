@@ -176,15 +176,12 @@ pub fn assert_one_training_step(
     x: &ndarray::Array4<f32>,
     classes: usize,
 ) {
-    let data = pare_data::Dataset {
-        images: x.clone(),
-        labels: (0..x.shape()[0]).map(|i| i % classes).collect(),
-    };
+    let data = pare_data::Dataset::new(x.clone(), (0..x.shape()[0]).map(|i| i % classes).collect());
     let config = pare_train::TrainConfig {
         epochs: 1,
         batch_size: x.shape()[0],
         seed: 7,
-        loss: pare_train::Loss::CrossEntropy,
+        loss: pare_train::Loss::CrossEntropy.into(),
         optimizer: pare_train::OptimizerConfig::Sgd(pare_train::SgdConfig::default()),
         batchnorm_training: true,
         max_grad_norm: None,

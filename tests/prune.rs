@@ -335,9 +335,11 @@ fn frozen_groups_say_why_and_refuse_plans() {
 fn strategies_prune_the_depthwise_concat_and_se_graphs() {
     use pare_prune::strategy::Event;
     use pare_prune::{CompressConfig, Criterion, Strategy, Target};
-    let data = |n: usize, seed: usize| pare_data::Dataset {
-        images: image(n + seed, 3, 8).slice_move(ndarray::s![seed.., .., .., ..]),
-        labels: (0..n).map(|i| (i * 7 + seed) % 4).collect(),
+    let data = |n: usize, seed: usize| {
+        pare_data::Dataset::new(
+            image(n + seed, 3, 8).slice_move(ndarray::s![seed.., .., .., ..]),
+            (0..n).map(|i| (i * 7 + seed) % 4).collect(),
+        )
     };
     let (train, val) = (data(96, 0), data(32, 5));
     let dir = tempfile::tempdir().unwrap();

@@ -120,10 +120,7 @@ fn a_unit_dead_on_the_pruning_set_is_removed() {
     if let ValueSource::Initializer(Tensor::F32(b)) = &mut graph.value_mut(b1).source {
         b[[3]] = -1.0;
     }
-    let data = Dataset {
-        images: images(),
-        labels: vec![0; 6],
-    };
+    let data = Dataset::new(images(), vec![0; 6]);
     let x = images();
     let dir = tempfile::tempdir().unwrap();
     let dense = common::tract_outputs(&graph, dir.path(), "dense.onnx", &x);
@@ -191,10 +188,7 @@ fn pare_outputs(graph: &Graph, x: &Array4<f32>) -> ndarray::Array2<f32> {
 #[test]
 fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
     let mut graph = residual_graph();
-    let data = Dataset {
-        images: images(),
-        labels: vec![0, 1, 2, 0, 1, 2],
-    };
+    let data = Dataset::new(images(), vec![0, 1, 2, 0, 1, 2]);
     let mut masks = Masks::default();
     let switched = gate_residuals(&mut graph, &data, 4, 0.9, &mut masks).unwrap();
     assert_eq!(switched, 2);
@@ -226,7 +220,7 @@ fn a_residual_add_switches_off_the_weak_side_and_the_gate_runs_in_tract() {
         epochs: 1,
         batch_size: 3,
         seed: 1,
-        loss: Loss::CrossEntropy,
+        loss: Loss::CrossEntropy.into(),
         optimizer: sgd,
         batchnorm_training: true,
         max_grad_norm: None,

@@ -7,7 +7,6 @@
 //! debug build say nothing.
 
 use anyhow::{Context, Result};
-use ndarray::ArrayD;
 use pare_data::{Dataset, Splits};
 use pare_ir::Graph;
 use pare_train::executor::{self, Mode};
@@ -71,7 +70,7 @@ fn config(optimizer: OptimizerConfig) -> TrainConfig {
         epochs: EPOCHS,
         batch_size: BATCH,
         seed: SEED,
-        loss: Loss::CrossEntropy,
+        loss: Loss::CrossEntropy.into(),
         optimizer,
         // Training mode is what a user's fine-tuning runs; it only matters for the BN-kept model.
         batchnorm_training: true,
@@ -110,22 +109,19 @@ struct StepTime {
 /// `train_step` does minus the BatchNorm running-statistics update (a few vector operations).
 fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<StepTime> {
     let order = pare_kernels::rng::permutation(data.len(), SEED);
-    let batches: Vec<(ArrayD<f32>, Vec<usize>)> = order
+    let batches: Vec<Dataset> = order
         .chunks(BATCH)
         .take(WARMUP_STEPS + TIMED_STEPS)
-        .map(|idx| {
-            let (images, labels) = data.gather(idx);
-            (images.into_dyn(), labels)
-        })
+        .map(|idx| data.select(idx))
         .collect();
     let config = config(optimizer);
 
     let mut graph = load_graph(file)?;
     let mut opt = config.optimizer.build(&graph);
     let mut total = Vec::new();
-    for (i, (images, labels)) in batches.iter().cloned().enumerate() {
+    for (i, batch) in batches.iter().cloned().enumerate() {
         let t = Instant::now();
-        train_step(&mut graph, opt.as_mut(), images, &labels, &config, i as u64)?;
+        train_step(&mut graph, opt.as_mut(), batch, &config, i as u64)?;
         if i >= WARMUP_STEPS {
             total.push(ms(t));
         }
@@ -135,7 +131,8 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
     let mut opt = config.optimizer.build(&graph);
     let target = scores_value(&graph)?;
     let (mut forward, mut backward, mut optimizer) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (images, labels)) in batches.into_iter().enumerate() {
+    for (i, batch) in batches.into_iter().enumerate() {
+        let (images, labels) = (batch.images.into_dyn(), batch.labels);
         let t = Instant::now();
         // Records the RLS mean inputs whatever the optimiser (train_step does so only for RLS),
         // so SGD's forward figure includes that small cost.
@@ -146,7 +143,7 @@ fn time_steps(file: &str, data: &Dataset, optimizer: OptimizerConfig) -> Result<
             .value(target)
             .context("the forward pass computed the scores")?;
         let scores = scores.view().into_dimensionality::<ndarray::Ix2>()?;
-        let out = config.loss.evaluate(scores, &labels);
+        let out = config.loss.evaluate(scores, &labels, None)?;
         let grads = executor::backward(&graph, &tape, target, out.grad.into_dyn())?;
         let b = ms(t);
         let t = Instant::now();

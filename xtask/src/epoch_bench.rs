@@ -24,7 +24,7 @@ fn random_images(count: usize, seed: u64) -> Dataset {
     let labels = (0..count)
         .map(|_| (rng.unit_f64() * CLASSES as f64) as usize % CLASSES)
         .collect();
-    Dataset { images, labels }
+    Dataset::new(images, labels)
 }
 
 pub fn mobilenet_v2_epoch() -> Result<()> {
@@ -61,7 +61,7 @@ pub fn mobilenet_v2_epoch() -> Result<()> {
         epochs: 1,
         batch_size: BATCH,
         seed: 0,
-        loss: Loss::CrossEntropy,
+        loss: Loss::CrossEntropy.into(),
         optimizer: OptimizerConfig::Sgd(SgdConfig {
             lr: 0.01,
             momentum: 0.9,

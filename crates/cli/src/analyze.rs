@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         &groups,
         &mut stream,
         args.energy.settings(args.batches),
-        Loss::CrossEntropy,
+        &Loss::CrossEntropy.into(),
         args.min_keep,
         &mut |done| bar.set_position(done as u64),
     )

@@ -274,7 +274,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         epochs: args.epochs,
         batch_size: args.train.batch,
         seed: args.train.seed,
-        loss: args.train.loss(),
+        loss: args.train.loss().into(),
         rls: args.train.rls()?,
         finetune: args.train.optimizer()?,
         ratio: args.ratio,

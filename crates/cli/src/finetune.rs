@@ -62,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.train.batch,
         seed: args.train.seed,
-        loss: args.train.loss(),
+        loss: args.train.loss().into(),
         optimizer: args.train.optimizer()?,
         batchnorm_training: !args.train.freeze_bn,
         max_grad_norm: None,

@@ -95,7 +95,7 @@ fn read_batches(paths: &[PathBuf], layout: &Layout) -> Result<Dataset, DataError
     }
     let images = Array4::from_shape_vec((labels.len(), 3, SIDE, SIDE), pixels)
         .expect("each record adds one label and PIXELS values");
-    Ok(Dataset { images, labels })
+    Ok(Dataset::new(images, labels))
 }
 
 fn read_batch(

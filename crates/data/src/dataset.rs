@@ -4,16 +4,27 @@
 //! Nothing here reads files or knows a format; the loaders build a `Dataset` and hand it over.
 
 use crate::DataError;
-use ndarray::{Array4, ArrayView4, Axis};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use pare_kernels::rng::permutation;
 use std::collections::HashMap;
 
-/// Images `[N, C, H, W]` (float32) with one class label each.
+/// Images `[N, C, H, W]` (float32) with one class label each, and, when training distils from
+/// the original model, that model's scores for each image.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub images: Array4<f32>,
     pub labels: Vec<usize>,
+    /// The teacher's (the original model's) scores `[N, classes]`, one row per image, when
+    /// training distils from it.
+    pub teacher: Option<Array2<f32>>,
 }
+
+/// One batch as evaluation reads it: images, labels and the teacher's rows for them.
+pub type BatchView<'d> = (
+    ArrayView4<'d, f32>,
+    &'d [usize],
+    Option<ArrayView2<'d, f32>>,
+);
 
 /// The splits of a dataset folder.
 #[derive(Debug, Clone)]
@@ -23,6 +34,15 @@ pub struct Splits {
 }
 
 impl Dataset {
+    /// Images and their labels, without teacher scores.
+    pub fn new(images: Array4<f32>, labels: Vec<usize>) -> Dataset {
+        Dataset {
+            images,
+            labels,
+            teacher: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -44,21 +64,20 @@ impl Dataset {
 
     /// The first `n` samples (or all, if there are fewer).
     pub fn head(&self, n: usize) -> Dataset {
-        let n = n.min(self.len());
-        Dataset {
-            images: self.images.slice_axis(Axis(0), (0..n).into()).to_owned(),
-            labels: self.labels[..n].to_vec(),
-        }
+        self.select(&(0..n.min(self.len())).collect::<Vec<_>>())
     }
 
     /// Consecutive batches of at most `size` samples, in order.
-    pub fn batches(&self, size: usize) -> impl Iterator<Item = (ArrayView4<'_, f32>, &[usize])> {
+    pub fn batches(&self, size: usize) -> impl Iterator<Item = BatchView<'_>> {
         let size = size.max(1);
         (0..self.len()).step_by(size).map(move |start| {
             let end = (start + size).min(self.len());
             (
                 self.images.slice_axis(Axis(0), (start..end).into()),
                 &self.labels[start..end],
+                self.teacher
+                    .as_ref()
+                    .map(|t| t.slice_axis(Axis(0), (start..end).into())),
             )
         })
     }
@@ -86,66 +105,22 @@ impl Dataset {
             .unzip()
     }
 
-    /// Maps every pixel of channel `c` to `(x - mean[c]) / std[c]`. Both slices must have one
-    /// finite value per channel, and every `std` must be above zero.
-    pub fn normalize(&mut self, mean: &[f32], std: &[f32]) -> Result<(), DataError> {
-        let [channels, _, _] = self.image_shape();
-        for (name, values) in [("mean", mean), ("std", std)] {
-            if values.len() != channels {
-                return Err(DataError::BadArgument(format!(
-                    "normalize: {name} has {} values but the images have {channels} channels",
-                    values.len()
-                )));
-            }
-            if let Some(c) = values.iter().position(|v| !v.is_finite()) {
-                return Err(DataError::BadArgument(format!(
-                    "normalize: {name}[{c}] is {}; it must be a finite number",
-                    values[c]
-                )));
-            }
-        }
-        if let Some(c) = std.iter().position(|&s| s <= 0.0) {
-            return Err(DataError::BadArgument(format!(
-                "normalize: std[{c}] is {}; it must be above zero",
-                std[c]
-            )));
-        }
-        for ((mut channel, &m), &s) in self.images.axis_iter_mut(Axis(1)).zip(mean).zip(std) {
-            channel.mapv_inplace(|x| (x - m) / s);
-        }
-        Ok(())
-    }
-
-    /// Copies the samples at `indices` (in that order, repeats allowed) into one batch.
+    /// Copies the samples at `indices` (in that order, repeats allowed), with their labels and
+    /// teacher rows, into a new dataset (a batch, a split, a shuffle).
     ///
     /// # Panics
     /// If an index is not below `len()`: indices come from the caller, not from a file.
-    pub fn gather(&self, indices: &[usize]) -> (Array4<f32>, Vec<usize>) {
-        (
-            self.images.select(Axis(0), indices),
-            indices.iter().map(|&i| self.labels[i]).collect(),
-        )
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            images: self.images.select(Axis(0), indices),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            teacher: self.teacher.as_ref().map(|t| t.select(Axis(0), indices)),
+        }
     }
 
     /// All samples in an order fixed by `seed` (see [`permutation`]).
     pub fn shuffled(&self, seed: u64) -> Dataset {
-        let (images, labels) = self.gather(&permutation(self.len(), seed));
-        Dataset { images, labels }
-    }
-
-    /// Batches of at most `size` samples (at least 1) in an order fixed by `seed`: one epoch of
-    /// training data. Each batch is copied out, so only one batch is held at a time.
-    pub fn batches_shuffled(
-        &self,
-        size: usize,
-        seed: u64,
-    ) -> impl Iterator<Item = (Array4<f32>, Vec<usize>)> + '_ {
-        let order = permutation(self.len(), seed);
-        let size = size.max(1);
-        (0..self.len()).step_by(size).map(move |start| {
-            let end = (start + size).min(order.len());
-            self.gather(&order[start..end])
-        })
+        self.select(&permutation(self.len(), seed))
     }
 
     /// Splits into `(train, validation)`, stratified by class: each class gives
@@ -190,12 +165,42 @@ impl Dataset {
         }
         let (val, train): (Vec<usize>, Vec<usize>) =
             (0..self.len()).partition(|&i| to_validation[i]);
-        let part = |indices: &[usize]| {
-            let (images, labels) = self.gather(indices);
-            Dataset { images, labels }
-        };
-        (part(&train), part(&val))
+        (self.select(&train), self.select(&val))
     }
+}
+
+/// Maps every pixel of channel `c` to `(x - mean[c]) / std[c]`. Both slices must have one
+/// finite value per channel, and every `std` must be above zero.
+pub(crate) fn normalize_channels(
+    images: &mut Array4<f32>,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<(), DataError> {
+    let channels = images.dim().1;
+    for (name, values) in [("mean", mean), ("std", std)] {
+        if values.len() != channels {
+            return Err(DataError::BadArgument(format!(
+                "normalize: {name} has {} values but the images have {channels} channels",
+                values.len()
+            )));
+        }
+        if let Some(c) = values.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::BadArgument(format!(
+                "normalize: {name}[{c}] is {}; it must be a finite number",
+                values[c]
+            )));
+        }
+    }
+    if let Some(c) = std.iter().position(|&s| s <= 0.0) {
+        return Err(DataError::BadArgument(format!(
+            "normalize: std[{c}] is {}; it must be above zero",
+            std[c]
+        )));
+    }
+    for ((mut channel, &m), &s) in images.axis_iter_mut(Axis(1)).zip(mean).zip(std) {
+        channel.mapv_inplace(|x| (x - m) / s);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,10 +213,7 @@ mod tests {
     fn numbered(labels: &[usize]) -> Dataset {
         let n = labels.len();
         let images = Array::from_shape_fn((n, 1, 1, 2), |(i, _, _, x)| i as f32 + x as f32 / 2.0);
-        Dataset {
-            images,
-            labels: labels.to_vec(),
-        }
+        Dataset::new(images, labels.to_vec())
     }
 
     #[test]
@@ -219,13 +221,10 @@ mod tests {
         let images = Array::from_shape_fn((4, 2, 3, 3), |(n, c, y, x)| {
             (n * 9 + y * 3 + x) as f32 * if c == 0 { 1.0 } else { 0.01 } + c as f32 * 100.0
         });
-        let mut d = Dataset {
-            images,
-            labels: vec![0; 4],
-        };
+        let mut d = Dataset::new(images, vec![0; 4]);
         let (mean, std) = d.channel_stats();
         assert!((mean[0] - 17.5).abs() < 1e-4 && (mean[1] - 100.175).abs() < 1e-4);
-        d.normalize(&mean, &std).unwrap();
+        normalize_channels(&mut d.images, &mean, &std).unwrap();
         let (mean, std) = d.channel_stats();
         // Channel 1 sits near 100 with a spread of 0.1, so f32 rounding of the pixels shows.
         for c in 0..2 {
@@ -238,27 +237,27 @@ mod tests {
 
     #[test]
     fn channel_stats_of_an_empty_dataset_are_zero() {
-        let d = Dataset {
-            images: Array4::zeros((0, 3, 2, 2)),
-            labels: vec![],
-        };
+        let d = Dataset::new(Array4::zeros((0, 3, 2, 2)), vec![]);
         assert_eq!(d.channel_stats(), (vec![0.0; 3], vec![0.0; 3]));
     }
 
     #[test]
     fn normalize_refuses_wrong_lengths_and_zero_std() {
         let mut d = numbered(&[0, 1]);
-        let e = d
-            .normalize(&[0.0, 0.0, 0.0], &[1.0])
+        let e = normalize_channels(&mut d.images, &[0.0, 0.0, 0.0], &[1.0])
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("mean has 3 values") && e.contains("1 channels"),
             "{e}"
         );
-        let e = d.normalize(&[0.0], &[0.0]).unwrap_err().to_string();
+        let e = normalize_channels(&mut d.images, &[0.0], &[0.0])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("std[0] is 0"), "{e}");
-        let e = d.normalize(&[f32::NAN], &[1.0]).unwrap_err().to_string();
+        let e = normalize_channels(&mut d.images, &[f32::NAN], &[1.0])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mean[0] is NaN"), "{e}");
         assert_eq!(
             d.images,
@@ -268,13 +267,28 @@ mod tests {
     }
 
     #[test]
-    fn gather_copies_the_chosen_samples_in_order() {
-        let d = numbered(&[5, 6, 7]);
-        let (images, labels) = d.gather(&[2, 0, 2]);
-        assert_eq!(labels, vec![7, 5, 7]);
-        assert_eq!(images.dim(), (3, 1, 1, 2));
-        assert_eq!(images[[0, 0, 0, 1]], 2.5);
-        assert_eq!(images[[1, 0, 0, 0]], 0.0);
+    fn select_copies_the_chosen_samples_and_their_teacher_rows_in_order() {
+        let mut d = numbered(&[5, 6, 7]);
+        d.teacher = Some(ndarray::array![[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]);
+        let picked = d.select(&[2, 0, 2]);
+        assert_eq!(picked.labels, vec![7, 5, 7]);
+        assert_eq!(picked.images.dim(), (3, 1, 1, 2));
+        assert_eq!(picked.images[[0, 0, 0, 1]], 2.5);
+        assert_eq!(picked.images[[1, 0, 0, 0]], 0.0);
+        assert_eq!(
+            picked.teacher.unwrap(),
+            ndarray::array![[4.0, 5.0], [0.0, 1.0], [4.0, 5.0]]
+        );
+        let (_, val) = d.split_off_validation(0.5, 1);
+        let rows = val.teacher.expect("a split keeps the teacher's rows");
+        for (i, row) in rows.outer_iter().enumerate() {
+            assert_eq!(row[0], 2.0 * val.images[[i, 0, 0, 0]]);
+        }
+        let batches: Vec<_> = d
+            .batches(2)
+            .map(|(_, l, t)| (l.len(), t.unwrap().nrows()))
+            .collect();
+        assert_eq!(batches, [(2, 2), (1, 1)]);
     }
 
     #[test]
@@ -287,18 +301,6 @@ mod tests {
         }
         assert_eq!(s.labels, d.shuffled(9).labels);
         assert_eq!(s.labels, permutation(50, 9));
-    }
-
-    #[test]
-    fn shuffled_batches_cover_every_sample_once() {
-        let d = numbered(&(0..10).collect::<Vec<_>>());
-        let batches: Vec<_> = d.batches_shuffled(4, 1).collect();
-        assert_eq!(
-            batches.iter().map(|(_, l)| l.len()).collect::<Vec<_>>(),
-            [4, 4, 2]
-        );
-        let seen: Vec<usize> = batches.into_iter().flat_map(|(_, l)| l).collect();
-        assert_eq!(seen, permutation(10, 1));
     }
 
     #[test]

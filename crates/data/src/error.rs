@@ -40,6 +40,12 @@ pub enum DataError {
         setting: crate::preprocess::Setting,
         problem: String,
     },
+    #[error(
+        "{path}: holds {count} images without labels; this command needs labelled data \
+             (train/<class>/ and test/<class>/ folders, or a dataset with labels). `compress` \
+             can train from unlabeled images by distilling from the original model"
+    )]
+    Unlabeled { path: PathBuf, count: usize },
     /// A caller's argument does not fit the data (no file is involved).
     #[error("{0}")]
     BadArgument(String),

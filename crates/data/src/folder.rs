@@ -1,11 +1,12 @@
 //! Image-folder datasets: `train/<class>/*.png|jpg|jpeg` and `test/<class>/...`, one folder per
-//! class, classes numbered in alphabetical order of train's folder names.
+//! class, classes numbered in alphabetical order of train's folder names; or, unlabeled, images
+//! lying directly in the folder.
 //!
 //! Every image must match the first one's size and channel count, after the resize and centre crop
 //! the caller asks for (see `Preprocess::fit`); this module must not otherwise alter images to
 //! make them fit.
 
-use crate::{file, DataError, Dataset, Preprocess, Splits};
+use crate::{file, Contents, DataError, Dataset, Preprocess, Splits};
 use image::{ImageBuffer, ImageReader, Pixel};
 use ndarray::Array4;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,25 @@ use std::path::{Path, PathBuf};
 pub(crate) const EXPECTED: &str =
     "image folders (train/<class>/*.png|jpg|jpeg and test/<class>/...)";
 
+/// What `load_unlabeled` looks for, for the message when no format is found.
+pub(crate) const EXPECTED_UNLABELED: &str =
+    "unlabeled images (*.png|jpg|jpeg directly in the folder)";
+
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Loads the images lying directly in `dir` (no class folders), without labels; `None` if it holds
+/// none.
+pub(crate) fn load_unlabeled(
+    dir: &Path,
+    preprocess: &Preprocess,
+) -> Option<Result<Contents, DataError>> {
+    let files = match images_in(dir) {
+        Ok(files) if files.is_empty() => return None,
+        Ok(files) => files,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(read_images(&files, preprocess, &mut None).map(Contents::Unlabeled))
+}
 
 /// Loads `dir/train` and `dir/test`; `None` if `dir` has neither folder.
 pub(crate) fn load(dir: &Path, preprocess: &Preprocess) -> Option<Result<Splits, DataError>> {
@@ -70,9 +89,16 @@ fn load_splits(
         test_files.extend(images_in(&folder)?.into_iter().map(|f| (f, label)));
     }
     let mut first = None;
+    let mut split = |files: Vec<(PathBuf, usize)>| {
+        let (paths, labels): (Vec<PathBuf>, Vec<usize>) = files.into_iter().unzip();
+        Ok::<_, DataError>(Dataset::new(
+            read_images(&paths, preprocess, &mut first)?,
+            labels,
+        ))
+    };
     Ok(Splits {
-        train: read_images(&train_files, preprocess, &mut first)?,
-        test: read_images(&test_files, preprocess, &mut first)?,
+        train: split(train_files)?,
+        test: split(test_files)?,
     })
 }
 
@@ -115,16 +141,15 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// `[C, H, W]` of an image and the file it came from.
 type FirstImage = ([usize; 3], PathBuf);
 
-/// Decodes `files` into one dataset. `first` is the first image read (in any split): all others
-/// must have its shape.
+/// Decodes `files` into `[N, C, H, W]` images. `first` is the first image read (in any split):
+/// all others must have its shape.
 fn read_images(
-    files: &[(PathBuf, usize)],
+    files: &[PathBuf],
     preprocess: &Preprocess,
     first: &mut Option<FirstImage>,
-) -> Result<Dataset, DataError> {
+) -> Result<Array4<f32>, DataError> {
     let mut pixels = Vec::new();
-    let mut labels = Vec::with_capacity(files.len());
-    for (path, label) in files {
+    for path in files {
         let (shape, values) = decode(path, preprocess)?;
         match first {
             None => *first = Some((shape, path.clone())),
@@ -143,12 +168,10 @@ fn read_images(
             Some(_) => {}
         }
         pixels.extend(values);
-        labels.push(*label);
     }
     let [c, h, w] = first.as_ref().map_or([0; 3], |(s, _)| *s);
-    let images = Array4::from_shape_vec((labels.len(), c, h, w), pixels)
-        .expect("every image added has the first image's shape");
-    Ok(Dataset { images, labels })
+    Ok(Array4::from_shape_vec((files.len(), c, h, w), pixels)
+        .expect("every image added has the first image's shape"))
 }
 
 /// One image as `[C, H, W]` and its pixels in that order, resized and cropped as `preprocess`
@@ -207,6 +230,29 @@ mod tests {
             .unwrap()
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn images_directly_in_a_folder_load_unlabeled_in_name_order() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert!(load_unlabeled(r, &Preprocess::default()).is_none());
+        rgb(7).save(r.join("b.png")).unwrap();
+        rgb(0).save(r.join("a.png")).unwrap();
+        std::fs::write(r.join("notes.txt"), b"ignored").unwrap();
+        mkdir(&r.join("empty"));
+        let Some(Ok(Contents::Unlabeled(images))) = load_unlabeled(r, &Preprocess::default())
+        else {
+            panic!("two images lie in the folder");
+        };
+        assert_eq!(images.dim(), (2, 3, 2, 3));
+        assert_eq!(images[[0, 0, 1, 2]], 21.0 / 255.0);
+        assert_eq!(images[[1, 0, 1, 2]], 28.0 / 255.0);
+        GrayImage::new(3, 2).save(r.join("c.png")).unwrap();
+        let Some(Err(e)) = load_unlabeled(r, &Preprocess::default()) else {
+            panic!("a grey image among colour ones is refused");
+        };
+        assert!(e.to_string().contains("c.png: image is 1×2×3"), "{e}");
     }
 
     #[test]

@@ -135,10 +135,10 @@ fn load_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataErro
     }
     let pixels = images.data.iter().map(|&p| p as f32 / 255.0).collect();
     let images = Array4::from_shape_vec((n, 1, h, w), pixels).expect("size checked by read_idx");
-    Ok(Dataset {
+    Ok(Dataset::new(
         images,
-        labels: labels.data.iter().map(|&l| l as usize).collect(),
-    })
+        labels.data.iter().map(|&l| l as usize).collect(),
+    ))
 }
 
 #[cfg(test)]

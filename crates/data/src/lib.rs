@@ -15,12 +15,24 @@ mod npy;
 mod npz;
 mod preprocess;
 
-pub use dataset::{Dataset, Splits};
+pub use dataset::{BatchView, Dataset, Splits};
 pub use error::DataError;
 pub use idx::{read_idx, IdxArray};
 pub use preprocess::{ChannelOrder, Normalize, Preprocess, Setting, MAX_RESIZED_SIDE, MAX_SIDE};
 
+use ndarray::Array4;
 use std::path::Path;
+
+/// What a dataset path holds.
+// One value per load, moved once: boxing the larger variant would buy nothing.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Contents {
+    /// Train and test splits, a class label for every image.
+    Labelled(Splits),
+    /// Images `[N, C, H, W]` without labels: a folder of images, or a `.npz` holding only `x`.
+    Unlabeled(Array4<f32>),
+}
 
 /// Loads the train and test splits of a dataset, recognising its format from what is there.
 ///
@@ -36,11 +48,28 @@ pub fn load_dir(path: &Path) -> Result<Splits, DataError> {
 /// [`Preprocess`]). Resizing and cropping need decoded images, so only image folders take them;
 /// any other format is refused when they are asked for (once it is recognised, which reads it).
 pub fn load_dir_with(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError> {
+    match load_contents_with(path, preprocess)? {
+        Contents::Labelled(splits) => Ok(splits),
+        Contents::Unlabeled(images) => Err(DataError::Unlabeled {
+            path: path.into(),
+            count: images.dim().0,
+        }),
+    }
+}
+
+/// As [`load_dir_with`], and also accepts unlabeled images: a folder with PNG or JPEG files
+/// directly in it (no class folders), or a `.npz` holding only `x`.
+pub fn load_contents_with(path: &Path, preprocess: &Preprocess) -> Result<Contents, DataError> {
     preprocess.check()?;
-    let mut splits = load_format(path, preprocess)?;
-    preprocess.apply(&mut splits.train, path, "train")?;
-    preprocess.apply(&mut splits.test, path, "test")?;
-    Ok(splits)
+    let mut contents = load_format(path, preprocess)?;
+    match &mut contents {
+        Contents::Labelled(splits) => {
+            preprocess.apply(&mut splits.train.images, path, "train")?;
+            preprocess.apply(&mut splits.test.images, path, "test")?;
+        }
+        Contents::Unlabeled(images) => preprocess.apply(images, path, "unlabeled")?,
+    }
+    Ok(contents)
 }
 
 /// Refuses a resize or crop for a dataset of `format`, which holds no decodable images.
@@ -63,7 +92,7 @@ fn keep_size(preprocess: &Preprocess, path: &Path, format: &str) -> Result<(), D
     })
 }
 
-fn load_format(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError> {
+fn load_format(path: &Path, preprocess: &Preprocess) -> Result<Contents, DataError> {
     let meta = std::fs::metadata(path).map_err(|cause| DataError::Read {
         path: path.into(),
         cause,
@@ -76,13 +105,18 @@ fn load_format(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError
         return Err(DataError::NotADataset { path: path.into() });
     }
     let sized = |format: &'static str| {
-        move |loaded: Result<Splits, DataError>| keep_size(preprocess, path, format).and(loaded)
+        move |loaded: Result<Splits, DataError>| {
+            keep_size(preprocess, path, format).and(loaded.map(Contents::Labelled))
+        }
     };
     idx::load(path)
         .map(sized("an MNIST IDX dataset"))
         .or_else(|| cifar::load(path).map(sized("a CIFAR dataset")))
-        .or_else(|| npz::load(path).map(sized("a NumPy dataset")))
-        .or_else(|| folder::load(path, preprocess))
+        .or_else(|| {
+            npz::load(path).map(|loaded| keep_size(preprocess, path, "a NumPy dataset").and(loaded))
+        })
+        .or_else(|| folder::load(path, preprocess).map(|l| l.map(Contents::Labelled)))
+        .or_else(|| folder::load_unlabeled(path, preprocess))
         .unwrap_or_else(|| {
             Err(DataError::UnknownLayout {
                 dir: path.into(),
@@ -91,6 +125,7 @@ fn load_format(path: &Path, preprocess: &Preprocess) -> Result<Splits, DataError
                     cifar::EXPECTED,
                     npz::EXPECTED,
                     folder::EXPECTED,
+                    folder::EXPECTED_UNLABELED,
                 ]
                 .join("; "),
             })
@@ -124,6 +159,30 @@ mod tests {
         ] {
             assert!(e.contains(format), "{format} not in {e}");
         }
+    }
+
+    #[test]
+    fn unlabeled_images_load_as_contents_and_commands_needing_labels_are_told_so() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["1.png", "2.png", "3.png"] {
+            image::GrayImage::new(4, 6)
+                .save(dir.path().join(name))
+                .unwrap();
+        }
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("holds 3 images without labels") && e.contains("distilling"),
+            "{e}"
+        );
+        let cropped = Preprocess {
+            resize: Some(4),
+            crop: Some([2, 2]),
+            ..Preprocess::default()
+        };
+        let Contents::Unlabeled(images) = load_contents_with(dir.path(), &cropped).unwrap() else {
+            panic!("no class folders, so no labels");
+        };
+        assert_eq!(images.dim(), (3, 1, 2, 2));
     }
 
     #[test]

@@ -1,24 +1,25 @@
 //! NumPy `.npz` datasets (zip archives of `.npy` arrays): turns the arrays into images and labels.
 //!
 //! Two layouts: one archive with `x_train`, `y_train`, `x_test`, `y_test`, or a folder with
-//! `train.npz` and `test.npz`, each holding `x` and `y`. Parsing `.npy` bytes is `npy`'s job; this
+//! `train.npz` and `test.npz`, each holding `x` and `y`. One archive holding `x` and no labels is
+//! a set of unlabeled images. Parsing `.npy` bytes is `npy`'s job; this
 //! module must not carve a test split out of training data on its own.
 
 use crate::npy::{self, NpyArray};
-use crate::{file, DataError, Dataset, Splits};
+use crate::{file, Contents, DataError, Dataset, Splits};
 use ndarray::{Array4, ArrayD, IxDyn};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// What `load` looks for, for the message when no format is found.
-pub(crate) const EXPECTED: &str = "NumPy (one .npz with x_train, y_train, x_test, y_test; \
-    or train.npz and test.npz, each with x and y)";
+pub(crate) const EXPECTED: &str = "NumPy (one .npz with x_train, y_train, x_test, y_test, \
+    or with x alone for unlabeled images; or train.npz and test.npz, each with x and y)";
 
 /// Loads the `.npz` dataset in `dir`; `None` if it holds no `.npz` file.
-pub(crate) fn load(dir: &Path) -> Option<Result<Splits, DataError>> {
+pub(crate) fn load(dir: &Path) -> Option<Result<Contents, DataError>> {
     let (train, test) = (dir.join("train.npz"), dir.join("test.npz"));
     match (train.is_file(), test.is_file()) {
-        (true, true) => return Some(load_pair(&train, &test)),
+        (true, true) => return Some(load_pair(&train, &test).map(Contents::Labelled)),
         (false, false) => {}
         (has_train, _) => {
             return Some(Err(DataError::Incomplete {
@@ -71,13 +72,20 @@ fn npz_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(found)
 }
 
-/// Loads one archive holding `x_train`, `y_train`, `x_test` and `y_test`.
-pub(crate) fn load_file(path: &Path) -> Result<Splits, DataError> {
+/// Loads one archive holding `x_train`, `y_train`, `x_test` and `y_test`, or unlabeled images as
+/// `x` alone.
+pub(crate) fn load_file(path: &Path) -> Result<Contents, DataError> {
     let mut archive = Archive::open(path)?;
-    Ok(Splits {
+    if !archive.has("x_train") && archive.has("x") && !archive.has("y") {
+        let images = archive.array("x")?;
+        return to_images(&images)
+            .map(Contents::Unlabeled)
+            .map_err(|p| archive.bad(format!("x: {p}")));
+    }
+    Ok(Contents::Labelled(Splits {
         train: archive.dataset("x_train", "y_train")?,
         test: archive.dataset("x_test", "y_test")?,
-    })
+    }))
 }
 
 fn load_pair(train: &Path, test: &Path) -> Result<Splits, DataError> {
@@ -112,11 +120,20 @@ impl Archive {
         }
     }
 
-    /// The array `name`, stored as `name.npy` (as `np.savez` writes it) or plain `name`.
-    fn array(&mut self, name: &str) -> Result<NpyArray, DataError> {
-        let member = [format!("{name}.npy"), name.to_string()]
+    /// The member holding array `name`: `name.npy` (as `np.savez` writes it) or plain `name`.
+    fn member(&self, name: &str) -> Option<String> {
+        [format!("{name}.npy"), name.to_string()]
             .into_iter()
-            .find(|m| self.zip.index_for_name(m).is_some());
+            .find(|m| self.zip.index_for_name(m).is_some())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.member(name).is_some()
+    }
+
+    /// The array `name`, stored as `name.npy` or plain `name`.
+    fn array(&mut self, name: &str) -> Result<NpyArray, DataError> {
+        let member = self.member(name);
         let Some(member) = member else {
             let held: Vec<String> = self
                 .zip
@@ -153,7 +170,7 @@ impl Archive {
                 labels.len()
             )));
         }
-        Ok(Dataset { images, labels })
+        Ok(Dataset::new(images, labels))
     }
 }
 
@@ -282,11 +299,58 @@ mod tests {
         load_file(path).unwrap_err().to_string()
     }
 
+    fn labelled(contents: Contents) -> Splits {
+        match contents {
+            Contents::Labelled(splits) => splits,
+            Contents::Unlabeled(_) => panic!("loaded as unlabeled images"),
+        }
+    }
+
+    #[test]
+    fn an_archive_of_x_alone_is_unlabeled_images_and_x_with_y_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.npz");
+        write_npz(
+            &path,
+            &[(
+                "x",
+                u8s(&[3, 2, 2, 1], &[0, 51, 102, 255, 1, 2, 3, 4, 5, 6, 7, 8]),
+            )],
+        );
+        let Contents::Unlabeled(images) = load_file(&path).unwrap() else {
+            panic!("x alone holds no labels");
+        };
+        assert_eq!(images.dim(), (3, 1, 2, 2));
+        assert_eq!(images[[0, 0, 1, 1]], 1.0);
+        // From the folder too, as its only archive.
+        assert!(matches!(
+            load(dir.path()).unwrap().unwrap(),
+            Contents::Unlabeled(_)
+        ));
+        // x with y is neither layout: the message lists what the archive holds.
+        write_npz(
+            &path,
+            &[("x", u8s(&[1, 1, 1], &[0])), ("y", u8s(&[1], &[0]))],
+        );
+        let e = err(&path);
+        assert!(
+            e.contains("no array 'x_train'") && e.contains("x.npy, y.npy"),
+            "{e}"
+        );
+        // Unlabeled float images are checked like labelled ones.
+        write_npz(&path, &[("x", f32s(&[1, 1, 1], &[f32::NAN]))]);
+        assert!(
+            err(&path).contains("x: sample 0 has pixel value NaN"),
+            "{}",
+            err(&path)
+        );
+    }
+
     #[test]
     fn the_shipped_digits_archive_loads() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/digits8x8/digits8x8.npz");
-        let s = load_file(&path).unwrap();
+        let s = labelled(load_file(&path).unwrap());
         assert_eq!((s.train.len(), s.test.len()), (1437, 360));
         assert_eq!(s.train.image_shape(), [1, 8, 8]);
         assert_eq!(s.test.image_shape(), [1, 8, 8]);
@@ -309,7 +373,7 @@ mod tests {
                 ("y_test", u8s(&[1, 1], &[9])),
             ],
         );
-        let s = load(dir.path()).unwrap().unwrap();
+        let s = labelled(load(dir.path()).unwrap().unwrap());
         assert_eq!(s.train.image_shape(), [1, 1, 2]);
         assert_eq!(s.train.images[[0, 0, 0, 1]], 1.0);
         assert_eq!(s.train.images[[1, 0, 0, 0]], 0.2);
@@ -337,7 +401,7 @@ mod tests {
             &dir.path().join("test.npz"),
             &xy(npy("<f8", &[1, 1, 2, 2], &bytes), f32s(&[1], &[2.0])),
         );
-        let s = load(dir.path()).unwrap().unwrap();
+        let s = labelled(load(dir.path()).unwrap().unwrap());
         assert_eq!(s.train.image_shape(), [3, 2, 2]);
         assert!(s.train.images.is_standard_layout());
         assert_eq!(s.train.images[[0, 2, 1, 0]], 102.0);

@@ -5,10 +5,11 @@
 //! Resizing and cropping work on decoded 8-bit images, so they live with the image-folder loader
 //! ([`Preprocess::fit`] is called there); the rest works on any loaded [`Dataset`].
 
-use crate::{DataError, Dataset};
+use crate::dataset::normalize_channels;
+use crate::DataError;
 use image::imageops::{self, FilterType};
 use image::{ImageBuffer, Pixel};
-use ndarray::Axis;
+use ndarray::{Array4, Axis};
 use serde::Serialize;
 use std::path::Path;
 
@@ -155,18 +156,18 @@ impl Preprocess {
         )
     }
 
-    /// Reorders and normalises the channels of `dataset` (the `split` of the dataset at `path`);
+    /// Reorders and normalises the channels of `images` (the `split` of the dataset at `path`);
     /// nothing to do for an empty split.
     pub(crate) fn apply(
         &self,
-        dataset: &mut Dataset,
+        images: &mut Array4<f32>,
         path: &Path,
         split: &str,
     ) -> Result<(), DataError> {
-        if dataset.is_empty() {
+        let (count, channels, _, _) = images.dim();
+        if count == 0 {
             return Ok(());
         }
-        let [channels, _, _] = dataset.image_shape();
         if self.channel_order == ChannelOrder::Bgr {
             if channels != 3 {
                 return Err(refuse(
@@ -178,7 +179,7 @@ impl Preprocess {
                     ),
                 ));
             }
-            let (mut red_green, mut blue) = dataset.images.view_mut().split_at(Axis(1), 2);
+            let (mut red_green, mut blue) = images.view_mut().split_at(Axis(1), 2);
             ndarray::Zip::from(red_green.index_axis_mut(Axis(1), 0))
                 .and(blue.index_axis_mut(Axis(1), 0))
                 .for_each(std::mem::swap);
@@ -203,7 +204,7 @@ impl Preprocess {
                 }
             });
         }
-        dataset.normalize(&per_channel[0], &per_channel[1])
+        normalize_channels(images, &per_channel[0], &per_channel[1])
     }
 }
 
@@ -246,8 +247,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dataset;
     use image::{Rgb, RgbImage};
-    use ndarray::Array4;
 
     fn path() -> &'static Path {
         Path::new("x.png")
@@ -345,12 +346,10 @@ mod tests {
 
     /// Two 3-channel 1×2 images: channel c of sample n at x is 100n + 10c + x.
     fn colour() -> Dataset {
-        Dataset {
-            images: Array4::from_shape_fn((2, 3, 1, 2), |(n, c, _, x)| {
-                (100 * n + 10 * c + x) as f32
-            }),
-            labels: vec![0, 1],
-        }
+        Dataset::new(
+            Array4::from_shape_fn((2, 3, 1, 2), |(n, c, _, x)| (100 * n + 10 * c + x) as f32),
+            vec![0, 1],
+        )
     }
 
     #[test]
@@ -364,7 +363,7 @@ mod tests {
             }),
             ..Preprocess::default()
         };
-        p.apply(&mut d, path(), "train").unwrap();
+        p.apply(&mut d.images, path(), "train").unwrap();
         // Channel 0 now holds blue (20 + x) less 20; channel 1 green (10 + x) less 10, halved;
         // channel 2 red (x) quartered.
         assert_eq!(d.images[[0, 0, 0, 1]], 1.0);
@@ -383,7 +382,7 @@ mod tests {
             }),
             ..Preprocess::default()
         };
-        p.apply(&mut d, path(), "train").unwrap();
+        p.apply(&mut d.images, path(), "train").unwrap();
         assert_eq!(d.images[[0, 0, 0, 0]], -5.0);
         assert_eq!(d.images[[0, 2, 0, 1]], 5.5);
         assert_eq!(d.images[[1, 1, 0, 0]], 50.0);
@@ -391,16 +390,13 @@ mod tests {
 
     #[test]
     fn bgr_on_grey_images_and_a_mean_per_wrong_channel_count_are_refused() {
-        let mut grey = Dataset {
-            images: Array4::zeros((1, 1, 2, 2)),
-            labels: vec![0],
-        };
+        let mut grey = Dataset::new(Array4::zeros((1, 1, 2, 2)), vec![0]);
         let bgr = Preprocess {
             channel_order: ChannelOrder::Bgr,
             ..Preprocess::default()
         };
         let e = bgr
-            .apply(&mut grey, path(), "test")
+            .apply(&mut grey.images, path(), "test")
             .unwrap_err()
             .to_string();
         assert!(
@@ -416,7 +412,7 @@ mod tests {
         };
         let mut d = colour();
         let e = two_means
-            .apply(&mut d, path(), "train")
+            .apply(&mut d.images, path(), "train")
             .unwrap_err()
             .to_string();
         assert!(
@@ -425,10 +421,7 @@ mod tests {
         );
         assert_eq!(d.images, colour().images, "a refused call changes nothing");
         // An empty split has nothing to refuse.
-        let mut empty = Dataset {
-            images: Array4::zeros((0, 1, 2, 2)),
-            labels: vec![],
-        };
-        bgr.apply(&mut empty, path(), "test").unwrap();
+        let mut empty = Dataset::new(Array4::zeros((0, 1, 2, 2)), vec![]);
+        bgr.apply(&mut empty.images, path(), "test").unwrap();
     }
 }

@@ -11,7 +11,7 @@ use ndarray::{ArrayD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueId};
 use pare_kernels::rng::SplitMix64;
 use pare_train::optim::Rls;
-use pare_train::{BatchStream, Gradients, Loss, Mode, Tape, TrainError};
+use pare_train::{BatchStream, Gradients, Mode, Objective, Tape, TrainError};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
@@ -93,14 +93,21 @@ pub fn calibration_passes(
     graph: &Graph,
     stream: &mut BatchStream,
     batches: usize,
-    loss: Loss,
+    loss: &Objective,
     mean_inputs: bool,
     mut pass: impl FnMut(&Tape, &Gradients),
 ) -> Result<(), TrainError> {
     let target = pare_train::scores_value(graph)?;
     for _ in 0..batches {
-        let (images, labels) = stream.next_batch();
-        let tape = pare_train::forward(graph, images, Mode::Eval, mean_inputs, None)?;
+        let batch = stream.next_batch();
+        let (labels, teacher) = (&batch.labels, batch.teacher.as_ref().map(|t| t.view()));
+        let tape = pare_train::forward(
+            graph,
+            batch.images.clone().into_dyn(),
+            Mode::Eval,
+            mean_inputs,
+            None,
+        )?;
         let s = tape.value(target).expect("forward computed the scores");
         let scores = s
             .view()
@@ -112,7 +119,7 @@ pub fn calibration_passes(
                 classes: scores.ncols(),
             });
         }
-        let out = loss.evaluate(scores, &labels);
+        let out = loss.evaluate(scores, labels, teacher)?;
         let grads = pare_train::backward(graph, &tape, target, out.grad.into_dyn())?;
         pass(&tape, &grads);
     }
@@ -125,7 +132,7 @@ pub fn calibrate(
     graph: &Graph,
     stream: &mut BatchStream,
     batches: usize,
-    loss: Loss,
+    loss: &Objective,
     mut rls: Option<&mut Rls>,
 ) -> Result<HashMap<ValueId, ArrayD<f32>>, TrainError> {
     let mut sums: HashMap<ValueId, ArrayD<f32>> = HashMap::new();
@@ -439,14 +446,21 @@ mod tests {
     fn rls_scores_a_dead_channel_zero_and_live_ones_above() {
         let g = graph();
         let mut rls = Rls::new(pare_train::RlsConfig::default(), &g);
-        let data = pare_data::Dataset {
-            images: ndarray::Array4::from_shape_fn((16, 1, 4, 4), |(n, _, i, j)| {
+        let data = pare_data::Dataset::new(
+            ndarray::Array4::from_shape_fn((16, 1, 4, 4), |(n, _, i, j)| {
                 ((n * 7 + i * 3 + j) % 10) as f32 / 10.0
             }),
-            labels: (0..16).map(|i| i % 2).collect(),
-        };
+            (0..16).map(|i| i % 2).collect(),
+        );
         let mut stream = BatchStream::new(&data, 8, 0);
-        calibrate(&g, &mut stream, 2, Loss::CrossEntropy, Some(&mut rls)).unwrap();
+        calibrate(
+            &g,
+            &mut stream,
+            2,
+            &pare_train::Loss::CrossEntropy.into(),
+            Some(&mut rls),
+        )
+        .unwrap();
         let s = scores_of(
             Criterion::Rls,
             &g,

@@ -22,6 +22,8 @@ pub enum TrainError {
     OutputShape(Vec<usize>),
     #[error("sample labels reach {label} but the model scores {classes} classes")]
     Label { label: usize, classes: usize },
+    #[error("distillation: {0}")]
+    Teacher(String),
     #[error("no training samples: the training split is empty")]
     NoSamples,
     #[error("weight '{tensor}' holds {value} at index {index}: training needs finite weights; if the model came so, re-export it, if training made it so, lower the learning rate")]

@@ -17,7 +17,7 @@ mod trainer;
 
 pub use error::TrainError;
 pub use executor::{backward, forward, Gradients, Mode, Tape};
-pub use loss::Loss;
+pub use loss::{DistillForm, Distillation, Loss, Objective};
 pub use optim::{AdamConfig, OptimizerConfig, RlsConfig, SgdConfig};
 pub use schedule::Schedule;
 pub use trainer::{

@@ -7,11 +7,11 @@
 
 use crate::error::graph_name;
 use crate::executor::{self, Mode, Tape};
-use crate::loss::Loss;
+use crate::loss::Objective;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::schedule::Schedule;
 use crate::TrainError;
-use ndarray::{ArrayD, Ix2};
+use ndarray::Ix2;
 use pare_data::Dataset;
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
 use pare_kernels::rng::SplitMix64;
@@ -22,7 +22,8 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
-    pub loss: Loss,
+    /// What training minimises: the label loss, and a teacher term when distilling.
+    pub loss: Objective,
     pub optimizer: OptimizerConfig,
     /// BatchNorm in training mode (batch statistics, running statistics updated).
     pub batchnorm_training: bool,
@@ -99,15 +100,15 @@ pub fn evaluate(
     graph: &Graph,
     data: &Dataset,
     batch_size: usize,
-    loss: Loss,
+    objective: &Objective,
 ) -> Result<Evaluation, TrainError> {
     let target = scores_value(graph)?;
     let (mut total_loss, mut correct) = (0.0f64, 0);
-    for (images, labels) in data.batches(batch_size) {
+    for (images, labels, teacher) in data.batches(batch_size) {
         let tape = executor::forward(graph, images.to_owned().into_dyn(), Mode::Eval, false, None)?;
         let s = scores(&tape, target)?;
         check_labels(data, s.ncols())?;
-        let out = loss.evaluate(s, labels);
+        let out = objective.evaluate(s, labels, teacher)?;
         total_loss += out.loss as f64 * labels.len() as f64;
         correct += out.correct;
     }
@@ -166,17 +167,21 @@ fn clip_grad_norm(graph: &Graph, grads: &mut executor::Gradients, max: f32) {
     }
 }
 
-/// One optimisation step on one batch; returns the batch's loss output. `step` numbers the steps
-/// of a run: with the config's seed it draws the step's Dropout masks, so a seed gives the same
-/// weights every time.
+/// One optimisation step on one batch (its images, labels and teacher scores); returns the batch's
+/// loss output. `step` numbers the steps of a run: with the config's seed it draws the step's
+/// Dropout masks, so a seed gives the same weights every time.
 pub fn train_step(
     graph: &mut Graph,
     optimizer: &mut dyn Optimizer,
-    images: ArrayD<f32>,
-    labels: &[usize],
+    batch: Dataset,
     config: &TrainConfig,
     step: u64,
 ) -> Result<crate::loss::LossOutput, TrainError> {
+    let Dataset {
+        images,
+        labels,
+        teacher,
+    } = batch;
     let target = scores_value(graph)?;
     let mode = if config.batchnorm_training {
         Mode::Train
@@ -187,7 +192,7 @@ pub fn train_step(
         SplitMix64::new(config.seed ^ step.wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64();
     let tape = executor::forward(
         graph,
-        images,
+        images.into_dyn(),
         mode,
         optimizer.needs_mean_inputs(),
         Some(dropout_seed),
@@ -199,7 +204,9 @@ pub fn train_step(
             classes: s.ncols(),
         });
     }
-    let out = config.loss.evaluate(s, labels);
+    let out = config
+        .loss
+        .evaluate(s, &labels, teacher.as_ref().map(|t| t.view()))?;
     let mut grads = executor::backward(graph, &tape, target, out.grad.clone().into_dyn())?;
     optimizer.mask_gradients(&mut grads);
     if let Some(max) = config.max_grad_norm {
@@ -229,8 +236,8 @@ pub fn reestimate_batchnorm(
         return Ok(());
     }
     for seen in 0..batches {
-        let (images, _) = stream.next_batch();
-        let tape = executor::forward(graph, images, Mode::Train, false, None)?;
+        let batch = stream.next_batch();
+        let tape = executor::forward(graph, batch.images.into_dyn(), Mode::Train, false, None)?;
         // The k-th batch enters with weight 1/k: after n batches each has weight 1/n.
         update_running_stats(graph, &tape, Some(seen as f32 / (seen + 1) as f32));
     }
@@ -270,17 +277,18 @@ impl<'d> BatchStream<'d> {
         self.data.len().div_ceil(self.batch_size)
     }
 
-    /// The next batch's images and labels; the order is drawn again at each epoch's start.
-    pub fn next_batch(&mut self) -> (ArrayD<f32>, Vec<usize>) {
+    /// The next batch (images, labels, teacher rows); the order is drawn again at each epoch's
+    /// start.
+    pub fn next_batch(&mut self) -> Dataset {
         if self.position >= self.order.len() {
             self.epoch += 1;
             self.order = epoch_order(self.data.len(), self.seed, self.epoch);
             self.position = 0;
         }
         let end = (self.position + self.batch_size).min(self.order.len());
-        let (images, labels) = self.data.gather(&self.order[self.position..end]);
+        let batch = self.data.select(&self.order[self.position..end]);
         self.position = end;
-        (images.into_dyn(), labels)
+        batch
     }
 }
 
@@ -361,9 +369,10 @@ impl<'d> TrainingLoop<'d> {
         let steps = steps.min(self.total_steps - self.step);
         for _ in 0..steps {
             optimizer.set_step_scale(self.schedule.scale(self.step, self.total_steps));
-            let (images, labels) = self.stream.next_batch();
+            let batch = self.stream.next_batch();
+            let samples = batch.len();
             let step = self.step;
-            let out = train_step(graph, optimizer, images, &labels, &self.config, step as u64)?;
+            let out = train_step(graph, optimizer, batch, &self.config, step as u64)?;
             self.step += 1;
             if !out.loss.is_finite() {
                 return Err(TrainError::Diverged {
@@ -376,7 +385,7 @@ impl<'d> TrainingLoop<'d> {
                 step: self.step,
                 loss: out.loss,
                 correct: out.correct,
-                samples: labels.len(),
+                samples,
             });
         }
         Ok(())
@@ -443,6 +452,7 @@ fn check_finite_weights(graph: &Graph) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::Loss;
 
     #[test]
     fn a_graph_without_output_is_refused_by_name() {
@@ -455,15 +465,12 @@ mod tests {
 
     #[test]
     fn no_samples_and_non_finite_weights_are_refused_before_a_step() {
-        let empty = Dataset {
-            images: ndarray::Array4::zeros((0, 1, 2, 2)),
-            labels: vec![],
-        };
+        let empty = Dataset::new(ndarray::Array4::zeros((0, 1, 2, 2)), vec![]);
         let config = TrainConfig {
             epochs: 1,
             batch_size: 4,
             seed: 0,
-            loss: Loss::CrossEntropy,
+            loss: Loss::CrossEntropy.into(),
             optimizer: OptimizerConfig::Sgd(crate::SgdConfig::default()),
             batchnorm_training: true,
             max_grad_norm: None,
@@ -472,10 +479,7 @@ mod tests {
         let err = TrainingLoop::new(&graph, &empty, config.clone()).err();
         assert!(matches!(err, Some(TrainError::NoSamples)), "{err:?}");
 
-        let one = Dataset {
-            images: ndarray::Array4::zeros((1, 1, 2, 2)),
-            labels: vec![0],
-        };
+        let one = Dataset::new(ndarray::Array4::zeros((1, 1, 2, 2)), vec![0]);
         let weights = ndarray::arr1(&[0.5f32, f32::INFINITY]).into_dyn();
         graph.add_value("w", ValueSource::Initializer(Tensor::F32(weights)));
         let err = TrainingLoop::new(&graph, &one, config).err().unwrap();

@@ -36,10 +36,7 @@ fn running_statistics_become_the_mean_of_the_batch_statistics() {
     let images = Array4::from_shape_fn((8, 2, 3, 3), |(n, c, h, w)| {
         ((n * 18 + c * 9 + h * 3 + w) as f32 * 0.37).sin() * (1.0 + c as f32) + n as f32 * 0.1
     });
-    let data = Dataset {
-        images,
-        labels: vec![0; 8],
-    };
+    let data = Dataset::new(images, vec![0; 8]);
     let mut graph = graph();
     let mut stream = BatchStream::new(&data, 4, 3);
     reestimate_batchnorm(&mut graph, &mut stream, 2).unwrap();
@@ -48,7 +45,7 @@ fn running_statistics_become_the_mean_of_the_batch_statistics() {
     let mut again = BatchStream::new(&data, 4, 3);
     let (mut mean, mut var) = ([0.0f64; 2], [0.0f64; 2]);
     for _ in 0..2 {
-        let (batch, _) = again.next_batch();
+        let batch = again.next_batch().images;
         for c in 0..2 {
             let values: Vec<f64> = batch
                 .index_axis(ndarray::Axis(1), c)

@@ -204,10 +204,10 @@ mod tests {
         let g = graph();
         let groups = analyze(&g);
         let mut rng = SplitMix64::new(9);
-        let data = Dataset {
-            images: ndarray::Array4::from_shape_fn((6, 1, 2, 2), |_| rng.unit_f64() as f32),
-            labels: vec![0, 1, 2, 0, 1, 2],
-        };
+        let data = Dataset::new(
+            ndarray::Array4::from_shape_fn((6, 1, 2, 2), |_| rng.unit_f64() as f32),
+            vec![0, 1, 2, 0, 1, 2],
+        );
         let mut stream = pare_train::BatchStream::new(&data, 6, 0);
         let fc = g.find_value("fc.w").unwrap();
         let flat = g.find_value("f").unwrap();
@@ -220,7 +220,7 @@ mod tests {
             &g,
             &mut stream,
             1,
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             false,
             |tape, grads| {
                 for (group, offset) in prunable.iter().zip([0, 8]) {
@@ -268,17 +268,17 @@ mod tests {
         let groups = analyze(&g);
         let group = groups.groups.iter().find(|g| g.prunable()).unwrap();
         assert_eq!(group.channels, 3);
-        let data = Dataset {
-            images: ndarray::Array4::from_shape_fn((4, 1, 3, 3), |_| rng.unit_f64() as f32),
-            labels: vec![0, 1, 0, 1],
-        };
+        let data = Dataset::new(
+            ndarray::Array4::from_shape_fn((4, 1, 3, 3), |_| rng.unit_f64() as f32),
+            vec![0, 1, 0, 1],
+        );
         let mut stream = pare_train::BatchStream::new(&data, 4, 0);
         let (dw, pw) = (g.find_value("d.w").unwrap(), g.find_value("q.w").unwrap());
         calibration_passes(
             &g,
             &mut stream,
             1,
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             false,
             |tape, grads| {
                 let mut gram = Gram::new(3);
@@ -332,19 +332,19 @@ mod tests {
             .iter()
             .find(|g| g.prunable())
             .expect("a's group, read twice by b");
-        let data = Dataset {
-            images: ndarray::Array4::from_shape_fn((2, 1, 2, 2), |(n, _, i, j)| {
+        let data = Dataset::new(
+            ndarray::Array4::from_shape_fn((2, 1, 2, 2), |(n, _, i, j)| {
                 (n + i + 2 * j) as f32 / 4.0 - 0.2
             }),
-            labels: vec![0, 2],
-        };
+            vec![0, 2],
+        );
         let mut stream = pare_train::BatchStream::new(&data, 2, 0);
         let w = g.find_value("b.w").unwrap();
         calibration_passes(
             &g,
             &mut stream,
             1,
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             false,
             |tape, grads| {
                 let mut gram = Gram::new(2);

@@ -17,7 +17,7 @@ use crate::PruneError;
 use gram::{silent_channels, Gram};
 use nalgebra::DMatrix;
 use pare_ir::Graph;
-use pare_train::{BatchStream, Loss};
+use pare_train::{BatchStream, Objective};
 
 /// What the columns of a group's Gram matrix are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -119,7 +119,7 @@ pub fn effective_filters(
     groups: &ChannelGroups,
     stream: &mut BatchStream,
     settings: AnalysisSettings,
-    loss: Loss,
+    loss: &Objective,
     min_keep: f64,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<EffectiveFilters, PruneError> {
@@ -301,6 +301,7 @@ mod tests {
     use pare_data::Dataset;
     use pare_kernels::rng::SplitMix64;
     use pare_onnx::{attr, DimSpec, GraphBuilder};
+    use pare_train::Loss;
 
     /// Channels of the first convolution: 0–2 independent, 3 a copy of 0, 4 = 1 + ½·2, 5 dead
     /// (zero filter and bias), 6 alive but every weight reading it zero.
@@ -353,10 +354,10 @@ mod tests {
 
     fn data() -> Dataset {
         let mut rng = SplitMix64::new(3);
-        Dataset {
-            images: ndarray::Array4::from_shape_fn((32, 2, 6, 6), |_| rng.unit_f64() as f32),
-            labels: (0..32).map(|i| (i * 7) % 3).collect(),
-        }
+        Dataset::new(
+            ndarray::Array4::from_shape_fn((32, 2, 6, 6), |_| rng.unit_f64() as f32),
+            (0..32).map(|i| (i * 7) % 3).collect(),
+        )
     }
 
     fn analysis(graph: &Graph, gram: GramSource) -> EffectiveFilters {
@@ -374,7 +375,7 @@ mod tests {
             &groups,
             &mut stream,
             settings,
-            Loss::CrossEntropy,
+            &Loss::CrossEntropy.into(),
             0.05,
             &mut |b| batches.push(b),
         )
@@ -434,7 +435,7 @@ mod tests {
                 &groups,
                 &mut stream,
                 settings,
-                Loss::CrossEntropy,
+                &Loss::CrossEntropy.into(),
                 min_keep,
                 &mut |_| {},
             )

@@ -63,8 +63,7 @@ impl Default for ReliefSettings {
 /// for every pass of a run.
 pub fn pruning_set(train: &Dataset, pruning_images: usize, seed: u64) -> Dataset {
     let order = pare_kernels::rng::permutation(train.len(), seed);
-    let (images, labels) = train.gather(&order[..pruning_images.min(train.len())]);
-    Dataset { images, labels }
+    train.select(&order[..pruning_images.min(train.len())])
 }
 
 /// Where a layer's weights sit: rows = units.
@@ -205,7 +204,7 @@ pub(crate) fn sweep(
     batch_size: usize,
     mut visit: impl FnMut(&Tape) -> Result<(), PruneError>,
 ) -> Result<(), PruneError> {
-    for (images, _) in data.batches(batch_size) {
+    for (images, _, _) in data.batches(batch_size) {
         let tape =
             pare_train::forward(graph, images.to_owned().into_dyn(), Mode::Eval, false, None)?;
         visit(&tape)?;

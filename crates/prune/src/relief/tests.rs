@@ -32,10 +32,7 @@ fn gemm() -> (Graph, Dataset) {
     let graph = pare_ir::import(&b.build()).unwrap();
     // mean |x| = [2, 1, 0].
     let images = Array4::from_shape_vec((2, 1, 1, 3), vec![1.0, -2.0, 0.0, 3.0, 0.0, 0.0]).unwrap();
-    let data = Dataset {
-        images,
-        labels: vec![0, 1],
-    };
+    let data = Dataset::new(images, vec![0, 1]);
     (graph, data)
 }
 
@@ -119,10 +116,7 @@ fn conv() -> (Graph, Dataset) {
         ],
     )
     .unwrap();
-    let data = Dataset {
-        images,
-        labels: vec![0, 1],
-    };
+    let data = Dataset::new(images, vec![0, 1]);
     (graph, data)
 }
 

@@ -48,7 +48,8 @@ pub struct CompressConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
-    pub loss: Loss,
+    /// What training minimises: the label loss, and a teacher term when distilling.
+    pub loss: pare_train::Objective,
     /// The optimiser of the `rls` strategy.
     pub rls: RlsConfig,
     /// The optimiser that fine-tunes after a one-shot prune.
@@ -106,7 +107,7 @@ impl Default for CompressConfig {
             epochs: 10,
             batch_size: 64,
             seed: 0,
-            loss: Loss::CrossEntropy,
+            loss: Loss::CrossEntropy.into(),
             rls: RlsConfig::default(),
             finetune: OptimizerConfig::Rls(RlsConfig::default()),
             ratio: 0.1,

@@ -255,7 +255,7 @@ impl<'a> Decoder<'a> {
             })?;
         }
         let c = self.config;
-        let val = pare_train::evaluate(&net, self.val, c.batch_size, c.loss)?;
+        let val = pare_train::evaluate(&net, self.val, c.batch_size, &c.loss)?;
         let cost = Cost::of(&net);
         Ok((
             cost,

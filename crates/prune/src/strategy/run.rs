@@ -225,7 +225,7 @@ impl<'a> Run<'a> {
     }
 
     pub fn validate(&self, graph: &Graph) -> Result<Evaluation, TrainError> {
-        pare_train::evaluate(graph, self.val, self.config.batch_size, self.config.loss)
+        pare_train::evaluate(graph, self.val, self.config.batch_size, &self.config.loss)
     }
 
     /// The mean parameter gradients over `calibration_batches` batches, updating `rls`'s P from
@@ -240,7 +240,7 @@ impl<'a> Run<'a> {
             graph,
             &mut self.calibration,
             c.calibration_batches,
-            c.loss,
+            &c.loss,
             rls,
         )
     }
@@ -311,7 +311,7 @@ impl<'a> Run<'a> {
             groups,
             &mut self.calibration,
             c.analysis,
-            c.loss,
+            &c.loss,
             c.min_keep,
             &mut |_| {},
         )?;

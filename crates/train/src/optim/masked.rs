@@ -169,10 +169,7 @@ mod tests {
 
     fn data() -> Dataset {
         let images = ndarray::Array4::from_shape_vec((8, 1, 4, 4), wave(128, 5.0, 1.0)).unwrap();
-        Dataset {
-            images,
-            labels: (0..8).map(|i| i % 2).collect(),
-        }
+        Dataset::new(images, (0..8).map(|i| i % 2).collect())
     }
 
     fn value(graph: &Graph, name: &str) -> ValueId {
@@ -220,7 +217,7 @@ mod tests {
             epochs: 2,
             batch_size: 4,
             seed: 7,
-            loss: Loss::CrossEntropy,
+            loss: Loss::CrossEntropy.into(),
             optimizer: sgd,
             batchnorm_training: true,
             max_grad_norm: None,
@@ -252,7 +249,7 @@ mod tests {
                 epochs: 3,
                 batch_size: 4,
                 seed: 7,
-                loss: Loss::CrossEntropy,
+                loss: Loss::CrossEntropy.into(),
                 optimizer: optimizer.clone(),
                 batchnorm_training: true,
                 max_grad_norm: Some(5.0),
