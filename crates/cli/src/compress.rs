@@ -5,9 +5,11 @@
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
 mod report;
+mod supervision;
 
 use crate::analyze::{render_analysis, EnergyArgs};
 use crate::data_args::{self, PreprocessArgs};
+use crate::distill_args::DistillArgs;
 use crate::es_args::EsArgs;
 use crate::eval::MAX_RUNS;
 use crate::relief_args::ReliefArgs;
@@ -27,6 +29,7 @@ use pare_verify::{Accuracy, Latency, Source, Subject};
 use report::{figures, layer_report, render, Report};
 use serde::Serialize;
 use std::path::PathBuf;
+use supervision::Supervision;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum StrategyKind {
@@ -117,7 +120,9 @@ pub struct Args {
     #[arg(required = true)]
     model: Option<PathBuf>,
     /// Dataset (as for `finetune`): training uses its train split, the final report its test
-    /// split. Recovery is judged on --val, or on a split held out of the train split.
+    /// split. Recovery is judged on --val, or on a split held out of the train split. Unlabeled
+    /// images (a folder of images, an .npz of x alone) work too: training then distils from the
+    /// original, and the final check is top-1 agreement with it on held-out images.
     #[arg(long, required = true)]
     data: Option<PathBuf>,
     /// Where to write the compressed model. Never the input.
@@ -191,7 +196,10 @@ pub struct Args {
     preprocess: PreprocessArgs,
     #[command(flatten)]
     relief: ReliefArgs,
-    /// Refuse to write the model if test accuracy falls by more than this many points.
+    #[command(flatten)]
+    distill: DistillArgs,
+    /// Refuse to write the model if test accuracy (or agreement with the original, on unlabeled
+    /// data) falls by more than this many points.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
     /// Write the model even when accuracy falls by more than --max-drop.
@@ -312,16 +320,29 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
     }
-    let config = config(&args)?;
+    let mut config = config(&args)?;
+    args.distill.check()?;
 
     let mut inputs = paths::Inputs::default();
-    let (mut graph, preprocess, splits) = data_args::load_model_and_data(
+    let (mut graph, preprocess, contents) = data_args::load_model_and_contents(
         &model_path,
         &args.shape,
         &data,
         &args.preprocess,
         &mut inputs,
     )?;
+    let (mut splits, supervision) = supervision::splits(
+        &graph,
+        &model_path,
+        &data,
+        contents,
+        &args.distill,
+        args.train.seed,
+    )?;
+    let labelled = supervision == Supervision::Labels;
+    if !labelled || args.distill.distill {
+        config.loss.distillation = Some(args.distill.distillation(labelled));
+    }
     inputs.add("the --data dataset", &data);
     if let Some(val) = &args.val {
         inputs.add("the --val dataset", val);
@@ -349,6 +370,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let original = Subject::load(Source::File(&model_path), &test_shape)?;
+    if supervision == Supervision::Teacher {
+        // Agreement is counted against tract's own top-1 of the original, so the original
+        // agrees with itself exactly.
+        splits.test.labels = original.top1(splits.test.images.view())?;
+    }
     original.check_labels(&data, "train", &splits.train)?;
     original.check_labels(&data, "test", &splits.test)?;
     let (train, val, validation) = match &args.val {
@@ -358,9 +384,15 @@ pub fn run(args: Args) -> Result<()> {
                     "warning: --val is --data, so recovery is judged on the test split the final table reports"
                 );
             }
-            let v = data_args::load(dir, &preprocess)?.test;
+            if !labelled {
+                bail!("--val: with unlabeled --data, recovery is judged on images held out of it (--val-fraction)");
+            }
+            let mut v = data_args::load(dir, &preprocess)?.test;
             pare_verify::input_shape_for(&graph, &model_path, dir, "validation", &v, 1)?;
             original.check_labels(dir, "test", &v)?;
+            if config.loss.distillation.is_some() {
+                supervision::add_teacher(&before_graph, &model_path, &mut v)?;
+            }
             let label = format!("{} ({} images)", dir.display(), v.len());
             (splits.train, v, label)
         }
@@ -477,6 +509,7 @@ pub fn run(args: Args) -> Result<()> {
         preprocess,
         validation,
         validation_held_out: args.val.is_none(),
+        supervision,
         test_images: splits.test.len(),
         original: figures(
             outcome.original,
@@ -509,7 +542,8 @@ pub fn run(args: Args) -> Result<()> {
     print!("{}", render(&report));
     if !write {
         bail!(
-            "test accuracy fell by {:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
+            "{} fell by {:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
+            supervision.measure(),
             comparison.accuracy_drop(),
             args.max_drop,
             output.display()

@@ -4,7 +4,7 @@
 
 use crate::{model, paths};
 use anyhow::{anyhow, Result};
-use pare_data::{ChannelOrder, DataError, Normalize, Preprocess, Setting, Splits};
+use pare_data::{ChannelOrder, Contents, DataError, Normalize, Preprocess, Setting, Splits};
 use pare_ir::Graph;
 use std::path::Path;
 
@@ -132,7 +132,27 @@ pub fn load(data: &Path, preprocess: &Preprocess) -> Result<Splits> {
 }
 
 /// Loads the model (recording its files in `inputs`), then the dataset prepared as the flags ask,
-/// then fixes a model input left open to the training images' shape.
+/// labelled or not, then fixes a model input left open to the images' shape.
+pub fn load_model_and_contents(
+    model_path: &Path,
+    shape: &model::InputShapeArg,
+    data: &Path,
+    flags: &PreprocessArgs,
+    inputs: &mut paths::Inputs,
+) -> Result<(Graph, Preprocess, Contents)> {
+    let mut graph = model::load(model_path, shape, inputs)?;
+    let preprocess = flags.preprocess(&graph, model_path)?;
+    let contents = pare_data::load_contents_with(data, &preprocess).map_err(naming_the_flag)?;
+    let images = match &contents {
+        Contents::Labelled(splits) => &splits.train.images,
+        Contents::Unlabeled(images) => images,
+    };
+    let (_, c, h, w) = images.dim();
+    model::fix_open_input(&mut graph, model_path, data, [c, h, w])?;
+    Ok((graph, preprocess, contents))
+}
+
+/// As [`load_model_and_contents`], for commands that need labels: unlabeled images are refused.
 pub fn load_model_and_data(
     model_path: &Path,
     shape: &model::InputShapeArg,
@@ -140,9 +160,14 @@ pub fn load_model_and_data(
     flags: &PreprocessArgs,
     inputs: &mut paths::Inputs,
 ) -> Result<(Graph, Preprocess, Splits)> {
-    let mut graph = model::load(model_path, shape, inputs)?;
-    let preprocess = flags.preprocess(&graph, model_path)?;
-    let splits = load(data, &preprocess)?;
-    model::fix_open_input(&mut graph, model_path, data, splits.train.image_shape())?;
-    Ok((graph, preprocess, splits))
+    let (graph, preprocess, contents) =
+        load_model_and_contents(model_path, shape, data, flags, inputs)?;
+    match contents {
+        Contents::Labelled(splits) => Ok((graph, preprocess, splits)),
+        Contents::Unlabeled(images) => Err(DataError::Unlabeled {
+            path: data.into(),
+            count: images.dim().0,
+        }
+        .into()),
+    }
 }

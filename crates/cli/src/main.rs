@@ -8,6 +8,7 @@ mod analyze;
 mod compress;
 mod convert;
 mod data_args;
+mod distill_args;
 mod es_args;
 mod eval;
 mod finetune;

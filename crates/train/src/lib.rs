@@ -21,6 +21,6 @@ pub use loss::{DistillForm, Distillation, Loss, Objective};
 pub use optim::{AdamConfig, OptimizerConfig, RlsConfig, SgdConfig};
 pub use schedule::Schedule;
 pub use trainer::{
-    evaluate, reestimate_batchnorm, scores_value, train, train_step, BatchProgress, BatchStream,
-    EpochReport, Evaluation, StepReport, TrainConfig, TrainingLoop,
+    evaluate, predict, reestimate_batchnorm, scores_value, train, train_step, BatchProgress,
+    BatchStream, EpochReport, Evaluation, StepReport, TrainConfig, TrainingLoop,
 };

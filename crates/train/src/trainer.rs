@@ -119,6 +119,28 @@ pub fn evaluate(
     })
 }
 
+/// The scores `[N, classes]` of `graph` for every image of `images` `[N, C, H, W]`, BatchNorm in
+/// inference mode: what a teacher gives the data it distils on.
+pub fn predict(
+    graph: &Graph,
+    images: ndarray::ArrayView4<f32>,
+    batch_size: usize,
+) -> Result<ndarray::Array2<f32>, TrainError> {
+    let target = scores_value(graph)?;
+    let mut rows = Vec::new();
+    let mut classes = 0;
+    for chunk in images.axis_chunks_iter(ndarray::Axis(0), batch_size.max(1)) {
+        let tape = executor::forward(graph, chunk.to_owned().into_dyn(), Mode::Eval, false, None)?;
+        let s = scores(&tape, target)?;
+        classes = s.ncols();
+        rows.extend(s.iter().copied());
+    }
+    Ok(
+        ndarray::Array2::from_shape_vec((images.dim().0, classes), rows)
+            .expect("one row of scores per image"),
+    )
+}
+
 /// PyTorch's running-statistics update after a training-mode forward: r ← m·r + (1−m)·batch,
 /// with the unbiased batch variance. ONNX's momentum is the weight of the running value; `keep`
 /// overrides it for every node.

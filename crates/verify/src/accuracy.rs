@@ -1,6 +1,7 @@
 //! Top-1 accuracy of a model on a dataset.
 
 use crate::{TractModel, VerifyError};
+use ndarray::ArrayView4;
 use pare_data::Dataset;
 
 /// Top-1 accuracy of a model on a dataset.
@@ -23,16 +24,24 @@ impl Accuracy {
 
 /// Counts the samples whose highest logit is their label.
 pub fn accuracy(model: &TractModel, data: &Dataset) -> Result<Accuracy, VerifyError> {
-    let logits = model.run_all(data.images.view())?;
-    let correct = logits
-        .outer_iter()
+    let correct = top1(model, data.images.view())?
+        .iter()
         .zip(&data.labels)
-        .filter(|(row, &label)| argmax(row.as_slice().expect("contiguous")) == label)
+        .filter(|(predicted, label)| predicted == label)
         .count();
     Ok(Accuracy {
         correct,
         total: data.len(),
     })
+}
+
+/// The class with the highest logit for each of `images` `[N, C, H, W]`.
+pub fn top1(model: &TractModel, images: ArrayView4<f32>) -> Result<Vec<usize>, VerifyError> {
+    let logits = model.run_all(images)?;
+    Ok(logits
+        .outer_iter()
+        .map(|row| argmax(row.as_slice().expect("contiguous")))
+        .collect())
 }
 
 fn argmax(v: &[f32]) -> usize {

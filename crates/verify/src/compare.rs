@@ -2,7 +2,7 @@
 //! side, and the regression gate on the accuracy lost.
 
 use crate::{accuracy, latency_pair, Accuracy, Latency, Source, TractModel, VerifyError};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView4};
 use pare_data::Dataset;
 use std::path::Path;
 
@@ -53,6 +53,12 @@ impl<'a> Subject<'a> {
     pub fn test_accuracy(&self, data: &Path, test: &Dataset) -> Result<Accuracy, VerifyError> {
         self.check_labels(data, "test", test)?;
         accuracy(&self.tract, test)
+    }
+
+    /// The class the model ranks first for each of `images`: the labels its own top-1 agreement
+    /// is counted against.
+    pub fn top1(&self, images: ArrayView4<f32>) -> Result<Vec<usize>, VerifyError> {
+        crate::accuracy::top1(&self.tract, images)
     }
 
     /// The model loaded again at batch 1, for timing single images.

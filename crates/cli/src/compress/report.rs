@@ -25,6 +25,9 @@ pub(super) struct Report {
     pub(super) validation: String,
     /// Whether the validation images were held out of the training split.
     pub(super) validation_held_out: bool,
+    /// Where the labels came from: the dataset, or (unlabeled data) the original model, in which
+    /// case every `test_accuracy` and `validation_accuracy` is top-1 agreement with the original.
+    pub(super) supervision: Supervision,
     pub(super) test_images: usize,
     pub(super) original: Figures,
     pub(super) compressed: Figures,
@@ -111,7 +114,13 @@ pub(super) fn render(r: &Report) -> String {
             ratio(o.file_bytes as f64, c.file_bytes as f64),
         ],
         vec![
-            format!("test accuracy ({} images)", r.test_images),
+            match r.supervision {
+                Supervision::Labels => format!("test accuracy ({} images)", r.test_images),
+                Supervision::Teacher => format!(
+                    "top-1 agreement with the original ({} held-out images)",
+                    r.test_images
+                ),
+            },
             format!("{:.1}%", o.test_accuracy),
             format!("{:.1}%", c.test_accuracy),
             format!("{:+.1} pt", c.test_accuracy - o.test_accuracy),
@@ -205,7 +214,8 @@ pub(super) fn render(r: &Report) -> String {
         out.push_str("the target was not reached within the epoch budget\n");
     }
     let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
-    let memorised = r.validation_held_out && start >= 99.0;
+    // Agreement on images the original labelled starts at 100% by construction.
+    let memorised = r.validation_held_out && start >= 99.0 && r.supervision == Supervision::Labels;
     if (rolled_back || (r.target_met == Some(false) && !r.target_clamped)) && memorised {
         out.push_str(&format!(
             "hint: validation accuracy was {start:.1}% before pruning: the model has probably memorised its training data, so images held out of it cannot show recovery; give a separate validation set with --val DIR\n"

@@ -1,0 +1,112 @@
+//! Where a compression's training signal and its final check come from: the dataset's labels, or,
+//! for unlabeled images, the original model itself (distillation from its scores, and top-1
+//! agreement with it on images held out of training).
+
+use crate::distill_args::DistillArgs;
+use anyhow::{bail, Context, Result};
+use ndarray::{Array2, ArrayView4};
+use pare_data::{Contents, Dataset, Splits};
+use pare_ir::Graph;
+use pare_train::loss::argmax_rows;
+use serde::Serialize;
+use std::path::Path;
+
+/// What the labels of a run are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Supervision {
+    /// The dataset's own labels: the final check is test accuracy.
+    Labels,
+    /// Unlabeled images, labelled by the original model's top-1 class: training distils from
+    /// its scores, and the final check is top-1 agreement with it on held-out images.
+    Teacher,
+}
+
+impl Supervision {
+    /// What the final check measures, as the table and messages say it.
+    pub fn measure(self) -> &'static str {
+        match self {
+            Supervision::Labels => "test accuracy",
+            Supervision::Teacher => "agreement with the original",
+        }
+    }
+}
+
+/// Images per pass of the teacher.
+const TEACHER_BATCH: usize = 64;
+
+/// Turns what `data` holds into train and test splits for `compress`: labelled splits as they
+/// are (with the original's scores on the training images when --distill asks), unlabeled images
+/// labelled and scored by the original model `graph`, `--test-fraction` of them held out (drawn
+/// by `seed`) for the final check.
+pub fn splits(
+    graph: &Graph,
+    model: &Path,
+    data: &Path,
+    contents: Contents,
+    distill: &DistillArgs,
+    seed: u64,
+) -> Result<(Splits, Supervision)> {
+    match contents {
+        Contents::Labelled(mut splits) => {
+            if distill.distill {
+                add_teacher(graph, model, &mut splits.train)?;
+            }
+            Ok((splits, Supervision::Labels))
+        }
+        Contents::Unlabeled(images) => {
+            let count = images.dim().0;
+            if count < 2 {
+                bail!(
+                    "{}: {count} unlabeled image(s); training and the final check need at least \
+                     two (and recovery checks a few more)",
+                    data.display()
+                );
+            }
+            let scores = teacher_scores(graph, model, images.view())?;
+            let mut all = Dataset::new(images, argmax_rows(scores.view()));
+            all.teacher = Some(scores);
+            Ok((
+                hold_out(&all, distill.test_fraction, seed),
+                Supervision::Teacher,
+            ))
+        }
+    }
+}
+
+/// Keeps the original model's scores of every image of `data` as the teacher's.
+pub fn add_teacher(graph: &Graph, model: &Path, data: &mut Dataset) -> Result<()> {
+    data.teacher = Some(teacher_scores(graph, model, data.images.view())?);
+    Ok(())
+}
+
+/// The original model's (`graph`, read from `model`) scores of `images`.
+fn teacher_scores(graph: &Graph, model: &Path, images: ArrayView4<f32>) -> Result<Array2<f32>> {
+    pare_train::predict(graph, images, TEACHER_BATCH)
+        .with_context(|| format!("{}: scoring the images with the original", model.display()))
+}
+
+/// Splits `all` into (train, test), `fraction` of it (at least one image each) to test, drawn by
+/// `seed`; both keep the images' order.
+fn hold_out(all: &Dataset, fraction: f32, seed: u64) -> Splits {
+    let n = all.len();
+    let test_count = ((fraction * n as f32).round() as usize).clamp(1, n - 1);
+    let mut to_test = vec![false; n];
+    for i in pare_kernels::rng::permutation(n, seed ^ HOLD_OUT_STREAM)
+        .into_iter()
+        .take(test_count)
+    {
+        to_test[i] = true;
+    }
+    let (test, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| to_test[i]);
+    let mut test = all.select(&test);
+    // The final check reads labels (tract's own top-1, set later), never the teacher's scores.
+    test.teacher = None;
+    Splits {
+        train: all.select(&train),
+        test,
+    }
+}
+
+/// Keeps the test draw apart from the validation split's, which uses the same seed.
+const HOLD_OUT_STREAM: u64 = 0x7e57_0000_0000_0001;

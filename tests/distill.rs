@@ -1,0 +1,151 @@
+//! `compress` on unlabeled images: the original model labels and scores them, training distils
+//! from its scores, and the final check is top-1 agreement with it on held-out images; and
+//! `--distill` on labelled data.
+
+mod common;
+
+use common::{assert_clean_error, compress, mnist, path_str};
+use std::path::Path;
+
+/// The first `count` MNIST training images as PNG files directly in `dir` (no class folders).
+fn unlabeled_folder(dir: &Path, count: usize) {
+    let images = pare_data::load_dir(&mnist()).unwrap().train.images;
+    for n in 0..count {
+        let image = image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([(images[[n, 0, y as usize, x as usize]] * 255.0).round() as u8])
+        });
+        image.save(dir.join(format!("{n:04}.png"))).unwrap();
+    }
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn unlabeled_images_train_by_distillation_and_the_table_reports_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    unlabeled_folder(&images, 600);
+    let (out, json) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
+    let o = compress(&[
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(&images),
+        "-o",
+        path_str(&out),
+        "--strategy",
+        "oneshot",
+        "--target-macs",
+        "0.6",
+        "--epochs",
+        "3",
+        "--max-drop",
+        "100",
+        "--report",
+        path_str(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 20% of 600 held out for the final check; the original agrees with itself.
+    assert!(
+        stdout.contains("top-1 agreement with the original (120 held-out images)    100.0%"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("test accuracy"), "{stdout}");
+    let r = report(&json);
+    assert_eq!(r["supervision"], "teacher");
+    assert_eq!(r["config"]["loss"]["distillation"]["weight"], 1.0);
+    assert_eq!(
+        r["config"]["loss"]["distillation"]["form"]["kl"]["temperature"],
+        4.0
+    );
+    assert!(out.is_file());
+    // Training lowered the distillation loss the prune raised, and won agreement back.
+    let history = r["history"].as_array().unwrap();
+    let pruned = history.iter().find(|h| h["kind"] == "prune").unwrap();
+    let last = history.last().unwrap();
+    let [loss_pruned, loss_last] = [pruned, last].map(|h| h["validation_loss"].as_f64().unwrap());
+    let [agree_pruned, agree_last] =
+        [pruned, last].map(|h| h["validation_accuracy"].as_f64().unwrap());
+    assert!(
+        loss_last < 0.5 * loss_pruned,
+        "KL to the teacher: {loss_pruned} after the prune, {loss_last} at the end"
+    );
+    assert!(
+        agree_last > agree_pruned && agree_last >= 90.0,
+        "agreement: {agree_pruned} after the prune, {agree_last} at the end"
+    );
+    assert_eq!(history[0]["validation_accuracy"], 100.0);
+}
+
+#[test]
+fn distill_adds_the_teacher_term_to_labelled_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, json) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
+    let o = compress(&[
+        "models/lenet5_opset17.onnx",
+        "--data",
+        "models/mnist5k",
+        "-o",
+        path_str(&out),
+        "--strategy",
+        "oneshot",
+        "--target-macs",
+        "0.8",
+        "--epochs",
+        "1",
+        "--distill",
+        "--distill-loss",
+        "mse",
+        "--distill-weight",
+        "0.25",
+        "--max-drop",
+        "100",
+        "--report",
+        path_str(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("test accuracy (1000 images)"), "{stdout}");
+    let r = report(&json);
+    assert_eq!(r["supervision"], "labels");
+    assert_eq!(r["config"]["loss"]["distillation"]["weight"], 0.25);
+    assert_eq!(r["config"]["loss"]["distillation"]["form"], "logit-mse");
+    // Label loss and teacher term together: above zero for the unpruned model.
+    assert!(r["history"][0]["validation_loss"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn unlabeled_images_are_refused_where_labels_are_needed_and_bad_distill_flags_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    unlabeled_folder(dir.path(), 4);
+    let out = dir.path().join("small.onnx");
+    let o = compress(&[
+        "finetune",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(dir.path()),
+        "-o",
+        path_str(&out),
+    ]);
+    assert_clean_error(&o, &["holds 4 images without labels", "distilling"]);
+    let base = [
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(dir.path()),
+        "-o",
+        path_str(&out),
+    ];
+    for (flags, message) in [
+        (&["--temperature", "0"][..], "--temperature must be"),
+        (&["--distill-weight", "1.5"], "--distill-weight must be"),
+        (&["--test-fraction", "1"], "--test-fraction must be"),
+        (&["--val", "models/mnist5k"], "--val: with unlabeled --data"),
+    ] {
+        let o = compress(&[&base[..], flags].concat());
+        assert_clean_error(&o, &[message]);
+    }
+    assert!(!out.exists());
+}
