@@ -424,3 +424,33 @@ fn every_traced_activation_computes_what_the_executor_computes() {
         assert_eq!(report.compensated, 1, "{op}: {report:?}");
     }
 }
+
+#[test]
+fn a_trace_that_would_branch_without_end_stops_at_its_budget() {
+    // s0 = BN(Conv(x)), s_{i+1} = s_i + s_i forty times: followed naively, 2⁴⁰ walks.
+    let mut b = GraphBuilder::new("t", 17);
+    b.input("x", [1i64, 2, 3, 3]);
+    b.initializer(tensor_f32("w1", &[3, 2, 1, 1], wave(6, 1.0)));
+    b.node("Conv", &["x", "w1"], &["c1"], vec![]);
+    batchnorm(&mut b, "s0", "c1", &[1.0, 0.0, 0.5], &[0.2, -0.7, 0.1]);
+    for i in 0..40 {
+        let (from, to) = (format!("s{i}"), format!("s{}", i + 1));
+        b.node("Add", &[&from, &from], &[&to], vec![]);
+    }
+    b.initializer(tensor_f32("w2", &[2, 3, 1, 1], wave(6, 3.0)));
+    b.node("Conv", &["s40", "w2"], &["y"], vec![]);
+    b.output("y", [1i64, 2, 3, 3]);
+    let graph = pare_ir::import(&b.build()).unwrap();
+    let [group] = only_prunable(&graph)[..] else {
+        panic!("one prunable group")
+    };
+    let mut plan = PruningPlan::default();
+    plan.drop_channels(group, [1]);
+    let mut groups = analyze(&graph);
+    let report = compensate_removed(&mut graph.clone(), &mut groups, &plan).unwrap();
+    assert_eq!(report.unknown, 1, "{report:?}");
+    assert!(
+        report.skipped.keys().any(|w| w.contains("512")),
+        "{report:?}"
+    );
+}
