@@ -136,7 +136,8 @@ struct BiasTarget {
 impl BiasTarget {
     fn of(graph: &Graph, readers: &[Vec<NodeId>], slice: &Slice) -> Result<BiasTarget, String> {
         let node = graph.node(slice.node);
-        let label = format!("{} '{}'", node.op.op_type(), node.name);
+        // The op type, not the node: reasons key a summary (see trace.rs).
+        let label = node.op.op_type().to_string();
         let Some(Tensor::F32(weight)) = graph.value(slice.tensor).initializer() else {
             return Err(format!("{label} has a weight that is not a float constant"));
         };

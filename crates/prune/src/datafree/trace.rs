@@ -246,7 +246,9 @@ impl Trace<'_> {
             ValueSource::Initializer(_) => return Err("the trace reaches a constant".into()),
         };
         let node = graph.node(id);
-        let label = format!("{} '{}'", node.op.op_type(), node.name);
+        // Reasons name the op type, not the node: they key a summary that a model with thousands
+        // of layers would otherwise flood.
+        let label = node.op.op_type().to_string();
         let x = node.inputs.first().copied().flatten();
         let through = |me: &mut Self, act: Act| -> Result<Channel, String> {
             let x = x.ok_or_else(|| format!("{label} has no input"))?;
@@ -297,9 +299,12 @@ impl Trace<'_> {
             }
             Op::Concat { .. } => self.concat(id, index, &label),
             Op::Add | Op::Sub | Op::Mul | Op::Div => self.elementwise(id, index, &label),
-            Op::Conv(_) | Op::Gemm(_) | Op::MatMul | Op::Softmax { .. } | Op::Opaque(_) => Err(
-                format!("the trace meets {label}, which mixes channels or is not modelled"),
-            ),
+            Op::Conv(_) | Op::Gemm(_) | Op::MatMul => Err(format!(
+                "the trace meets a {label} before any BatchNorm (folded into it, or none)"
+            )),
+            Op::Softmax { .. } | Op::Opaque(_) => Err(format!(
+                "the trace meets {label}, which mixes channels or is not modelled"
+            )),
         }
     }
 
@@ -324,7 +329,7 @@ impl Trace<'_> {
             }
             offset += width;
         }
-        Err(format!("{label} has no element {index} along axis 1"))
+        Err(format!("{label} is narrower than the channel traced"))
     }
 
     /// Add, Sub, Mul or Div: of two activations (sums only), or of an activation and a constant
@@ -411,7 +416,7 @@ fn batchnorm(
             .filter(|t| t.ndim() == 1)
             .and_then(|t| t.iter().nth(index).copied())
             .map(f64::from)
-            .ok_or_else(|| format!("{label} has no constant parameter {i} for channel {index}"))
+            .ok_or_else(|| format!("{label} has no constant parameter {i} for the channel traced"))
     };
     let (gamma, beta, var) = (param(1)?, param(2)?, param(4)?);
     let sigma = gamma.abs() * (var / (var + f64::from(epsilon))).sqrt();
