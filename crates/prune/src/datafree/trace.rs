@@ -214,13 +214,7 @@ const MAX_STEPS: usize = 512;
 /// The expected value of element `index` along axis 1 of `value` (a channel, or a feature after
 /// Flatten), or why it is unknown.
 pub(super) fn expected_value(graph: &Graph, value: ValueId, index: usize) -> Result<f64, String> {
-    let mut steps = 0;
-    let m = Trace {
-        graph,
-        steps: &mut steps,
-    }
-    .walk(value, index)?
-    .expected();
+    let m = Trace { graph, steps: 0 }.walk(value, index)?.expected();
     if m.is_finite() {
         Ok(m)
     } else {
@@ -228,15 +222,16 @@ pub(super) fn expected_value(graph: &Graph, value: ValueId, index: usize) -> Res
     }
 }
 
+/// One trace: the graph and the ops passed so far.
 struct Trace<'a> {
     graph: &'a Graph,
-    steps: &'a mut usize,
+    steps: usize,
 }
 
 impl Trace<'_> {
     fn walk(&mut self, value: ValueId, index: usize) -> Result<Channel, String> {
-        *self.steps += 1;
-        if *self.steps > MAX_STEPS {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
             return Err(format!("the trace passes more than {MAX_STEPS} ops"));
         }
         let graph = self.graph;
@@ -251,8 +246,7 @@ impl Trace<'_> {
         let label = node.op.op_type().to_string();
         let x = node.inputs.first().copied().flatten();
         let through = |me: &mut Self, act: Act| -> Result<Channel, String> {
-            let x = x.ok_or_else(|| format!("{label} has no input"))?;
-            me.walk(x, index)?
+            me.input(x, index, &label)?
                 .then(act)
                 .ok_or_else(|| format!("{label} follows an average: only the mean is known"))
         };
@@ -297,7 +291,19 @@ impl Trace<'_> {
                     .ok_or_else(|| format!("{label} does not keep the channel axis"))?;
                 self.input(x, index, &label)
             }
-            Op::Concat { .. } => self.concat(id, index, &label),
+            Op::Concat { axis } => {
+                let rank = graph
+                    .value(node.outputs[0])
+                    .shape
+                    .as_ref()
+                    .map_or(0, |s| s.rank());
+                if *axis != 1 && *axis != 1 - rank as i64 {
+                    return Err(format!(
+                        "{label} joins along another axis than the channels"
+                    ));
+                }
+                self.concat(id, index, &label)
+            }
             Op::Add | Op::Sub | Op::Mul | Op::Div => self.elementwise(id, index, &label),
             Op::Conv(_) | Op::Gemm(_) | Op::MatMul => Err(format!(
                 "the trace meets a {label} before any BatchNorm (folded into it, or none)"
