@@ -36,4 +36,12 @@ pub enum PruneError {
     Relief { node: String, problem: String },
     #[error("{0} must be {1}")]
     Setting(&'static str, &'static str),
+    #[error("input '{input}' has shape {shape}; synthetic images need an NCHW input whose channels, height and width are known: pass --input-shape CxHxW (e.g. 3x32x32)")]
+    SyntheticShape { input: String, shape: String },
+    #[error("{count} synthetic images of {per_image} values each exceed the limit of {limit} values; ask for fewer images")]
+    SyntheticTooLarge {
+        count: usize,
+        per_image: usize,
+        limit: usize,
+    },
 }

@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod criteria;
+pub mod datafree;
 mod error;
 pub mod evolution;
 mod groups;
@@ -20,6 +21,7 @@ pub mod strategy;
 mod summary;
 
 pub use criteria::Criterion;
+pub use datafree::{compensate_removed, synthetic_inputs, Compensation, SyntheticSource};
 pub use error::PruneError;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
 pub use plan::PruningPlan;

@@ -32,7 +32,8 @@ impl PruningPlan {
             .collect()
     }
 
-    fn check(&self, groups: &ChannelGroups) -> Result<(), PruneError> {
+    /// Refuses a plan that drops channels of a frozen group, out of range, or all of a group.
+    pub(crate) fn check(&self, groups: &ChannelGroups) -> Result<(), PruneError> {
         for (&id, list) in &self.drop {
             let g = groups.group(id);
             if !g.frozen.is_empty() && !list.is_empty() {
