@@ -59,8 +59,10 @@ fn unlabeled_images_train_by_distillation_and_the_table_reports_agreement() {
     assert_eq!(r["config"]["loss"]["distillation"]["weight"], 1.0);
     assert_eq!(
         r["config"]["loss"]["distillation"]["form"]["kl"]["temperature"],
-        4.0
+        1.0
     );
+    // Agreement's own default tolerance.
+    assert_eq!(r["config"]["accuracy_tolerance"], 2.0);
     assert!(out.is_file());
     // Training lowered the distillation loss the prune raised, and won agreement back.
     let history = r["history"].as_array().unwrap();
@@ -147,5 +149,109 @@ fn unlabeled_images_are_refused_where_labels_are_needed_and_bad_distill_flags_ar
         let o = compress(&[&base[..], flags].concat());
         assert_clean_error(&o, &[message]);
     }
+    assert!(!out.exists());
+}
+
+#[test]
+fn without_data_the_model_is_pruned_once_compensated_and_checked_on_synthetic_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let (out, json) = (
+            dir.path().join(format!("{name}.onnx")),
+            dir.path().join(format!("{name}.json")),
+        );
+        let o = compress(
+            &[
+                &[
+                    "models/vggbn_keepbn_opset17.onnx",
+                    "-o",
+                    path_str(&out),
+                    "--report",
+                    path_str(&json),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        (o, out, json)
+    };
+    let (o, out, json) = run("a", &[]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    // Not gated by default: synthetic agreement says little of accuracy.
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no --data: pruning to 50% of the MACs"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("synthetic inputs)"), "{stdout}");
+    assert!(
+        stdout.contains("warning: accuracy was not measured"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bias compensation: 104 of 104"), "{stdout}");
+    let r = report(&json);
+    assert_eq!(r["supervision"], "synthetic");
+    assert_eq!(r["history"].as_array().unwrap().len(), 0);
+    assert_eq!(r["no_data"]["criterion"], "l2");
+    assert_eq!(r["no_data"]["synthetic"]["kind"], "first-batch-norm");
+    let macs = r["compressed"]["macs"].as_f64().unwrap() / r["original"]["macs"].as_f64().unwrap();
+    assert!(macs <= 0.5 && macs > 0.4, "{macs}");
+    // tract runs the written model on real images, far above chance without any training.
+    let test = pare_data::load_dir(&mnist()).unwrap().test.head(200);
+    let model = pare_verify::TractModel::load(&out, &[200, 1, 28, 28]).unwrap();
+    let accuracy = pare_verify::accuracy(&model, &test).unwrap().percent();
+    assert!(accuracy > 50.0, "{accuracy}");
+    // The same seed writes the same bytes; a gate asked for is applied.
+    let (o, again, _) = run("b", &[]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    // (The target given, so stderr holds only the error.)
+    let (o, gated, _) = run("c", &["--max-drop", "1", "--target-macs", "0.5"]);
+    assert_clean_error(
+        &o,
+        &["agreement with the original on synthetic inputs fell by"],
+    );
+    assert!(!gated.exists());
+}
+
+#[test]
+fn without_data_flags_that_need_data_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.onnx");
+    for (flags, message) in [
+        (
+            &["--strategy", "rls"][..],
+            "--strategy rls trains or searches on data",
+        ),
+        (
+            &["--criterion", "taylor"],
+            "--criterion taylor scores channels from data",
+        ),
+        (&["--distill"], "--distill needs --data"),
+        (&["--val", "models/mnist5k"], "--val needs --data"),
+        (&["--target-macs", "0"], "target"),
+    ] {
+        let o = compress(
+            &[
+                &["models/lenet5_opset17.onnx", "-o", path_str(&out)][..],
+                flags,
+            ]
+            .concat(),
+        );
+        assert_clean_error(&o, &[message]);
+    }
+    // An input left open has no size to draw synthetic images at.
+    let open = common::open_lenet(dir.path());
+    let o = compress(&[
+        path_str(&open),
+        "-o",
+        path_str(&out),
+        "--target-macs",
+        "0.5",
+    ]);
+    assert_clean_error(&o, &["--input-shape"]);
     assert!(!out.exists());
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod distill_bench;
 mod epoch_bench;
 mod es_bench;
 mod fuzz;
@@ -65,6 +66,9 @@ enum Bench {
     /// `compress --strategy relief` per pass (nonzero params, structural MACs, validation), then
     /// beside rls and one-shot L2 at the same structural MACs, from its --report.
     Relief(relief_bench::Settings),
+    /// `compress` at 50% of the MACs three ways: labelled, distilled from the original on the same
+    /// images without labels, and without data; test accuracy of each by tract.
+    Distill(distill_bench::Settings),
 }
 
 fn main() -> Result<()> {
@@ -86,6 +90,7 @@ fn main() -> Result<()> {
             Bench::Redundancy(options) => redundancy_bench::run(options),
             Bench::Es(settings) => es_bench::compare(&settings),
             Bench::Relief(settings) => relief_bench::relief(&settings),
+            Bench::Distill(settings) => distill_bench::distill(&settings),
         },
     }
 }

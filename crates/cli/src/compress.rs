@@ -4,31 +4,32 @@
 //! The compressed model is verified from its encoded bytes before anything is written, so a
 //! model that loses more than `--max-drop` points never reaches disk without `--force`.
 
+mod conclude;
 mod report;
 mod supervision;
+mod with_data;
+mod without_data;
 
 use crate::analyze::{render_analysis, EnergyArgs};
-use crate::data_args::{self, PreprocessArgs};
+use crate::data_args::PreprocessArgs;
 use crate::distill_args::DistillArgs;
 use crate::es_args::EsArgs;
 use crate::eval::MAX_RUNS;
 use crate::relief_args::ReliefArgs;
 use crate::sparsity::{self, Zeros};
 use crate::train_args::{OptimizerKind, TrainArgs};
-use crate::{front, model, paths, progress, table, train_args};
-use anyhow::{bail, Context, Result};
+use crate::{front, model, paths, table, train_args};
+use anyhow::{bail, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
-use indicatif::ProgressBar;
 use pare_prune::analysis::RedundancyReport;
 use pare_prune::{
     Caps, CompressConfig, Cost, Criterion, Event, EventSize, HistoryEntry, LayerSparsity,
-    LayerWidth, Progress, Ranking, RecoveryReference, Strategy, Target,
+    LayerWidth, Ranking, RecoveryReference, Strategy, Target,
 };
-use pare_verify::{Accuracy, Latency, Source, Subject};
-use report::{figures, layer_report, render, Report};
+use pare_verify::{Accuracy, Latency};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use supervision::Supervision;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -122,8 +123,11 @@ pub struct Args {
     /// Dataset (as for `finetune`): training uses its train split, the final report its test
     /// split. Recovery is judged on --val, or on a split held out of the train split. Unlabeled
     /// images (a folder of images, an .npz of x alone) work too: training then distils from the
-    /// original, and the final check is top-1 agreement with it on held-out images.
-    #[arg(long, required = true)]
+    /// original, and the final check is top-1 agreement with it on held-out images. Without
+    /// --data: a one-shot prune by a criterion that needs no data (l2 by default) to
+    /// --target-macs (0.5 by default), biases compensated from the BatchNorms, no fine-tuning,
+    /// agreement with the original checked on synthetic inputs.
+    #[arg(long)]
     data: Option<PathBuf>,
     /// Where to write the compressed model. Never the input.
     #[arg(short, long, required = true)]
@@ -134,9 +138,9 @@ pub struct Args {
     /// Fraction of the training split held out for validation when --val is not given.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f32,
-    /// How to prune.
-    #[arg(long, value_enum, default_value_t = StrategyKind::Rls)]
-    strategy: StrategyKind,
+    /// How to prune [default: rls; oneshot without --data].
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyKind>,
     /// How channels are scored. Default: rls for --strategy rls, l2 for oneshot.
     #[arg(long, value_parser = criterion_parser())]
     criterion: Option<Criterion>,
@@ -168,9 +172,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     round_to: usize,
     /// Recovered when validation accuracy is within this many points of its level before the
-    /// prune (or validation loss is back to it).
-    #[arg(long, default_value_t = 0.5)]
-    tolerance: f64,
+    /// prune (or validation loss is back to it) [default: 0.5; 2 for agreement with the original
+    /// on unlabeled data, where a model as accurate as the original still disagrees with it on
+    /// a point or two].
+    #[arg(long)]
+    tolerance: Option<f64>,
     /// What a prune must recover to on validation data.
     #[arg(long, value_enum, default_value_t = ReferenceKind::Last)]
     recover_to: ReferenceKind,
@@ -198,10 +204,11 @@ pub struct Args {
     relief: ReliefArgs,
     #[command(flatten)]
     distill: DistillArgs,
-    /// Refuse to write the model if test accuracy (or agreement with the original, on unlabeled
-    /// data) falls by more than this many points.
-    #[arg(long, default_value_t = 1.0)]
-    max_drop: f64,
+    /// Refuse to write the model if test accuracy falls by more than this many points [default:
+    /// 1; 3 for agreement with the original on unlabeled data]. Without --data only when given:
+    /// agreement on synthetic inputs is a weak guide to accuracy (docs/methods/datafree.md).
+    #[arg(long)]
+    max_drop: Option<f64>,
     /// Write the model even when accuracy falls by more than --max-drop.
     #[arg(long)]
     force: bool,
@@ -224,16 +231,21 @@ fn config(args: &Args) -> Result<CompressConfig> {
     }
     // NaN passes no comparison, so each check is written to fail for it.
     let points = |v: f64| v >= 0.0 && v.is_finite();
-    if !points(args.tolerance) {
+    if args.tolerance.is_some_and(|t| !points(t)) {
         bail!("--tolerance must be a number of points, 0 or more");
     }
-    if !args.max_drop.is_finite() {
+    if args.max_drop.is_some_and(|m| !m.is_finite()) {
         bail!("--max-drop must be a number of points");
     }
     if !points(f64::from(args.max_grad_norm)) {
         bail!("--max-grad-norm must be 0 (no clipping) or a positive number");
     }
-    let strategy = match args.strategy {
+    let kind = args.strategy.unwrap_or(if args.data.is_some() {
+        StrategyKind::Rls
+    } else {
+        StrategyKind::Oneshot
+    });
+    let strategy = match kind {
         StrategyKind::Rls => Strategy::Rls,
         StrategyKind::Oneshot => Strategy::Oneshot,
         StrategyKind::Hierarchical => Strategy::Hierarchical,
@@ -257,7 +269,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
     }
     let criterion = args
         .criterion
-        .or(args.strategy.default_criterion())
+        .or(kind.default_criterion())
         .unwrap_or(CompressConfig::default().criterion);
     if strategy == Strategy::Rls
         && args
@@ -277,6 +289,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         target: match (args.target_macs, args.target_params) {
             (Some(f), _) => Some(Target::Macs(f)),
             (_, Some(f)) => Some(Target::Params(f)),
+            _ if args.data.is_none() => Some(Target::Macs(without_data::DEFAULT_TARGET_MACS)),
             _ => None,
         },
         epochs: args.epochs,
@@ -293,7 +306,9 @@ fn config(args: &Args) -> Result<CompressConfig> {
         },
         min_keep: args.min_keep,
         round_to: args.round_to.max(1),
-        accuracy_tolerance: args.tolerance,
+        accuracy_tolerance: args
+            .tolerance
+            .unwrap_or(Supervision::Labels.default_tolerance()),
         recovery_reference: match args.recover_to {
             ReferenceKind::Last => RecoveryReference::LastPrune,
             ReferenceKind::Original => RecoveryReference::Original,
@@ -312,242 +327,35 @@ fn config(args: &Args) -> Result<CompressConfig> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (Some(model_path), Some(data), Some(output)) =
-        (args.model.clone(), args.data.clone(), args.output.clone())
-    else {
-        bail!("give a model, --data and -o (see `compress --help`)");
+    let (Some(model_path), Some(output)) = (args.model.clone(), args.output.clone()) else {
+        bail!("give a model and -o (see `compress --help`)");
     };
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
     }
-    let mut config = config(&args)?;
     args.distill.check()?;
+    let config = config(&args)?;
+    match args.data.clone() {
+        Some(data) => with_data::run(&args, config, &model_path, &data, &output),
+        None => without_data::run(&args, config, &model_path, &output),
+    }
+}
 
-    let mut inputs = paths::Inputs::default();
-    let (mut graph, preprocess, contents) = data_args::load_model_and_contents(
-        &model_path,
-        &args.shape,
-        &data,
-        &args.preprocess,
-        &mut inputs,
-    )?;
-    let (mut splits, supervision) = supervision::splits(
-        &graph,
-        &model_path,
-        &data,
-        contents,
-        &args.distill,
-        args.train.seed,
-    )?;
-    let labelled = supervision == Supervision::Labels;
-    if !labelled || args.distill.distill {
-        config.loss.distillation = Some(args.distill.distillation(labelled));
-    }
-    inputs.add("the --data dataset", &data);
-    if let Some(val) = &args.val {
-        inputs.add("the --val dataset", val);
-    }
-    inputs.refuse_overwrite("-o", &output)?;
+/// Refuses an `-o`, `--report` or `--front-dir` that would replace one of `inputs`, and a report
+/// that is the output.
+fn check_outputs(args: &Args, inputs: &paths::Inputs, output: &Path) -> Result<()> {
+    inputs.refuse_overwrite("-o", output)?;
     if let Some(dir) = &args.es.front_dir {
-        front::check_dir(&inputs, dir)?;
+        front::check_dir(inputs, dir)?;
     }
     if let Some(report) = &args.report {
         inputs.refuse_overwrite("--report", report)?;
-        if paths::same_file(report, &output) {
+        if paths::same_file(report, output) {
             bail!(
                 "--report {} is also the output model; give the report another path",
                 report.display()
             );
         }
-    }
-    let before_graph = graph.clone();
-    let test_shape =
-        pare_verify::input_shape_for(&graph, &model_path, &data, "test", &splits.test, 100)?;
-    if splits.test.is_empty() {
-        bail!(
-            "{}: the test split is empty; the comparison of both models needs test images",
-            data.display()
-        );
-    }
-    let original = Subject::load(Source::File(&model_path), &test_shape)?;
-    if supervision == Supervision::Teacher {
-        // Agreement is counted against tract's own top-1 of the original, so the original
-        // agrees with itself exactly.
-        splits.test.labels = original.top1(splits.test.images.view())?;
-    }
-    original.check_labels(&data, "train", &splits.train)?;
-    original.check_labels(&data, "test", &splits.test)?;
-    let (train, val, validation) = match &args.val {
-        Some(dir) => {
-            if paths::same_file(dir, &data) {
-                eprintln!(
-                    "warning: --val is --data, so recovery is judged on the test split the final table reports"
-                );
-            }
-            if !labelled {
-                bail!("--val: with unlabeled --data, recovery is judged on images held out of it (--val-fraction)");
-            }
-            let mut v = data_args::load(dir, &preprocess)?.test;
-            pare_verify::input_shape_for(&graph, &model_path, dir, "validation", &v, 1)?;
-            original.check_labels(dir, "test", &v)?;
-            if config.loss.distillation.is_some() {
-                supervision::add_teacher(&before_graph, &model_path, &mut v)?;
-            }
-            let label = format!("{} ({} images)", dir.display(), v.len());
-            (splits.train, v, label)
-        }
-        None => {
-            let (t, v) = splits
-                .train
-                .split_off_validation(args.val_fraction, args.train.seed);
-            let label = format!("{} images held out of the train split", v.len());
-            (t, v, label)
-        }
-    };
-    if val.is_empty() {
-        bail!(
-            "{}: no validation images; give --val DIR or a larger --val-fraction",
-            data.display()
-        );
-    }
-
-    let bar = progress::bar(
-        config.epochs * train.len().div_ceil(config.batch_size),
-        args.quiet,
-        "[{bar:30}] {pos}/{len} steps {msg} ({eta})",
-    );
-    // The search draws one bar per generation; fine-tuning draws `bar`.
-    let mut generation_bar: Option<(usize, ProgressBar)> = None;
-    let outcome = pare_prune::compress(&mut graph, &train, &val, &config, &mut |p: &Progress| {
-        if let Some(s) = p.search {
-            if generation_bar
-                .as_ref()
-                .is_none_or(|(g, _)| *g != s.generation)
-            {
-                if let Some((_, done)) = generation_bar.take() {
-                    done.finish();
-                }
-                let template = format!(
-                    "generation {}/{} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{eta}})",
-                    s.generation, s.generations
-                );
-                generation_bar = Some((
-                    s.generation,
-                    progress::bar(s.offspring, args.quiet, &template),
-                ));
-            }
-            if let Some((_, b)) = &generation_bar {
-                b.set_position(s.done as u64);
-                b.set_message(format!(
-                    "best error {:.2}%  best cost {:.1}%",
-                    100.0 * s.best_error,
-                    100.0 * s.best_cost
-                ));
-            }
-            return;
-        }
-        if let Some((_, done)) = generation_bar.take() {
-            done.finish();
-        }
-        bar.set_length(p.total_steps as u64);
-        bar.set_position(p.step as u64);
-        bar.set_message(format!(
-            "loss {:.4}  MACs {:.0}%  prunes {}",
-            p.loss,
-            100.0 * p.macs_fraction,
-            p.prunes
-        ));
-    })
-    .with_context(|| format!("{}: compression failed", model_path.display()))?;
-    bar.finish_and_clear();
-
-    let bytes = pare_onnx::encode(&pare_ir::export(&graph));
-    let compressed = Subject::load(
-        Source::Bytes {
-            path: &output,
-            bytes: &bytes,
-        },
-        &test_shape,
-    )?;
-    let comparison = pare_verify::compare(&original, &compressed, &data, &splits.test)?;
-    let (lat_before, lat_after) =
-        pare_verify::compare_latency(&original, &compressed, &splits.test, 10, args.latency_runs)?;
-    let write = comparison.within(args.max_drop) || args.force;
-    if write {
-        pare_onnx::write_atomic(&output, &bytes)?;
-    }
-    let picks = match &outcome.front {
-        Some(found) => {
-            let dir = args.es.front_dir.as_deref();
-            let picks = front::verify(
-                found,
-                comparison.before,
-                &test_shape,
-                &data,
-                &splits.test,
-                dir,
-                args.max_drop,
-                args.force,
-            )?;
-            if let Some(dir) = dir {
-                front::write(dir, found, &picks)?;
-            }
-            Some(picks)
-        }
-        None => None,
-    };
-    let original_bytes = std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0);
-    let layers = layer_report(
-        &pare_prune::layer_widths(&before_graph),
-        &pare_prune::layer_widths(&graph),
-    );
-    let report = Report {
-        model: model_path.clone(),
-        output: output.clone(),
-        written: write,
-        config,
-        preprocess,
-        validation,
-        validation_held_out: args.val.is_none(),
-        supervision,
-        test_images: splits.test.len(),
-        original: figures(
-            outcome.original,
-            original_bytes,
-            Zeros::of(
-                &before_graph,
-                &pare_onnx::encode(&pare_ir::export(&before_graph)),
-            ),
-            comparison.before,
-            lat_before,
-        ),
-        compressed: figures(
-            outcome.compressed,
-            bytes.len() as u64,
-            Zeros::of(&graph, &bytes),
-            comparison.after,
-            lat_after,
-        ),
-        target_met: outcome.target_met,
-        target_clamped: outcome.target_clamped,
-        analysis: outcome.analysis,
-        front: picks,
-        layers,
-        sparsity: pare_prune::layer_sparsity(&graph),
-        history: outcome.history,
-    };
-    if let Some(path) = &args.report {
-        pare_onnx::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    }
-    print!("{}", render(&report));
-    if !write {
-        bail!(
-            "{} fell by {:.1} points (more than --max-drop {}); {} was not written (use --force to write it anyway)",
-            supervision.measure(),
-            comparison.accuracy_drop(),
-            args.max_drop,
-            output.display()
-        );
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub struct DistillArgs {
     #[arg(long, value_enum, default_value_t, help_heading = HEADING)]
     distill_loss: DistillLossKind,
     /// Softening temperature of --distill-loss kl (above 0).
-    #[arg(long, default_value_t = 4.0, help_heading = HEADING)]
+    #[arg(long, default_value_t = 1.0, help_heading = HEADING)]
     temperature: f32,
     /// With --distill on labelled data: the teacher term's share of the loss (0 to 1); the label
     /// loss gets the rest.

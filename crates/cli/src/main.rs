@@ -29,8 +29,10 @@ use std::process::ExitCode;
 /// Make pretrained ONNX CNNs smaller and faster, verified with tract.
 ///
 /// `compress model.onnx --data DIR -o small.onnx` prunes whole channels while fine-tuning on
-/// DIR's train split, then compares both models on its test split. The subcommands inspect,
-/// evaluate, convert or only fine-tune a model.
+/// DIR's train split, then compares both models on its test split. DIR may hold unlabeled images
+/// (the original model is then the teacher); without --data, pare prunes once, compensates
+/// biases and does not fine-tune. The subcommands inspect, evaluate, convert or only fine-tune a
+/// model.
 #[derive(Parser)]
 #[command(
     name = "compress",

@@ -21,7 +21,10 @@ pub mod strategy;
 mod summary;
 
 pub use criteria::Criterion;
-pub use datafree::{compensate_removed, synthetic_inputs, Compensation, SyntheticSource};
+pub use datafree::{
+    compensate_removed, prune_without_data, synthetic_inputs, Compensation, DataFreeOutcome,
+    SyntheticSource,
+};
 pub use error::PruneError;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
 pub use plan::PruningPlan;

@@ -2,7 +2,7 @@
 //! group L2 without fine-tuning, it keeps more accuracy with bias compensation than without, and
 //! its first BatchNorm gives the synthetic inputs.
 
-use ndarray::{s, Axis};
+use ndarray::Axis;
 use pare_data::{load_dir, Dataset};
 use pare_ir::Graph;
 use pare_prune::criteria::{score, Evidence};
@@ -24,15 +24,11 @@ fn vggbn() -> Graph {
 
 /// The first `n` test images of MNIST-5k.
 fn test_images(n: usize) -> Dataset {
-    let test = load_dir(&root().join("models/mnist5k")).unwrap().test;
-    Dataset {
-        images: test.images.slice(s![..n, .., .., ..]).to_owned(),
-        labels: test.labels[..n].to_vec(),
-    }
+    load_dir(&root().join("models/mnist5k")).unwrap().test.head(n)
 }
 
 fn accuracy(graph: &Graph, data: &Dataset) -> f64 {
-    let e = evaluate(graph, data, 100, Loss::CrossEntropy).unwrap();
+    let e = evaluate(graph, data, 100, &Loss::CrossEntropy.into()).unwrap();
     e.correct as f64 / e.total as f64
 }
 

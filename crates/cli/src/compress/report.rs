@@ -2,6 +2,7 @@
 //! the history, and the table people read.
 
 use super::*;
+use pare_prune::SyntheticSource;
 
 #[derive(Serialize)]
 pub(super) struct Figures {
@@ -20,8 +21,10 @@ pub(super) struct Report {
     pub(super) output: PathBuf,
     pub(super) written: bool,
     pub(super) config: CompressConfig,
-    /// How every split's images were prepared (resize, crop, channel order, mean and std).
-    pub(super) preprocess: pare_data::Preprocess,
+    /// How every split's images were prepared (resize, crop, channel order, mean and std); none
+    /// without data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) preprocess: Option<pare_data::Preprocess>,
     pub(super) validation: String,
     /// Whether the validation images were held out of the training split.
     pub(super) validation_held_out: bool,
@@ -43,6 +46,19 @@ pub(super) struct Report {
     /// Per weight layer of the compressed model, its parameters that are not exactly zero.
     pub(super) sparsity: Vec<LayerSparsity>,
     pub(super) history: Vec<HistoryEntry>,
+    /// Without data: the prune, its bias compensation and the synthetic inputs checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) no_data: Option<NoData>,
+}
+
+/// What a run without data did and checked on.
+#[derive(Serialize)]
+pub(super) struct NoData {
+    pub(super) criterion: &'static str,
+    /// Channels removed over all groups.
+    pub(super) channels: usize,
+    pub(super) compensation: pare_prune::Compensation,
+    pub(super) synthetic: pare_prune::SyntheticSource,
 }
 
 #[derive(Serialize)]
@@ -120,6 +136,10 @@ pub(super) fn render(r: &Report) -> String {
                     "top-1 agreement with the original ({} held-out images)",
                     r.test_images
                 ),
+                Supervision::Synthetic => format!(
+                    "top-1 agreement with the original ({} synthetic inputs)",
+                    r.test_images
+                ),
             },
             format!("{:.1}%", o.test_accuracy),
             format!("{:.1}%", c.test_accuracy),
@@ -168,15 +188,19 @@ pub(super) fn render(r: &Report) -> String {
         .history
         .iter()
         .any(|h| matches!(h.event, Event::RolledBack { .. }));
-    out.push_str(&format!(
-        "\n{prunes} pruning event(s){}; validation: {}\n",
-        if rolled_back {
-            ", the last one rolled back"
-        } else {
-            ""
-        },
-        r.validation
-    ));
+    if let Some(no_data) = &r.no_data {
+        out.push_str(&render_no_data(no_data));
+    } else {
+        out.push_str(&format!(
+            "\n{prunes} pruning event(s){}; validation: {}\n",
+            if rolled_back {
+                ", the last one rolled back"
+            } else {
+                ""
+            },
+            r.validation
+        ));
+    }
     if let Some(a) = &r.analysis {
         out.push_str("\neffective-filter analysis of the original model\n\n");
         out.push_str(&render_analysis(a));
@@ -229,4 +253,30 @@ pub(super) fn render(r: &Report) -> String {
         out.push_str(&format!("wrote {}\n", r.output.display()));
     }
     out
+}
+
+/// The lines of a run without data: what was pruned and compensated, what the agreement was
+/// measured on, and that accuracy was not.
+fn render_no_data(n: &NoData) -> String {
+    let c = &n.compensation;
+    let inputs = match &n.synthetic {
+        SyntheticSource::FirstBatchNorm {
+            conv, batchnorm, ..
+        } => format!(
+            "drawn per channel so that '{conv}' meets the statistics of BatchNorm '{batchnorm}'"
+        ),
+        SyntheticSource::Uniform => {
+            "uniform in [0, 1] (no BatchNorm after the first convolution to fit them to)".into()
+        }
+    };
+    format!(
+        "\npruned once without data: {} channel(s) by {} scores, no fine-tuning\n\
+         bias compensation: {} of {} removed channel reads folded into their consumers' biases \
+         from the BatchNorms before them ({} not traceable to one)\n\
+         synthetic inputs: {inputs}\n\
+         warning: accuracy was not measured (no --data). The agreement above is on synthetic \
+         inputs: it shows how far the prune moved the model's decisions, not how accurate the \
+         model is; give --data to measure accuracy and to fine-tune\n",
+        n.channels, n.criterion, c.compensated, c.reads, c.unknown
+    )
 }

@@ -20,6 +20,9 @@ pub enum Supervision {
     /// Unlabeled images, labelled by the original model's top-1 class: training distils from
     /// its scores, and the final check is top-1 agreement with it on held-out images.
     Teacher,
+    /// No data: no training, and the final check is top-1 agreement with the original on
+    /// synthetic inputs.
+    Synthetic,
 }
 
 impl Supervision {
@@ -28,6 +31,25 @@ impl Supervision {
         match self {
             Supervision::Labels => "test accuracy",
             Supervision::Teacher => "agreement with the original",
+            Supervision::Synthetic => "agreement with the original on synthetic inputs",
+        }
+    }
+
+    /// Points of validation accuracy (or agreement) a prune may lose and count as recovered.
+    pub fn default_tolerance(self) -> f64 {
+        match self {
+            Supervision::Labels | Supervision::Synthetic => 0.5,
+            Supervision::Teacher => 2.0,
+        }
+    }
+
+    /// The gate's points when --max-drop is not given; none without data, where agreement on
+    /// synthetic inputs says too little of accuracy to refuse a model on.
+    pub fn default_max_drop(self) -> Option<f64> {
+        match self {
+            Supervision::Labels => Some(1.0),
+            Supervision::Teacher => Some(3.0),
+            Supervision::Synthetic => None,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The numeric pieces of pruning without data (docs/methods/datafree.md): bias compensation for
 //! removed channels from what the BatchNorms before them say about their values
 //! (`compensate.rs`, with the trace of a channel back to its BatchNorm in `trace.rs`), and
-//! synthetic input images fitted to the first BatchNorm (`synthetic.rs`).
+//! synthetic input images fitted to the first BatchNorm (`synthetic.rs`); and the prune itself
+//! (`prune.rs`), by a criterion that reads only the weights.
 
 mod compensate;
+mod prune;
 mod synthetic;
 mod trace;
 
@@ -11,6 +13,7 @@ mod trace;
 mod tests;
 
 pub use compensate::{compensate_removed, Compensation};
+pub use prune::{prune_without_data, DataFreeOutcome};
 pub use synthetic::{synthetic_inputs, SyntheticSource, MAX_SYNTHETIC_ELEMENTS};
 
 use pare_kernels::rng::SplitMix64;
