@@ -5,13 +5,10 @@
 //! labelled test split, which the unlabeled and no-data runs never see. Prints a Markdown table
 //! for docs/BENCHMARKS.md.
 
-use crate::prune_bench::compress_binary;
-use anyhow::{bail, Result};
+use crate::prune_bench::{compress_binary, compress_to};
+use anyhow::Result;
 use pare_verify::TractModel;
-use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
 
 /// The models compared: the benchmark's usual three, and the VGG-style model with its
 /// BatchNorms kept, the case where the no-data path can compensate from them.
@@ -38,25 +35,6 @@ pub struct Settings {
     /// Use a debug build of compress: checks that the benchmark runs, figures mean nothing.
     #[arg(long)]
     debug: bool,
-}
-
-/// One `compress` run writing `out` with its report; returns the report and the wall time (s).
-fn compress(binary: &Path, root: &Path, args: &[String], out: &Path) -> Result<(Value, f64)> {
-    let report = out.with_extension("json");
-    let start = Instant::now();
-    let o = Command::new(binary)
-        .args(args)
-        .args(["--force", "-q", "-o"])
-        .arg(out)
-        .arg("--report")
-        .arg(&report)
-        .current_dir(root)
-        .output()?;
-    if !o.status.success() {
-        bail!("compress {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let wall = start.elapsed().as_secs_f64();
-    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
 }
 
 /// The training split of models/mnist5k as PNG files in `dir`, without labels.
@@ -124,7 +102,8 @@ pub fn distill(settings: &Settings) -> Result<()> {
         let mut original = 0.0;
         for (name, args) in runs {
             let out = work.path().join(format!("{name}.onnx"));
-            let (r, wall) = compress(&binary, &root, &args, &out)?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (r, wall) = compress_to(&binary, &args, &out)?;
             let tract = TractModel::load(&out, &[n, c, h, w])?;
             accuracy.push(pare_verify::accuracy(&tract, &test)?.percent());
             macs.push(

@@ -5,12 +5,10 @@
 //! final fine-tunes, in epochs). All accuracies are tract's, on the written files. Prints Markdown
 //! tables for docs/BENCHMARKS.md; front.svg stays in the output folder for the page.
 
-use crate::prune_bench::{release_compress, STRATEGIES};
-use anyhow::{bail, Context, Result};
+use crate::prune_bench::{compress_to, release_compress, STRATEGIES};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
 
 const MODELS: [(&str, &str); 2] = [
     ("LeNet-5", "lenet5_opset17.onnx"),
@@ -47,7 +45,6 @@ fn num(v: &Value) -> f64 {
 
 /// Runs the search and its comparisons on every selected model.
 pub fn compare(settings: &Settings) -> Result<()> {
-    let root = crate::proto::workspace_root();
     let binary = match &settings.binary {
         Some(b) => b.clone(),
         None => release_compress()?,
@@ -62,7 +59,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
         }
         let dir = out.join(file.trim_end_matches(".onnx"));
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-        let (es, es_wall) = search(&binary, &root, file, settings, &dir)?;
+        let (es, es_wall) = search(&binary, file, settings, &dir)?;
         let budget = training_epochs(&es, &dir, settings.epochs)?;
         let original = &es["original"];
         let picks = es["front"]
@@ -86,7 +83,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
             for (_, extra) in STRATEGIES {
                 let epochs = budget.to_string();
                 let args = [&["--epochs", &epochs, "--target-macs", &target], extra].concat();
-                let (r, wall) = compress_into(&binary, &root, file, &args, &dir)?;
+                let (r, wall) = compress_into(&binary, file, &args, &dir)?;
                 baseline_wall += wall;
                 let macs = num(&r["compressed"]["macs"]) / num(&r["original"]["macs"]).max(1.0);
                 row.push(format!(
@@ -128,13 +125,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
 }
 
 /// The search itself, writing its front into `dir`/front; its report and wall time.
-fn search(
-    binary: &Path,
-    root: &Path,
-    file: &str,
-    settings: &Settings,
-    dir: &Path,
-) -> Result<(Value, f64)> {
+fn search(binary: &Path, file: &str, settings: &Settings, dir: &Path) -> Result<(Value, f64)> {
     let front = dir.join("front");
     let epochs = settings.epochs.to_string();
     let mut args: Vec<String> = [
@@ -158,7 +149,7 @@ fn search(
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    compress_into(binary, root, file, &args, dir)
+    compress_into(binary, file, &args, dir)
 }
 
 /// Candidates the search scored (repeats reuse a score and cost nothing).
@@ -197,30 +188,16 @@ fn training_epochs(report: &Value, dir: &Path, epochs: usize) -> Result<usize> {
     Ok((search + (finals.len() * epochs) as f64).ceil() as usize)
 }
 
-/// Runs `binary` (a `compress`) on models/`file` with models/mnist5k, `--force -q` and `args`, writing the model
-/// into `out`; returns its `--report` and the wall time in seconds.
+/// Runs `binary` (a `compress`) on models/`file` with models/mnist5k and `args`, writing the
+/// model into the folder `out`; returns its `--report` and the wall time in seconds.
 fn compress_into(
     binary: &Path,
-    root: &Path,
     file: &str,
     args: &[&str],
     out: &Path,
 ) -> Result<(serde_json::Value, f64)> {
-    let report = out.join("report.json");
-    let start = Instant::now();
-    let o = Command::new(binary)
-        .arg(Path::new("models").join(file))
-        .args(["--data", "models/mnist5k", "--force", "-q"])
-        .args(args)
-        .arg("-o")
-        .arg(out.join("small.onnx"))
-        .arg("--report")
-        .arg(&report)
-        .current_dir(root)
-        .output()?;
-    if !o.status.success() {
-        bail!("{file} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let wall = start.elapsed().as_secs_f64();
-    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+    let model = format!("models/{file}");
+    let mut all = vec![model.as_str(), "--data", "models/mnist5k"];
+    all.extend_from_slice(args);
+    compress_to(binary, &all, &out.join("small.onnx"))
 }

@@ -77,6 +77,20 @@ pub fn run_compress(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
     Ok(o.stdout)
 }
 
+/// Runs `binary` with `args`, `--force`, the model written to `out` and its `--report` beside it
+/// (`out` with a .json extension); returns the report and the wall time in seconds.
+pub fn compress_to(binary: &Path, args: &[&str], out: &Path) -> Result<(serde_json::Value, f64)> {
+    let report = out.with_extension("json");
+    let utf8 = |p: &Path| p.to_str().context("a UTF-8 output path").map(String::from);
+    let (out, report_arg) = (utf8(out)?, utf8(&report)?);
+    let mut all = args.to_vec();
+    all.extend(["--force", "-o", &out, "--report", &report_arg]);
+    let start = Instant::now();
+    run_compress(binary, &all)?;
+    let wall = start.elapsed().as_secs_f64();
+    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+}
+
 /// Compresses models/`file` on models/mnist5k for `epochs` to `target` (a MACs fraction, if
 /// any) with `extra` flags; returns the `--report` and the wall time in seconds.
 pub fn compress_report(
@@ -87,32 +101,19 @@ pub fn compress_report(
     extra: &[&str],
 ) -> Result<(serde_json::Value, f64)> {
     let out = tempfile::tempdir()?;
-    let (model, small, report) = (
-        format!("models/{file}"),
-        out.path().join("small.onnx"),
-        out.path().join("report.json"),
-    );
-    let epochs = epochs.to_string();
+    let (model, epochs) = (format!("models/{file}"), epochs.to_string());
     let mut args = vec![
         model.as_str(),
         "--data",
         "models/mnist5k",
         "--epochs",
         &epochs,
-        "--force",
-        "-o",
-        small.to_str().context("a UTF-8 temporary path")?,
-        "--report",
-        report.to_str().context("a UTF-8 temporary path")?,
     ];
     if let Some(target) = target {
         args.extend(["--target-macs", target]);
     }
     args.extend_from_slice(extra);
-    let start = Instant::now();
-    run_compress(binary, &args)?;
-    let wall = start.elapsed().as_secs_f64();
-    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+    compress_to(binary, &args, &out.path().join("small.onnx"))
 }
 
 /// Runs every model × target × strategy whose model file name contains `filter`.

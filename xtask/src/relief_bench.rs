@@ -4,12 +4,10 @@
 //! accuracy; at the end, test accuracy beside rls and one-shot L2 + Adam pruned to the same
 //! structural MACs. Prints Markdown tables for docs/BENCHMARKS.md.
 
-use crate::prune_bench::{compress_binary, MODELS, STRATEGIES};
-use anyhow::{bail, Result};
+use crate::prune_bench::{compress_binary, compress_to, MODELS, STRATEGIES};
+use anyhow::Result;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
 
 /// The settings of one benchmark run. The defaults are the run in docs/BENCHMARKS.md for
 /// LeNet-5; its VGG-style line names the flags it changes.
@@ -45,26 +43,13 @@ pub struct Settings {
     debug: bool,
 }
 
-/// One `compress` run and its report, with its wall time in seconds.
-fn compress(binary: &Path, root: &Path, file: &str, args: &[String]) -> Result<(Value, f64)> {
+/// One `compress` run on models/`file` with models/mnist5k and `args`: its report and wall time.
+fn compress(binary: &Path, file: &str, args: &[String]) -> Result<(Value, f64)> {
     let out = tempfile::tempdir()?;
-    let report = out.path().join("report.json");
-    let start = Instant::now();
-    let o = Command::new(binary)
-        .arg(Path::new("models").join(file))
-        .args(["--data", "models/mnist5k", "--force", "-q"])
-        .args(args)
-        .arg("-o")
-        .arg(out.path().join("small.onnx"))
-        .arg("--report")
-        .arg(&report)
-        .current_dir(root)
-        .output()?;
-    if !o.status.success() {
-        bail!("{file} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let wall = start.elapsed().as_secs_f64();
-    Ok((serde_json::from_slice(&std::fs::read(&report)?)?, wall))
+    let model = format!("models/{file}");
+    let mut all = vec![model.as_str(), "--data", "models/mnist5k"];
+    all.extend(args.iter().map(String::as_str));
+    compress_to(binary, &all, &out.path().join("small.onnx"))
 }
 
 fn number(v: &Value) -> f64 {
@@ -108,7 +93,7 @@ pub fn relief(settings: &Settings) -> Result<()> {
         ]
         .map(String::from)
         .to_vec();
-        let (r, wall) = compress(&binary, &root, file, &args)?;
+        let (r, wall) = compress(&binary, file, &args)?;
         let original = number(&r["original"]["params"]);
         let original_macs = number(&r["original"]["macs"]);
         for h in r["history"].as_array().into_iter().flatten() {
@@ -142,7 +127,7 @@ pub fn relief(settings: &Settings) -> Result<()> {
                 target.clone(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
-            let (r, wall) = compress(&binary, &root, file, &args)?;
+            let (r, wall) = compress(&binary, file, &args)?;
             finals.push((label, format!("{name} @ {target} MACs"), r, wall));
         }
     }

@@ -24,7 +24,10 @@ fn vggbn() -> Graph {
 
 /// The first `n` test images of MNIST-5k.
 fn test_images(n: usize) -> Dataset {
-    load_dir(&root().join("models/mnist5k")).unwrap().test.head(n)
+    load_dir(&root().join("models/mnist5k"))
+        .unwrap()
+        .test
+        .head(n)
 }
 
 fn accuracy(graph: &Graph, data: &Dataset) -> f64 {
