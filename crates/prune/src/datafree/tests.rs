@@ -61,6 +61,8 @@ fn max_difference(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
 
 /// Prunes `plan` from a copy of `graph` with and without compensation; returns the largest
 /// output difference to the unpruned graph of each, and the compensation.
+/// The largest output difference to the unpruned `graph` after pruning `plan` with and without
+/// compensation, and the compensation's report.
 fn prune_both_ways(graph: &Graph, plan: &PruningPlan) -> (f32, f32, Compensation) {
     let before = outputs(graph);
     let groups = analyze(graph);
@@ -75,6 +77,21 @@ fn prune_both_ways(graph: &Graph, plan: &PruningPlan) -> (f32, f32, Compensation
         max_difference(&before, &outputs(&plain)),
         report,
     )
+}
+
+/// Asserts that only the compensated prune keeps the unpruned outputs (to 1e-5; the plain one
+/// differs by more than 1e-2); returns the report. `case` names the graph in failures.
+fn compensated_exactly(graph: &Graph, plan: &PruningPlan, case: &str) -> Compensation {
+    let (exact, lost, report) = prune_both_ways(graph, plan);
+    assert!(
+        exact < 1e-5,
+        "{case}: compensated outputs differ by {exact}: {report:?}"
+    );
+    assert!(
+        lost > 1e-2,
+        "{case}: without compensation they differ by only {lost}"
+    );
+    report
 }
 
 fn only_prunable(graph: &Graph) -> Vec<GroupId> {
@@ -155,16 +172,8 @@ fn a_constant_channel_is_compensated_exactly_in_convs_and_gemms() {
         };
         let mut plan = PruningPlan::default();
         plan.drop_channels(group, [1]);
-        let (compensated, plain, report) = prune_both_ways(&graph, &plan);
-        let case = format!("pool {pool}, transB {trans_b}, Gemm bias {gemm_bias}: {report:?}");
-        assert!(
-            compensated < 1e-5,
-            "{case}: compensated outputs differ by {compensated}"
-        );
-        assert!(
-            plain > 1e-2,
-            "{case}: without compensation they differ by only {plain}"
-        );
+        let case = format!("pool {pool}, transB {trans_b}, Gemm bias {gemm_bias}");
+        let report = compensated_exactly(&graph, &plan, &case);
         assert_eq!(
             (report.reads, report.compensated, report.unknown),
             (2, 2, 0),
@@ -218,15 +227,7 @@ fn compensation_reads_channels_at_their_concat_offsets_and_through_sums() {
     let mut plan = PruningPlan::default();
     plan.drop_channels(a, [0]);
     plan.drop_channels(bc, [2]);
-    let (compensated, plain, report) = prune_both_ways(&graph, &plan);
-    assert!(
-        compensated < 1e-5,
-        "compensated outputs differ by {compensated}: {report:?}"
-    );
-    assert!(
-        plain > 1e-2,
-        "without compensation they differ by only {plain}"
-    );
+    let report = compensated_exactly(&graph, &plan, "");
     assert_eq!(
         (report.reads, report.compensated, report.biases_added),
         (2, 2, 0)
@@ -274,15 +275,7 @@ fn a_bias_added_to_a_layer_is_cut_with_the_layer_s_pruned_outputs() {
     let mut plan = PruningPlan::default();
     plan.drop_channels(first, [1]);
     plan.drop_channels(second, [2]);
-    let (compensated, plain, report) = prune_both_ways(&graph, &plan);
-    assert!(
-        compensated < 1e-5,
-        "compensated outputs differ by {compensated}: {report:?}"
-    );
-    assert!(
-        plain > 1e-2,
-        "without compensation they differ by only {plain}"
-    );
+    let report = compensated_exactly(&graph, &plan, "");
     assert_eq!((report.compensated, report.biases_added), (2, 2));
 }
 
