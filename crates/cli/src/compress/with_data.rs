@@ -26,6 +26,12 @@ pub(super) fn run(
         &args.preprocess,
         &mut inputs,
     )?;
+    inputs.add("the --data dataset", data);
+    if let Some(val) = &args.val {
+        inputs.add("the --val dataset", val);
+    }
+    // Before the teacher's pass over the data: a refused output should not wait for it.
+    super::check_outputs(args, &inputs, output)?;
     let (mut splits, supervision) = supervision::splits(
         &graph,
         model_path,
@@ -39,11 +45,6 @@ pub(super) fn run(
     if !labelled || args.distill.distill {
         config.loss.distillation = Some(args.distill.distillation(labelled));
     }
-    inputs.add("the --data dataset", data);
-    if let Some(val) = &args.val {
-        inputs.add("the --val dataset", val);
-    }
-    super::check_outputs(args, &inputs, output)?;
     let before_graph = graph.clone();
     let test_shape =
         pare_verify::input_shape_for(&graph, model_path, data, "test", &splits.test, 100)?;
