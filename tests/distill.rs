@@ -255,3 +255,41 @@ fn without_data_flags_that_need_data_are_refused() {
     assert_clean_error(&o, &["--input-shape"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn on_unlabeled_images_the_analysis_takes_gradients_of_the_teachers_labels() {
+    // The teacher term's gradient is zero on the unpruned model (it is the teacher), so an
+    // analysis made from it would find no effective filter anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    unlabeled_folder(&images, 300);
+    let (out, json) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
+    let o = compress(&[
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(&images),
+        "-o",
+        path_str(&out),
+        "--strategy",
+        "hierarchical",
+        "--target-macs",
+        "0.8",
+        "--epochs",
+        "1",
+        "--analysis-batches",
+        "4",
+        "--max-drop",
+        "100",
+        "--report",
+        path_str(&json),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&json);
+    let groups = r["analysis"]["groups"].as_array().unwrap();
+    let effective: Vec<u64> = groups
+        .iter()
+        .map(|g| g["effective"].as_u64().unwrap())
+        .collect();
+    assert!(effective.iter().all(|&e| e > 1), "{effective:?}");
+}

@@ -17,7 +17,9 @@ use ndarray::ArrayD;
 use pare_data::Dataset;
 use pare_ir::{Graph, ValueId};
 use pare_train::optim::{Optimizer, Rls};
-use pare_train::{BatchStream, Evaluation, Schedule, TrainConfig, TrainError, TrainingLoop};
+use pare_train::{
+    BatchStream, Evaluation, Objective, Schedule, TrainConfig, TrainError, TrainingLoop,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// One way to prune within a run's budget; `Strategy` names one. A strategy that prunes step by
@@ -240,7 +242,7 @@ impl<'a> Run<'a> {
             graph,
             &mut self.calibration,
             c.calibration_batches,
-            &c.loss,
+            &calibration_loss(c),
             rls,
         )
     }
@@ -311,7 +313,7 @@ impl<'a> Run<'a> {
             groups,
             &mut self.calibration,
             c.analysis,
-            &c.loss,
+            &calibration_loss(c),
             c.min_keep,
             &mut |_| {},
         )?;
@@ -530,6 +532,13 @@ impl<'a> Run<'a> {
         }
         Ok(())
     }
+}
+
+/// The loss calibration passes take gradients of: the label loss alone. A teacher term's gradient
+/// vanishes on the unpruned network, which is the teacher itself, so scores and Gram matrices made
+/// from it would all be zero; on unlabeled data the labels are the teacher's top-1 classes.
+fn calibration_loss(c: &CompressConfig) -> Objective {
+    c.loss.loss.into()
 }
 
 #[cfg(test)]
