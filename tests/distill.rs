@@ -257,6 +257,30 @@ fn without_data_flags_that_need_data_are_refused() {
 }
 
 #[test]
+fn analyze_reads_unlabeled_images_as_the_models_own_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    unlabeled_folder(dir.path(), 64);
+    let o = compress(&[
+        "analyze",
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(dir.path()),
+        "--batches",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let effective: Vec<u64> = r["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["effective"].as_u64().unwrap())
+        .collect();
+    assert!(effective.iter().all(|&e| e > 1), "{effective:?}");
+}
+
+#[test]
 fn on_unlabeled_images_the_analysis_takes_gradients_of_the_teachers_labels() {
     // The teacher term's gradient is zero on the unpruned model (it is the teacher), so an
     // analysis made from it would find no effective filter anywhere.

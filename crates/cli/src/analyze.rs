@@ -4,6 +4,7 @@
 use crate::data_args::{self, PreprocessArgs};
 use crate::{model, progress, table};
 use anyhow::{bail, Context, Result};
+use pare_data::Contents;
 use pare_prune::analysis::{self, AnalysisSettings, GramSource, RedundancyReport};
 use pare_train::{BatchStream, Loss};
 use serde::Serialize;
@@ -61,7 +62,9 @@ impl EnergyArgs {
 pub struct Args {
     /// The ONNX model to analyse.
     model: PathBuf,
-    /// Dataset (as for `finetune`): the analysis reads batches of its train split.
+    /// Dataset (as for `finetune`): the analysis reads batches of its train split. Unlabeled
+    /// images (a folder of images, an .npz of x alone) work too, labelled by the model's own
+    /// top-1 classes.
     #[arg(long)]
     data: PathBuf,
     /// Training batches the Gram matrices are summed over.
@@ -111,14 +114,18 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..1.0).contains(&args.min_keep) {
         bail!("--min-keep must be in [0, 1)");
     }
-    let (graph, preprocess, splits) = data_args::load_model_and_data(
+    let (graph, preprocess, contents) = data_args::load_model_and_contents(
         &args.model,
         &args.shape,
         &args.data,
         &args.preprocess,
         &mut Default::default(),
     )?;
-    let train = &splits.train;
+    let train = &match contents {
+        Contents::Labelled(splits) => splits.train,
+        // Gradients of the original's own top-1 classes: what `compress` trains unlabeled data on.
+        Contents::Unlabeled(images) => data_args::labelled_by(&graph, &args.model, images)?,
+    };
     pare_verify::input_shape_for(&graph, &args.model, &args.data, "train", train, 1)?;
     let groups = pare_prune::analyze(&graph);
     if !groups.groups.iter().any(|g| g.prunable()) {

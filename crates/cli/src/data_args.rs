@@ -3,9 +3,13 @@
 //! images.
 
 use crate::{model, paths};
-use anyhow::{anyhow, Result};
-use pare_data::{ChannelOrder, Contents, DataError, Normalize, Preprocess, Setting, Splits};
+use anyhow::{anyhow, Context, Result};
+use ndarray::{Array2, Array4, ArrayView4};
+use pare_data::{
+    ChannelOrder, Contents, DataError, Dataset, Normalize, Preprocess, Setting, Splits,
+};
 use pare_ir::Graph;
+use pare_train::loss::argmax_rows;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -129,6 +133,25 @@ fn naming_the_flag(e: DataError) -> anyhow::Error {
 /// (train, --val, test) goes through here.
 pub fn load(data: &Path, preprocess: &Preprocess) -> Result<Splits> {
     pare_data::load_dir_with(data, preprocess).map_err(naming_the_flag)
+}
+
+/// Images per forward pass when the model scores a dataset.
+const SCORING_BATCH: usize = 64;
+
+/// The scores of the model `graph` (read from `model`) for every one of `images`, from pare's
+/// forward pass with BatchNorm in inference mode.
+pub fn scores_of(graph: &Graph, model: &Path, images: ArrayView4<f32>) -> Result<Array2<f32>> {
+    pare_train::predict(graph, images, SCORING_BATCH)
+        .with_context(|| format!("{}: scoring the images with the model", model.display()))
+}
+
+/// Unlabeled `images` labelled by the model `graph` (read from `model`): its top-1 class for each,
+/// its scores kept as the teacher's.
+pub fn labelled_by(graph: &Graph, model: &Path, images: Array4<f32>) -> Result<Dataset> {
+    let scores = scores_of(graph, model, images.view())?;
+    let mut data = Dataset::new(images, argmax_rows(scores.view()));
+    data.teacher = Some(scores);
+    Ok(data)
 }
 
 /// Loads the model (recording its files in `inputs`), then the dataset prepared as the flags ask,

@@ -2,12 +2,11 @@
 //! for unlabeled images, the original model itself (distillation from its scores, and top-1
 //! agreement with it on images held out of training).
 
+use crate::data_args;
 use crate::distill_args::DistillArgs;
-use anyhow::{bail, Context, Result};
-use ndarray::{Array2, ArrayView4};
+use anyhow::{bail, Result};
 use pare_data::{Contents, Dataset, Splits};
 use pare_ir::Graph;
-use pare_train::loss::argmax_rows;
 use serde::Serialize;
 use std::path::Path;
 
@@ -54,9 +53,6 @@ impl Supervision {
     }
 }
 
-/// Images per pass of the teacher.
-const TEACHER_BATCH: usize = 64;
-
 /// Turns what `data` holds into train and test splits for `compress`: labelled splits as they
 /// are (with the original's scores on the training images when --distill asks), unlabeled images
 /// labelled and scored by the original model `graph`, `--test-fraction` of them held out (drawn
@@ -85,9 +81,7 @@ pub fn splits(
                     data.display()
                 );
             }
-            let scores = teacher_scores(graph, model, images.view())?;
-            let mut all = Dataset::new(images, argmax_rows(scores.view()));
-            all.teacher = Some(scores);
+            let all = data_args::labelled_by(graph, model, images)?;
             Ok((
                 hold_out(&all, distill.test_fraction, seed),
                 Supervision::Teacher,
@@ -98,14 +92,8 @@ pub fn splits(
 
 /// Keeps the original model's scores of every image of `data` as the teacher's.
 pub fn add_teacher(graph: &Graph, model: &Path, data: &mut Dataset) -> Result<()> {
-    data.teacher = Some(teacher_scores(graph, model, data.images.view())?);
+    data.teacher = Some(data_args::scores_of(graph, model, data.images.view())?);
     Ok(())
-}
-
-/// The original model's (`graph`, read from `model`) scores of `images`.
-fn teacher_scores(graph: &Graph, model: &Path, images: ArrayView4<f32>) -> Result<Array2<f32>> {
-    pare_train::predict(graph, images, TEACHER_BATCH)
-        .with_context(|| format!("{}: scoring the images with the original", model.display()))
 }
 
 /// Splits `all` into (train, test), `fraction` of it (at least one image each) to test, drawn by
