@@ -40,19 +40,34 @@ pub fn latency_pair(
     warmup: usize,
     runs: usize,
 ) -> Result<(Latency, Latency), VerifyError> {
+    let [la, lb] = latency_interleaved(&[a, b], images, warmup, runs)?[..] else {
+        unreachable!("one latency per model")
+    };
+    Ok((la, lb))
+}
+
+/// Latency of several models on the same batch, in the order given: each round times one run
+/// of every model in turn, so a change of machine load during the measurement reaches them all.
+pub fn latency_interleaved(
+    models: &[&TractModel],
+    images: ArrayView4<f32>,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<Latency>, VerifyError> {
     for _ in 0..warmup {
-        a.run(images)?;
-        b.run(images)?;
+        for model in models {
+            model.run(images)?;
+        }
     }
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let mut times = vec![Vec::with_capacity(runs.max(1)); models.len()];
     for _ in 0..runs.max(1) {
-        for (model, times) in [(a, &mut ta), (b, &mut tb)] {
+        for (model, times) in models.iter().zip(&mut times) {
             let start = Instant::now();
             model.run(images)?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok((summarize(ta), summarize(tb)))
+    Ok(times.into_iter().map(summarize).collect())
 }
 
 fn summarize(mut times: Vec<f64>) -> Latency {

@@ -21,5 +21,5 @@ pub use accuracy::{accuracy, Accuracy};
 pub use compare::{compare, compare_latency, max_abs_diff, Comparison, Subject};
 pub use error::VerifyError;
 pub use input::input_shape_for;
-pub use latency::{latency, latency_pair, Latency};
+pub use latency::{latency, latency_interleaved, latency_pair, Latency};
 pub use model::{Source, TractModel};
