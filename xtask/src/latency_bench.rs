@@ -34,12 +34,18 @@ struct Check {
     measured_ms: f64,
     predicted_ratio: f64,
     measured_ratio: f64,
+    /// The prediction without the pair terms, as a ratio to T0.
+    additive_ratio: f64,
 }
 
 impl Check {
     /// Percent error of the predicted ratio to the original against the measured one.
     fn error(&self) -> f64 {
         100.0 * (self.predicted_ratio - self.measured_ratio) / self.measured_ratio
+    }
+
+    fn additive_error(&self) -> f64 {
+        100.0 * (self.additive_ratio - self.measured_ratio) / self.measured_ratio
     }
 
     fn unpaired_error(&self) -> f64 {
@@ -62,12 +68,14 @@ pub fn latency_model(filter: Option<&str>) -> Result<()> {
         let checks = check_plans(&graph, &groups, &model, &settings).context(file)?;
         let errors: Vec<f64> = checks.iter().map(|c| c.error().abs()).collect();
         let unpaired: Vec<f64> = checks.iter().map(|c| c.unpaired_error().abs()).collect();
+        let additive: Vec<f64> = checks.iter().map(|c| c.additive_error().abs()).collect();
         let predicted: Vec<f64> = checks.iter().map(|c| c.predicted_ratio).collect();
         let measured: Vec<f64> = checks.iter().map(|c| c.measured_ratio).collect();
         summaries.push(format!(
-            "| {label} | {} ({} unmeasured) | {} | {:.1} | {:.3} | {:.1}% | {:.1}% | {:.2} | {:.1}% |",
+            "| {label} | {} ({} unmeasured) | {} | {} | {:.1} | {:.3} | {:.1}% | {:.1}% | {:.2} | {:.1}% | {:.1}% |",
             model.groups.len() + model.unmeasured.len(),
             model.unmeasured.len(),
+            model.pairs.len(),
             model.variants,
             model.seconds,
             model.baseline_ms,
@@ -75,27 +83,29 @@ pub fn latency_model(filter: Option<&str>) -> Result<()> {
             errors.iter().copied().fold(0.0, f64::max),
             spearman(&predicted, &measured),
             mean(&unpaired),
+            mean(&additive),
         ));
         details.push((label, model.baseline_ms, checks));
     }
-    println!("| model | groups | variants measured | measuring s | T0 ms | mean \\|error\\| | max \\|error\\| | Spearman ρ | mean \\|error\\| unpaired |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| model | groups | pairs | variants measured | measuring s | T0 ms | mean \\|error\\| | max \\|error\\| | Spearman ρ | mean \\|error\\| unpaired | mean \\|error\\| without pairs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for line in summaries {
         println!("{line}");
     }
     for (label, t0, checks) in details {
         println!("\n{label}, {PLANS} random plans (T0 {t0:.3} ms, seed {SEED}):\n");
-        println!("| plan | MACs | predicted ms | measured ms | predicted ratio | measured ratio (paired) | error |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| plan | MACs | predicted ms | measured ms | predicted ratio | measured ratio (paired) | error | error without pairs |");
+        println!("|---|---|---|---|---|---|---|---|");
         for (i, c) in checks.iter().enumerate() {
             println!(
-                "| {i} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1}% |",
+                "| {i} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1}% | {:+.1}% |",
                 100.0 * c.macs,
                 c.predicted_ms,
                 c.measured_ms,
                 c.predicted_ratio,
                 c.measured_ratio,
-                c.error()
+                c.error(),
+                c.additive_error()
             );
         }
     }
@@ -115,10 +125,15 @@ fn check_plans(
     let original = TractModel::from_bytes(Path::new("original"), &bytes, shape)?;
     let original_macs = Cost::of(graph).macs as f64;
     let mut rng = SplitMix64::new(SEED);
+    let additive = LatencyModel {
+        pairs: Vec::new(),
+        ..model.clone()
+    };
     let mut checks = Vec::with_capacity(PLANS);
     for i in 0..PLANS {
         let plan = random_plan(graph, groups, settings, &mut rng);
-        let predicted_ms = model.predict(&widths_after(graph, groups, &plan));
+        let widths = widths_after(graph, groups, &plan);
+        let predicted_ms = model.predict(&widths);
         let mut pruned = graph.clone();
         plan.apply(&mut pruned, groups)?;
         let bytes = pare_onnx::encode(&pare_ir::export(&pruned));
@@ -137,6 +152,7 @@ fn check_plans(
             measured_ms: measured.median_ms,
             predicted_ratio: predicted_ms / model.baseline_ms,
             measured_ratio: measured.median_ms / base.median_ms,
+            additive_ratio: additive.predict(&widths) / model.baseline_ms,
         });
     }
     Ok(checks)

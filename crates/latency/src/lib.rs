@@ -19,5 +19,5 @@ mod simd;
 pub use error::LatencyError;
 pub use keys::{cache_key, group_key, widths_after};
 pub use ladder::{ladder, LadderSettings};
-pub use model::{GroupLatency, LatencyModel, WidthTime};
+pub use model::{GroupLatency, LatencyModel, PairLatency, WidthTime};
 pub use simd::vector_width;

@@ -3,13 +3,13 @@
 //! time) to each width of its ladder, every model loaded from its encoded bytes at batch 1.
 
 use crate::ladder::plan_ladders;
-use crate::model::{GroupLatency, LatencyModel, WidthTime};
+use crate::model::{GroupLatency, LatencyModel, PairLatency, WidthTime};
 use crate::{cache_key, group_key, vector_width, LadderSettings, LatencyError};
 use ndarray::Array4;
-use pare_ir::Graph;
-use pare_prune::{ChannelGroups, GroupId, PruningPlan};
+use pare_ir::{Graph, NodeCost};
+use pare_prune::{ChannelGroups, GroupId, PruningPlan, SliceKind};
 use pare_verify::{latency, latency_interleaved, TractModel};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,7 +41,8 @@ impl LatencyModel {
         let baseline =
             TractModel::from_bytes(Path::new("the model as given"), &bytes, &input_shape)?;
         let vector_width = settings.vector_width.unwrap_or_else(vector_width);
-        let mut candidates = candidates(graph, groups, settings);
+        let costs = pare_ir::node_costs(graph);
+        let mut candidates = candidates(graph, groups, &costs, settings);
         candidates.sort_by(|a, b| b.macs.cmp(&a.macs).then(a.id.cmp(&b.id)));
         let spans: Vec<(usize, usize)> = candidates.iter().map(|c| (c.floor, c.full)).collect();
         let macs: Vec<u64> = candidates.iter().map(|c| c.macs).collect();
@@ -86,6 +87,7 @@ impl LatencyModel {
             vector_width,
             input_shape,
             baseline_ms,
+            pairs: pairs(groups, &candidates, &measured, &costs),
             groups: measured,
             unmeasured,
             variants,
@@ -95,8 +97,12 @@ impl LatencyModel {
 }
 
 /// The prunable groups that have a key, with their floors and the MACs of the nodes they slice.
-fn candidates(graph: &Graph, groups: &ChannelGroups, settings: &LadderSettings) -> Vec<Candidate> {
-    let costs = pare_ir::node_costs(graph);
+fn candidates(
+    graph: &Graph,
+    groups: &ChannelGroups,
+    costs: &[NodeCost],
+    settings: &LadderSettings,
+) -> Vec<Candidate> {
     groups
         .groups
         .iter()
@@ -164,4 +170,63 @@ fn batch_one_input(graph: &Graph) -> Result<Vec<usize>, LatencyError> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The layers that read one measured group and write another, per (read, written) pair: their
+/// unpruned time estimated from the two groups' scaling times, each spread over the MACs of the
+/// layers its group touches (averaged over the two), times the share of the layer's input the
+/// read group is (a layer reading a Concat reads each part for its share).
+fn pairs(
+    groups: &ChannelGroups,
+    candidates: &[Candidate],
+    measured: &[GroupLatency],
+    costs: &[NodeCost],
+) -> Vec<PairLatency> {
+    let per_mac: BTreeMap<GroupId, (&str, f64)> = candidates
+        .iter()
+        .filter(|c| c.macs > 0)
+        .filter_map(|c| {
+            let g = measured.iter().find(|g| g.key == c.key)?;
+            Some((c.id, (c.key.as_str(), g.scaling_ms() / c.macs as f64)))
+        })
+        .collect();
+    // Per layer: the groups it reads (with their share of its input) and the groups it writes.
+    let mut layers: BTreeMap<usize, (BTreeMap<GroupId, f64>, BTreeSet<GroupId>)> = BTreeMap::new();
+    for slice in &groups.slices {
+        let layer = layers.entry(slice.node.0 as usize).or_default();
+        let total: usize = slice.segments.iter().map(|s| s.len * s.block).sum();
+        for s in &slice.segments {
+            let g = groups.group_of_space(s.space);
+            match slice.kind {
+                SliceKind::Consumer => {
+                    let share = (s.len * s.block) as f64 / total.max(1) as f64;
+                    *layer.0.entry(g).or_default() += share;
+                }
+                SliceKind::Producer => {
+                    layer.1.insert(g);
+                }
+                SliceKind::PerChannel => {}
+            }
+        }
+    }
+    let mut summed: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for (node, (reads, writes)) in layers {
+        let macs = costs.get(node).map_or(0, |c| c.macs) as f64;
+        for (a, share) in &reads {
+            for b in writes.iter().filter(|&b| b != a) {
+                let (Some(&(ka, ra)), Some(&(kb, rb))) = (per_mac.get(a), per_mac.get(b)) else {
+                    continue;
+                };
+                *summed.entry((ka, kb)).or_default() += macs * share.min(1.0) * (ra + rb) / 2.0;
+            }
+        }
+    }
+    summed
+        .into_iter()
+        .map(|((reads, writes), ms)| PairLatency {
+            reads: reads.into(),
+            writes: writes.into(),
+            ms,
+        })
+        .collect()
 }

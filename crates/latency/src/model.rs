@@ -3,7 +3,10 @@
 //! A prediction adds, for every group, how much narrowing that group alone changed the whole
 //! model's time: T(widths) = T0 + Σ_g (T_g(w_g) − B_g), where B_g is the unpruned model timed in
 //! the same rounds as group g's widths (so load drifts between groups cancel) and T_g is linear
-//! between measured widths.
+//! between measured widths. A layer that reads group a and writes group b costs about a·b, not
+//! a + b: narrowing both saves less than the two savings added, so each such pair adds back
+//! t_ab · x_a · x_b, x_g being the share of g's scaling time its width saves
+//! (docs/methods/latency.md, "Pairs").
 
 use std::collections::BTreeMap;
 
@@ -50,6 +53,39 @@ impl GroupLatency {
     pub fn delta_at(&self, width: usize) -> f64 {
         self.time_at(width) - self.baseline_ms
     }
+
+    /// The time that scales with this group's width: what the floor saves, stretched to the
+    /// whole width (the floor keeps `floor / full` of it). Zero when the floor saved nothing.
+    pub fn scaling_ms(&self) -> f64 {
+        let (Some(floor), full) = (self.points.first(), self.full_width()) else {
+            return 0.0;
+        };
+        if floor.width >= full {
+            return 0.0;
+        }
+        let saved = -self.delta_at(floor.width);
+        (saved * full as f64 / (full - floor.width) as f64).max(0.0)
+    }
+
+    /// The fraction of `scaling_ms` that `width` changes (−1 … 1; negative saves time).
+    pub fn scaled_change_at(&self, width: usize) -> f64 {
+        let scaling = self.scaling_ms();
+        if scaling > 0.0 {
+            (self.delta_at(width) / scaling).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Layers (Conv, Gemm, MatMul) that read one measured group and write another, and their
+/// estimated unpruned time `ms`: with both groups narrowed they save `ms · x_reads · x_writes`
+/// less than the two groups' own changes add up to (x: `GroupLatency::scaled_change_at`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairLatency {
+    pub reads: String,
+    pub writes: String,
+    pub ms: f64,
 }
 
 /// A graph's batch-1 tract latency: measured as given, and per group at a ladder of widths.
@@ -66,6 +102,8 @@ pub struct LatencyModel {
     pub baseline_ms: f64,
     /// The measured groups, highest MACs at stake first.
     pub groups: Vec<GroupLatency>,
+    /// Pairs of measured groups joined by a layer: the correction of their product.
+    pub pairs: Vec<PairLatency>,
     /// Prunable groups left out by `LadderSettings::max_variants`: predicted as no change.
     pub unmeasured: Vec<String>,
     /// Narrowed models measured.
@@ -82,12 +120,22 @@ impl LatencyModel {
     /// The predicted median in milliseconds with each group of `widths` (by key) at its width;
     /// groups it does not name keep their full width, and unknown keys change nothing.
     pub fn predict(&self, widths: &BTreeMap<String, usize>) -> f64 {
-        self.baseline_ms
-            + self
-                .groups
-                .iter()
-                .filter_map(|g| widths.get(&g.key).map(|&w| g.delta_at(w)))
-                .sum::<f64>()
+        let alone: f64 = self
+            .groups
+            .iter()
+            .filter_map(|g| widths.get(&g.key).map(|&w| g.delta_at(w)))
+            .sum();
+        let scaled = |key: &str| {
+            self.group(key)
+                .zip(widths.get(key))
+                .map_or(0.0, |(g, &w)| g.scaled_change_at(w))
+        };
+        let pairs: f64 = self
+            .pairs
+            .iter()
+            .map(|p| p.ms * scaled(&p.reads) * scaled(&p.writes))
+            .sum();
+        self.baseline_ms + alone + pairs
     }
 
     /// Among the measured widths of group `key` no larger than `width`, the fastest (the larger
@@ -129,6 +177,7 @@ mod tests {
                 group("a", 10.0, &[(4, 6.0), (16, 7.0), (20, 9.0), (32, 10.0)]),
                 group("b", 10.4, &[(2, 9.4), (8, 10.4)]),
             ],
+            pairs: Vec::new(),
             unmeasured: vec!["c".into()],
             variants: 4,
             seconds: 0.0,
@@ -157,6 +206,38 @@ mod tests {
         assert!((m.predict(&widths(&[("a", 26)])) - 9.7).abs() < 1e-12);
         // Below the floor: the floor's time.
         assert!((m.predict(&widths(&[("a", 1)])) - 6.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_pair_adds_back_the_product_of_its_groups_scaled_changes() {
+        // r: the floor (2 of 10) saves 4 ms, so 5 ms scale with r; at 6 it saves 2: x_r = −0.4.
+        // w: the floor (5 of 10) saves 2 ms, so 4 ms scale with w; at 5: x_w = −0.5.
+        let m = LatencyModel {
+            baseline_ms: 10.0,
+            groups: vec![
+                group("r", 10.0, &[(2, 6.0), (10, 10.0)]),
+                group("w", 10.0, &[(5, 8.0), (10, 10.0)]),
+            ],
+            pairs: vec![PairLatency {
+                reads: "r".into(),
+                writes: "w".into(),
+                ms: 3.0,
+            }],
+            ..model()
+        };
+        assert!((m.groups[0].scaling_ms() - 5.0).abs() < 1e-12);
+        assert!((m.groups[0].scaled_change_at(6) + 0.4).abs() < 1e-12);
+        let both = m.predict(&widths(&[("r", 6), ("w", 5)]));
+        assert!(
+            (both - (10.0 - 2.0 - 2.0 + 3.0 * 0.4 * 0.5)).abs() < 1e-12,
+            "{both}"
+        );
+        let alone = m.predict(&widths(&[("r", 6)]));
+        assert!(
+            (alone - 8.0).abs() < 1e-12,
+            "one group alone: no pair term, {alone}"
+        );
+        assert_eq!(m.predict(&widths(&[("r", 10), ("w", 10)])), 10.0);
     }
 
     #[test]

@@ -67,6 +67,12 @@ fn every_prunable_group_is_measured_at_its_ladder() {
         "the group touching more MACs (both convs) first"
     );
     assert_eq!((model.variants, model.unmeasured.len()), (8, 0));
+    let pairs: Vec<(&str, &str)> = model
+        .pairs
+        .iter()
+        .map(|p| (p.reads.as_str(), p.writes.as_str()))
+        .collect();
+    assert_eq!(pairs, [("a", "b")], "the 1×1 conv reads a and writes b");
     assert_eq!(
         (model.input_shape.clone(), model.vector_width),
         (vec![1, 3, 8, 8], 8)
