@@ -24,7 +24,8 @@ const MODELS: [(&str, &str); 4] = [
 ];
 const PLANS: usize = 20;
 const SEED: u64 = 0;
-/// Timed runs of each pruned model (and of the unpruned one beside it).
+/// Timed runs of each pruned model (and of the unpruned one beside it), at least; fast models
+/// get more, as many as the latency model's `min_timed_ms` asks.
 const CHECK_RUNS: usize = 31;
 
 /// One random plan: its MACs fraction, the predicted and measured times and ratios.
@@ -124,6 +125,7 @@ fn check_plans(
     let bytes = pare_onnx::encode(&pare_ir::export(graph));
     let original = TractModel::from_bytes(Path::new("original"), &bytes, shape)?;
     let original_macs = Cost::of(graph).macs as f64;
+    let runs = settings.runs_for(model.baseline_ms).max(CHECK_RUNS);
     let mut rng = SplitMix64::new(SEED);
     let additive = LatencyModel {
         pairs: Vec::new(),
@@ -139,13 +141,8 @@ fn check_plans(
         let bytes = pare_onnx::encode(&pare_ir::export(&pruned));
         let label = format!("random plan {i}");
         let small = TractModel::from_bytes(Path::new(&label), &bytes, shape)?;
-        let (base, measured) = latency_pair(
-            &original,
-            &small,
-            images.view(),
-            settings.warmup,
-            CHECK_RUNS,
-        )?;
+        let (base, measured) =
+            latency_pair(&original, &small, images.view(), settings.warmup, runs)?;
         checks.push(Check {
             macs: Cost::of(&pruned).macs as f64 / original_macs,
             predicted_ms,

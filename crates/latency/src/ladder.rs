@@ -3,6 +3,10 @@
 
 use crate::LatencyError;
 
+/// The most timed runs `min_timed_ms` asks of one model, and the most time it may ask for.
+const MAX_RUNS: usize = 100_000;
+const MAX_TIMED_MS: f64 = 60_000.0;
+
 /// How a latency model is measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LadderSettings {
@@ -16,8 +20,11 @@ pub struct LadderSettings {
     pub max_variants: usize,
     /// Untimed runs of every model before the timed ones.
     pub warmup: usize,
-    /// Timed runs of every model; a time is their median.
+    /// Timed runs of every model, at least; a time is their median.
     pub runs: usize,
+    /// More runs for fast models: enough that each model is timed for about this many
+    /// milliseconds in all (a few runs of a 0.1 ms model are at the mercy of one preemption).
+    pub min_timed_ms: f64,
     /// Multiples of this are measured; None: the vector width of this CPU (`vector_width`).
     pub vector_width: Option<usize>,
 }
@@ -30,6 +37,7 @@ impl Default for LadderSettings {
             max_variants: 160,
             warmup: 3,
             runs: 15,
+            min_timed_ms: 50.0,
             vector_width: None,
         }
     }
@@ -49,10 +57,23 @@ impl LadderSettings {
         if self.runs == 0 {
             return Err(LatencyError::Setting("timed runs", "at least 1"));
         }
+        if !(0.0..=MAX_TIMED_MS).contains(&self.min_timed_ms) {
+            return Err(LatencyError::Setting(
+                "the minimum timed milliseconds",
+                "in [0, 60000]",
+            ));
+        }
         if self.vector_width == Some(0) {
             return Err(LatencyError::Setting("the vector width", "at least 1"));
         }
         Ok(())
+    }
+
+    /// The timed runs for a model of about `ms` milliseconds: `runs`, or more to fill
+    /// `min_timed_ms`, at most `MAX_RUNS`.
+    pub fn runs_for(&self, ms: f64) -> usize {
+        let filling = (self.min_timed_ms / ms.max(1e-6)).ceil();
+        self.runs.max(filling.min(MAX_RUNS as f64) as usize)
     }
 
     /// The fewest channels a group of `width` channels is measured at.
@@ -189,6 +210,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fast_models_get_runs_enough_to_fill_the_minimum_time() {
+        let s = LadderSettings::default();
+        assert_eq!(s.runs_for(10.0), 15, "slow: the runs asked for");
+        assert_eq!(s.runs_for(0.1), 500);
+        assert_eq!(s.runs_for(0.0), MAX_RUNS, "bounded");
     }
 
     #[test]

@@ -40,6 +40,8 @@ impl LatencyModel {
         let bytes = pare_onnx::encode(&pare_ir::export(graph));
         let baseline =
             TractModel::from_bytes(Path::new("the model as given"), &bytes, &input_shape)?;
+        let estimate = latency(&baseline, images.view(), settings.warmup, 3)?.median_ms;
+        let runs = settings.runs_for(estimate);
         let vector_width = settings.vector_width.unwrap_or_else(vector_width);
         let costs = pare_ir::node_costs(graph);
         let mut candidates = candidates(graph, groups, &costs, settings);
@@ -64,7 +66,7 @@ impl LatencyModel {
             }
             variants += models.len();
             let timed: Vec<&TractModel> = std::iter::once(&baseline).chain(&models).collect();
-            let times = latency_interleaved(&timed, images.view(), settings.warmup, settings.runs)?;
+            let times = latency_interleaved(&timed, images.view(), settings.warmup, runs)?;
             let baseline_ms = times[0].median_ms;
             let widths = narrower.iter().chain([&full]);
             let ms = times[1..].iter().map(|t| t.median_ms).chain([baseline_ms]);
@@ -78,7 +80,7 @@ impl LatencyModel {
             });
         }
         let baseline_ms = if measured.is_empty() {
-            latency(&baseline, images.view(), settings.warmup, settings.runs)?.median_ms
+            latency(&baseline, images.view(), settings.warmup, runs)?.median_ms
         } else {
             median(measured.iter().map(|g| g.baseline_ms).collect())
         };
@@ -90,6 +92,7 @@ impl LatencyModel {
             pairs: pairs(groups, &candidates, &measured, &costs),
             groups: measured,
             unmeasured,
+            runs,
             variants,
             seconds: start.elapsed().as_secs_f64(),
         })

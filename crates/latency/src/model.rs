@@ -108,6 +108,8 @@ pub struct LatencyModel {
     pub unmeasured: Vec<String>,
     /// Narrowed models measured.
     pub variants: usize,
+    /// Timed runs of each model (`LadderSettings::runs_for` its first estimate of T0).
+    pub runs: usize,
     /// Wall time of the measurement, in seconds.
     pub seconds: f64,
 }
@@ -180,6 +182,7 @@ mod tests {
             pairs: Vec::new(),
             unmeasured: vec!["c".into()],
             variants: 4,
+            runs: 15,
             seconds: 0.0,
         }
     }

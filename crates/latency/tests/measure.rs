@@ -38,6 +38,7 @@ fn settings() -> LadderSettings {
         warmup: 0,
         runs: 1,
         vector_width: Some(8),
+        min_timed_ms: 0.0,
         ..LadderSettings::default()
     }
 }

@@ -46,8 +46,8 @@ pub fn latency_pair(
     Ok((la, lb))
 }
 
-/// Latency of several models on the same batch, in the order given: each round times one run
-/// of every model in turn, so a change of machine load during the measurement reaches them all.
+/// Latency of several models on the same batch: each round times one run of every model in turn,
+/// so a change of machine load during the measurement reaches them all.
 pub fn latency_interleaved(
     models: &[&TractModel],
     images: ArrayView4<f32>,
@@ -60,11 +60,12 @@ pub fn latency_interleaved(
         }
     }
     let mut times = vec![Vec::with_capacity(runs.max(1)); models.len()];
-    for _ in 0..runs.max(1) {
-        for (model, times) in models.iter().zip(&mut times) {
+    for round in 0..runs.max(1) {
+        // Each round starts one model further on, so no model always runs first.
+        for i in (0..models.len()).map(|i| (i + round) % models.len()) {
             let start = Instant::now();
-            model.run(images)?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            models[i].run(images)?;
+            times[i].push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
     Ok(times.into_iter().map(summarize).collect())
