@@ -12,12 +12,8 @@ pub enum LatencyError {
     OpenInput { input: String, shape: String },
     #[error("latency setting: {0} must be {1}")]
     Setting(&'static str, &'static str),
-    #[error("group '{group}' narrowed to {width} channels: {source}")]
-    Variant {
-        group: String,
-        width: usize,
-        source: PruneError,
-    },
+    #[error("the model with {groups} channels: {source}")]
+    Variant { groups: String, source: PruneError },
     #[error(transparent)]
     Verify(#[from] VerifyError),
 }

@@ -14,6 +14,7 @@ mod keys;
 mod ladder;
 mod measure;
 mod model;
+mod pairs;
 mod simd;
 
 pub use error::LatencyError;

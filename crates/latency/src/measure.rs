@@ -1,13 +1,15 @@
 //! Measuring a latency model in tract: the graph as given, then for each prunable group the whole
 //! graph with only that group narrowed (its last channels dropped: which ones does not matter for
-//! time) to each width of its ladder, every model loaded from its encoded bytes at batch 1.
+//! time) to each width of its ladder, then each pair of groups a layer joins with both at their
+//! floors; every model loaded from its encoded bytes at batch 1.
 
 use crate::ladder::plan_ladders;
 use crate::model::{GroupLatency, LatencyModel, PairLatency, WidthTime};
+use crate::pairs::joined;
 use crate::{cache_key, group_key, vector_width, LadderSettings, LatencyError};
 use ndarray::Array4;
 use pare_ir::{Graph, NodeCost};
-use pare_prune::{ChannelGroups, GroupId, PruningPlan, SliceKind};
+use pare_prune::{ChannelGroups, GroupId, PruningPlan};
 use pare_verify::{latency, latency_interleaved, TractModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,11 +25,56 @@ struct Candidate {
     macs: u64,
 }
 
+/// What every timing shares: the graph and its groups, the unpruned model, the image, the runs.
+struct Bench<'a> {
+    graph: &'a Graph,
+    groups: &'a ChannelGroups,
+    input_shape: Vec<usize>,
+    images: Array4<f32>,
+    baseline: TractModel,
+    warmup: usize,
+    runs: usize,
+}
+
+impl Bench<'_> {
+    /// Loads the graph with each (group, width) of `narrow` narrowed (their last channels
+    /// dropped) from its encoded bytes.
+    fn load(&self, narrow: &[(&Candidate, usize)]) -> Result<TractModel, LatencyError> {
+        let mut plan = PruningPlan::default();
+        for &(c, width) in narrow {
+            plan.drop_channels(c.id, width..c.full);
+        }
+        let names: Vec<String> = narrow
+            .iter()
+            .map(|(c, w)| format!("'{}' at {w}", c.key))
+            .collect();
+        let names = names.join(" and ");
+        let mut copy = self.graph.clone();
+        plan.apply(&mut copy, self.groups)
+            .map_err(|source| LatencyError::Variant {
+                groups: names.clone(),
+                source,
+            })?;
+        let bytes = pare_onnx::encode(&pare_ir::export(&copy));
+        let label = PathBuf::from(format!("the model with {names} channels"));
+        Ok(TractModel::from_bytes(&label, &bytes, &self.input_shape)?)
+    }
+
+    /// Medians of the unpruned model and of `models`, timed in rounds together.
+    fn rounds(&self, models: &[TractModel]) -> Result<(f64, Vec<f64>), LatencyError> {
+        let timed: Vec<&TractModel> = std::iter::once(&self.baseline).chain(models).collect();
+        let times = latency_interleaved(&timed, self.images.view(), self.warmup, self.runs)?;
+        let ms: Vec<f64> = times.iter().map(|t| t.median_ms).collect();
+        Ok((ms[0], ms[1..].to_vec()))
+    }
+}
+
 impl LatencyModel {
-    /// Measures `graph` (analysed as `groups`) in tract at batch 1: its median T0, then each
-    /// prunable group at the widths of its ladder, each group's narrowed models timed in rounds
-    /// with the unpruned one. Takes about (variants + groups) × (warmup + runs) × T0 plus one
-    /// tract load per variant; `settings.max_variants` bounds the variants.
+    /// Measures `graph` (analysed as `groups`) in tract at batch 1: its median T0, each
+    /// prunable group at the widths of its ladder, and each pair of groups a layer joins at both
+    /// floors, the narrowed models timed in rounds with the unpruned one. Takes about
+    /// (variants + groups + pair batches) × (warmup + runs) × T0 plus one tract load per
+    /// variant; `settings.max_variants` bounds the variants.
     pub fn measure(
         graph: &Graph,
         groups: &ChannelGroups,
@@ -41,7 +88,15 @@ impl LatencyModel {
         let baseline =
             TractModel::from_bytes(Path::new("the model as given"), &bytes, &input_shape)?;
         let estimate = latency(&baseline, images.view(), settings.warmup, 3)?.median_ms;
-        let runs = settings.runs_for(estimate);
+        let bench = Bench {
+            graph,
+            groups,
+            input_shape,
+            images,
+            baseline,
+            warmup: settings.warmup,
+            runs: settings.runs_for(estimate),
+        };
         let vector_width = settings.vector_width.unwrap_or_else(vector_width);
         let costs = pare_ir::node_costs(graph);
         let mut candidates = candidates(graph, groups, &costs, settings);
@@ -49,8 +104,8 @@ impl LatencyModel {
         let spans: Vec<(usize, usize)> = candidates.iter().map(|c| (c.floor, c.full)).collect();
         let macs: Vec<u64> = candidates.iter().map(|c| c.macs).collect();
         let ladders = plan_ladders(&spans, &macs, vector_width, settings);
-        let (mut measured, mut unmeasured, mut variants) = (Vec::new(), Vec::new(), 0);
-        for (c, ladder) in candidates.iter().zip(&ladders) {
+        let (mut measured, mut unmeasured, mut variants) = (BTreeMap::new(), Vec::new(), 0);
+        for (i, (c, ladder)) in candidates.iter().zip(&ladders).enumerate() {
             let Some((&full, narrower)) = ladder.split_last() else {
                 unmeasured.push(c.key.clone());
                 continue;
@@ -58,41 +113,70 @@ impl LatencyModel {
             if narrower.is_empty() {
                 continue;
             }
-            let mut models = Vec::with_capacity(narrower.len());
-            for &width in narrower {
-                let bytes = narrowed(graph, groups, c, width)?;
-                let label = PathBuf::from(format!("{} at {width} channels", c.key));
-                models.push(TractModel::from_bytes(&label, &bytes, &input_shape)?);
-            }
+            let models = narrower
+                .iter()
+                .map(|&width| bench.load(&[(c, width)]))
+                .collect::<Result<Vec<_>, _>>()?;
             variants += models.len();
-            let timed: Vec<&TractModel> = std::iter::once(&baseline).chain(&models).collect();
-            let times = latency_interleaved(&timed, images.view(), settings.warmup, runs)?;
-            let baseline_ms = times[0].median_ms;
+            let (baseline_ms, ms) = bench.rounds(&models)?;
             let widths = narrower.iter().chain([&full]);
-            let ms = times[1..].iter().map(|t| t.median_ms).chain([baseline_ms]);
-            measured.push(GroupLatency {
+            let ms = ms.into_iter().chain([baseline_ms]);
+            let points = widths.zip(ms).map(|(&width, ms)| WidthTime { width, ms });
+            let group = GroupLatency {
                 key: c.key.clone(),
                 baseline_ms,
-                points: widths
-                    .zip(ms)
-                    .map(|(&width, ms)| WidthTime { width, ms })
-                    .collect(),
-            });
+                points: points.collect(),
+            };
+            measured.insert(i, group);
         }
+        let ids: Vec<GroupId> = candidates.iter().map(|c| c.id).collect();
+        let pairs: Vec<(usize, usize)> = joined(groups, &ids, &costs)
+            .into_iter()
+            .filter(|(a, b)| measured.contains_key(a) && measured.contains_key(b))
+            .take(settings.max_variants.saturating_sub(variants))
+            .collect();
+        variants += pairs.len();
+        let mut pair_terms = Vec::with_capacity(pairs.len());
+        for batch in pairs.chunks(settings.widths_per_group - 1) {
+            let models = batch
+                .iter()
+                .map(|&(a, b)| {
+                    let (ca, cb) = (&candidates[a], &candidates[b]);
+                    bench.load(&[(ca, ca.floor), (cb, cb.floor)])
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (baseline_ms, ms) = bench.rounds(&models)?;
+            for (&(a, b), both) in batch.iter().zip(ms) {
+                let (ga, gb) = (&measured[&a], &measured[&b]);
+                let alone = ga.delta_at(candidates[a].floor) + gb.delta_at(candidates[b].floor);
+                pair_terms.push(PairLatency {
+                    a: ga.key.clone(),
+                    b: gb.key.clone(),
+                    cross_ms: both - baseline_ms - alone,
+                });
+            }
+        }
+        let measured: Vec<GroupLatency> = measured.into_values().collect();
         let baseline_ms = if measured.is_empty() {
-            latency(&baseline, images.view(), settings.warmup, runs)?.median_ms
+            let t = latency(
+                &bench.baseline,
+                bench.images.view(),
+                bench.warmup,
+                bench.runs,
+            )?;
+            t.median_ms
         } else {
             median(measured.iter().map(|g| g.baseline_ms).collect())
         };
         Ok(LatencyModel {
             cache_key: cache_key(&bytes),
             vector_width,
-            input_shape,
+            input_shape: bench.input_shape,
             baseline_ms,
-            pairs: pairs(groups, &candidates, &measured, &costs),
             groups: measured,
+            pairs: pair_terms,
             unmeasured,
-            runs,
+            runs: bench.runs,
             variants,
             seconds: start.elapsed().as_secs_f64(),
         })
@@ -131,25 +215,6 @@ fn candidates(
         .collect()
 }
 
-/// The encoded graph with only `c`'s group narrowed to `width` channels (its last ones dropped).
-fn narrowed(
-    graph: &Graph,
-    groups: &ChannelGroups,
-    c: &Candidate,
-    width: usize,
-) -> Result<Vec<u8>, LatencyError> {
-    let mut plan = PruningPlan::default();
-    plan.drop_channels(c.id, width..c.full);
-    let mut copy = graph.clone();
-    plan.apply(&mut copy, groups)
-        .map_err(|source| LatencyError::Variant {
-            group: c.key.clone(),
-            width,
-            source,
-        })?;
-    Ok(pare_onnx::encode(&pare_ir::export(&copy)))
-}
-
 /// The graph's first input at batch 1: [1, C, H, W] with C, H and W known.
 fn batch_one_input(graph: &Graph) -> Result<Vec<usize>, LatencyError> {
     let &input = graph.inputs.first().ok_or(LatencyError::NoInput)?;
@@ -173,63 +238,4 @@ fn batch_one_input(graph: &Graph) -> Result<Vec<usize>, LatencyError> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// The layers that read one measured group and write another, per (read, written) pair: their
-/// unpruned time estimated from the two groups' scaling times, each spread over the MACs of the
-/// layers its group touches (averaged over the two), times the share of the layer's input the
-/// read group is (a layer reading a Concat reads each part for its share).
-fn pairs(
-    groups: &ChannelGroups,
-    candidates: &[Candidate],
-    measured: &[GroupLatency],
-    costs: &[NodeCost],
-) -> Vec<PairLatency> {
-    let per_mac: BTreeMap<GroupId, (&str, f64)> = candidates
-        .iter()
-        .filter(|c| c.macs > 0)
-        .filter_map(|c| {
-            let g = measured.iter().find(|g| g.key == c.key)?;
-            Some((c.id, (c.key.as_str(), g.scaling_ms() / c.macs as f64)))
-        })
-        .collect();
-    // Per layer: the groups it reads (with their share of its input) and the groups it writes.
-    let mut layers: BTreeMap<usize, (BTreeMap<GroupId, f64>, BTreeSet<GroupId>)> = BTreeMap::new();
-    for slice in &groups.slices {
-        let layer = layers.entry(slice.node.0 as usize).or_default();
-        let total: usize = slice.segments.iter().map(|s| s.len * s.block).sum();
-        for s in &slice.segments {
-            let g = groups.group_of_space(s.space);
-            match slice.kind {
-                SliceKind::Consumer => {
-                    let share = (s.len * s.block) as f64 / total.max(1) as f64;
-                    *layer.0.entry(g).or_default() += share;
-                }
-                SliceKind::Producer => {
-                    layer.1.insert(g);
-                }
-                SliceKind::PerChannel => {}
-            }
-        }
-    }
-    let mut summed: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (node, (reads, writes)) in layers {
-        let macs = costs.get(node).map_or(0, |c| c.macs) as f64;
-        for (a, share) in &reads {
-            for b in writes.iter().filter(|&b| b != a) {
-                let (Some(&(ka, ra)), Some(&(kb, rb))) = (per_mac.get(a), per_mac.get(b)) else {
-                    continue;
-                };
-                *summed.entry((ka, kb)).or_default() += macs * share.min(1.0) * (ra + rb) / 2.0;
-            }
-        }
-    }
-    summed
-        .into_iter()
-        .map(|((reads, writes), ms)| PairLatency {
-            reads: reads.into(),
-            writes: writes.into(),
-            ms,
-        })
-        .collect()
 }

@@ -3,10 +3,10 @@
 //! A prediction adds, for every group, how much narrowing that group alone changed the whole
 //! model's time: T(widths) = T0 + Σ_g (T_g(w_g) − B_g), where B_g is the unpruned model timed in
 //! the same rounds as group g's widths (so load drifts between groups cancel) and T_g is linear
-//! between measured widths. A layer that reads group a and writes group b costs about a·b, not
-//! a + b: narrowing both saves less than the two savings added, so each such pair adds back
-//! t_ab · x_a · x_b, x_g being the share of g's scaling time its width saves
-//! (docs/methods/latency.md, "Pairs").
+//! between measured widths. A layer that reads group a and writes group b does work a·b, not
+//! a + b: narrowing both saves less than the two savings added, so each such pair adds its cross
+//! term, measured with both at their floors and scaled by how much of its floor's change each
+//! group's width makes (docs/methods/latency.md, "Pairs").
 
 use std::collections::BTreeMap;
 
@@ -54,38 +54,30 @@ impl GroupLatency {
         self.time_at(width) - self.baseline_ms
     }
 
-    /// The time that scales with this group's width: what the floor saves, stretched to the
-    /// whole width (the floor keeps `floor / full` of it). Zero when the floor saved nothing.
-    pub fn scaling_ms(&self) -> f64 {
-        let (Some(floor), full) = (self.points.first(), self.full_width()) else {
+    /// How much of the floor's change `width` makes: `delta_at(width) / delta_at(floor)`, within
+    /// [0, 1]; zero when the floor saved nothing.
+    pub fn share_of_floor_change(&self, width: usize) -> f64 {
+        let Some(floor) = self.points.first() else {
             return 0.0;
         };
-        if floor.width >= full {
-            return 0.0;
-        }
-        let saved = -self.delta_at(floor.width);
-        (saved * full as f64 / (full - floor.width) as f64).max(0.0)
-    }
-
-    /// The fraction of `scaling_ms` that `width` changes (−1 … 1; negative saves time).
-    pub fn scaled_change_at(&self, width: usize) -> f64 {
-        let scaling = self.scaling_ms();
-        if scaling > 0.0 {
-            (self.delta_at(width) / scaling).clamp(-1.0, 1.0)
+        let at_floor = self.delta_at(floor.width);
+        if at_floor < 0.0 {
+            (self.delta_at(width) / at_floor).clamp(0.0, 1.0)
         } else {
             0.0
         }
     }
 }
 
-/// Layers (Conv, Gemm, MatMul) that read one measured group and write another, and their
-/// estimated unpruned time `ms`: with both groups narrowed they save `ms · x_reads · x_writes`
-/// less than the two groups' own changes add up to (x: `GroupLatency::scaled_change_at`).
+/// Two measured groups joined by a layer (a Conv, Gemm or MatMul reading one and writing the
+/// other), measured once with both at their floors: `cross_ms` is that time less the baseline
+/// and less both groups' own changes at their floors. At other widths the term scales with each
+/// group's `share_of_floor_change`, as a layer whose work is the product of the two widths does.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairLatency {
-    pub reads: String,
-    pub writes: String,
-    pub ms: f64,
+    pub a: String,
+    pub b: String,
+    pub cross_ms: f64,
 }
 
 /// A graph's batch-1 tract latency: measured as given, and per group at a ladder of widths.
@@ -127,15 +119,15 @@ impl LatencyModel {
             .iter()
             .filter_map(|g| widths.get(&g.key).map(|&w| g.delta_at(w)))
             .sum();
-        let scaled = |key: &str| {
+        let share = |key: &str| {
             self.group(key)
                 .zip(widths.get(key))
-                .map_or(0.0, |(g, &w)| g.scaled_change_at(w))
+                .map_or(0.0, |(g, &w)| g.share_of_floor_change(w))
         };
         let pairs: f64 = self
             .pairs
             .iter()
-            .map(|p| p.ms * scaled(&p.reads) * scaled(&p.writes))
+            .map(|p| p.cross_ms * share(&p.a) * share(&p.b))
             .sum();
         self.baseline_ms + alone + pairs
     }
@@ -212,9 +204,9 @@ mod tests {
     }
 
     #[test]
-    fn a_pair_adds_back_the_product_of_its_groups_scaled_changes() {
-        // r: the floor (2 of 10) saves 4 ms, so 5 ms scale with r; at 6 it saves 2: x_r = −0.4.
-        // w: the floor (5 of 10) saves 2 ms, so 4 ms scale with w; at 5: x_w = −0.5.
+    fn a_pair_adds_its_cross_term_scaled_by_each_group_s_share() {
+        // r: the floor (2) saves 4 ms, width 6 saves 2: half the floor's change.
+        // w: the floor (5) saves 2 ms: all of it at 5.
         let m = LatencyModel {
             baseline_ms: 10.0,
             groups: vec![
@@ -222,17 +214,21 @@ mod tests {
                 group("w", 10.0, &[(5, 8.0), (10, 10.0)]),
             ],
             pairs: vec![PairLatency {
-                reads: "r".into(),
-                writes: "w".into(),
-                ms: 3.0,
+                a: "r".into(),
+                b: "w".into(),
+                cross_ms: 0.6,
             }],
             ..model()
         };
-        assert!((m.groups[0].scaling_ms() - 5.0).abs() < 1e-12);
-        assert!((m.groups[0].scaled_change_at(6) + 0.4).abs() < 1e-12);
+        assert_eq!(m.groups[0].share_of_floor_change(6), 0.5);
+        let floors = m.predict(&widths(&[("r", 2), ("w", 5)]));
+        assert!(
+            (floors - (10.0 - 4.0 - 2.0 + 0.6)).abs() < 1e-12,
+            "{floors}"
+        );
         let both = m.predict(&widths(&[("r", 6), ("w", 5)]));
         assert!(
-            (both - (10.0 - 2.0 - 2.0 + 3.0 * 0.4 * 0.5)).abs() < 1e-12,
+            (both - (10.0 - 2.0 - 2.0 + 0.6 * 0.5)).abs() < 1e-12,
             "{both}"
         );
         let alone = m.predict(&widths(&[("r", 6)]));

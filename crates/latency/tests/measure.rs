@@ -67,13 +67,17 @@ fn every_prunable_group_is_measured_at_its_ladder() {
         ["a", "b"],
         "the group touching more MACs (both convs) first"
     );
-    assert_eq!((model.variants, model.unmeasured.len()), (8, 0));
+    assert_eq!(
+        (model.variants, model.unmeasured.len()),
+        (8 + 1, 0),
+        "ladders and the pair"
+    );
     let pairs: Vec<(&str, &str)> = model
         .pairs
         .iter()
-        .map(|p| (p.reads.as_str(), p.writes.as_str()))
+        .map(|p| (p.a.as_str(), p.b.as_str()))
         .collect();
-    assert_eq!(pairs, [("a", "b")], "the 1×1 conv reads a and writes b");
+    assert_eq!(pairs, [("a", "b")], "the 1×1 conv joins a and b");
     assert_eq!(
         (model.input_shape.clone(), model.vector_width),
         (vec![1, 3, 8, 8], 8)
@@ -104,13 +108,18 @@ fn the_variant_cap_keeps_floors_and_full_widths_only() {
     let model = LatencyModel::measure(&graph, &groups, &capped).unwrap();
     assert_eq!(widths(&model, "a"), [2, 20]);
     assert_eq!(widths(&model, "b"), [3, 24]);
-    assert_eq!(model.variants, 2);
+    assert_eq!(
+        model.variants,
+        2 + 1,
+        "the floors, then the pair at both floors"
+    );
     let one = LadderSettings {
         max_variants: 1,
         ..settings()
     };
     let model = LatencyModel::measure(&graph, &groups, &one).unwrap();
     assert_eq!(model.groups.len(), 1);
+    assert!(model.pairs.is_empty(), "no room for the pair");
     assert_eq!(
         model.unmeasured,
         ["b"],
