@@ -26,7 +26,7 @@ struct Candidate {
 }
 
 /// What every timing shares: the graph and its groups, the unpruned model, the image, the runs.
-struct Bench<'a> {
+struct Timing<'a> {
     graph: &'a Graph,
     groups: &'a ChannelGroups,
     input_shape: Vec<usize>,
@@ -36,7 +36,7 @@ struct Bench<'a> {
     runs: usize,
 }
 
-impl Bench<'_> {
+impl Timing<'_> {
     /// Loads the graph with each (group, width) of `narrow` narrowed (their last channels
     /// dropped) from its encoded bytes.
     fn load(&self, narrow: &[(&Candidate, usize)]) -> Result<TractModel, LatencyError> {
@@ -88,7 +88,7 @@ impl LatencyModel {
         let baseline =
             TractModel::from_bytes(Path::new("the model as given"), &bytes, &input_shape)?;
         let estimate = latency(&baseline, images.view(), settings.warmup, 3)?.median_ms;
-        let bench = Bench {
+        let timing = Timing {
             graph,
             groups,
             input_shape,
@@ -115,10 +115,10 @@ impl LatencyModel {
             }
             let models = narrower
                 .iter()
-                .map(|&width| bench.load(&[(c, width)]))
+                .map(|&width| timing.load(&[(c, width)]))
                 .collect::<Result<Vec<_>, _>>()?;
             variants += models.len();
-            let (baseline_ms, ms) = bench.rounds(&models)?;
+            let (baseline_ms, ms) = timing.rounds(&models)?;
             let widths = narrower.iter().chain([&full]);
             let ms = ms.into_iter().chain([baseline_ms]);
             let points = widths.zip(ms).map(|(&width, ms)| WidthTime { width, ms });
@@ -142,10 +142,10 @@ impl LatencyModel {
                 .iter()
                 .map(|&(a, b)| {
                     let (ca, cb) = (&candidates[a], &candidates[b]);
-                    bench.load(&[(ca, ca.floor), (cb, cb.floor)])
+                    timing.load(&[(ca, ca.floor), (cb, cb.floor)])
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let (baseline_ms, ms) = bench.rounds(&models)?;
+            let (baseline_ms, ms) = timing.rounds(&models)?;
             for (&(a, b), both) in batch.iter().zip(ms) {
                 let (ga, gb) = (&measured[&a], &measured[&b]);
                 let alone = ga.delta_at(candidates[a].floor) + gb.delta_at(candidates[b].floor);
@@ -159,10 +159,10 @@ impl LatencyModel {
         let measured: Vec<GroupLatency> = measured.into_values().collect();
         let baseline_ms = if measured.is_empty() {
             let t = latency(
-                &bench.baseline,
-                bench.images.view(),
-                bench.warmup,
-                bench.runs,
+                &timing.baseline,
+                timing.images.view(),
+                timing.warmup,
+                timing.runs,
             )?;
             t.median_ms
         } else {
@@ -171,12 +171,12 @@ impl LatencyModel {
         Ok(LatencyModel {
             cache_key: cache_key(&bytes),
             vector_width,
-            input_shape: bench.input_shape,
+            input_shape: timing.input_shape,
             baseline_ms,
             groups: measured,
             pairs: pair_terms,
             unmeasured,
-            runs: bench.runs,
+            runs: timing.runs,
             variants,
             seconds: start.elapsed().as_secs_f64(),
         })
