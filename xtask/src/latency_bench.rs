@@ -13,7 +13,7 @@ use ndarray::Array4;
 use pare_kernels::rng::SplitMix64;
 use pare_latency::{group_key, widths_after, LadderSettings, LatencyModel};
 use pare_prune::{analyze, ChannelGroups, Cost, PruningPlan};
-use pare_verify::{latency_pair, TractModel};
+use pare_verify::{latency_interleaved, TractModel};
 use std::path::Path;
 
 const MODELS: [(&str, &str); 4] = [
@@ -94,7 +94,10 @@ pub fn latency_model(filter: Option<&str>) -> Result<()> {
         println!("{line}");
     }
     for (label, t0, checks) in details {
-        println!("\n{label}, {PLANS} random plans (T0 {t0:.3} ms, seed {SEED}):\n");
+        println!(
+            "\n{label}, {PLANS} random plans (T0 {t0:.3} ms, seed {SEED}, clock {:?}):\n",
+            settings.clock
+        );
         println!("| plan | MACs | predicted ms | measured ms | predicted ratio | measured ratio (paired) | error | error without pairs |");
         println!("|---|---|---|---|---|---|---|---|");
         for (i, c) in checks.iter().enumerate() {
@@ -141,8 +144,10 @@ fn check_plans(
         let bytes = pare_onnx::encode(&pare_ir::export(&pruned));
         let label = format!("random plan {i}");
         let small = TractModel::from_bytes(Path::new(&label), &bytes, shape)?;
-        let (base, measured) =
-            latency_pair(&original, &small, images.view(), settings.warmup, runs)?;
+        let pair = [&original, &small];
+        let times =
+            latency_interleaved(&pair, images.view(), settings.warmup, runs, settings.clock)?;
+        let (base, measured) = (times[0], times[1]);
         checks.push(Check {
             macs: Cost::of(&pruned).macs as f64 / original_macs,
             predicted_ms,

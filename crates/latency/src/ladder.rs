@@ -2,6 +2,7 @@
 //! width between them, and a few widths filling the widest gaps; bounded per group and in all.
 
 use crate::LatencyError;
+use pare_verify::Clock;
 
 /// The most timed runs `min_timed_ms` asks of one model, and the most time it may ask for.
 const MAX_RUNS: usize = 100_000;
@@ -27,6 +28,9 @@ pub struct LadderSettings {
     pub min_timed_ms: f64,
     /// Multiples of this are measured; None: the vector width of this CPU (`vector_width`).
     pub vector_width: Option<usize>,
+    /// The clock runs are timed on: the thread's CPU time by default, which other processes on
+    /// the machine disturb far less than wall time (equal to it on an idle machine).
+    pub clock: Clock,
 }
 
 impl Default for LadderSettings {
@@ -39,6 +43,7 @@ impl Default for LadderSettings {
             runs: 15,
             min_timed_ms: 50.0,
             vector_width: None,
+            clock: Clock::ThreadCpu,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::{cache_key, group_key, vector_width, LadderSettings, LatencyError};
 use ndarray::Array4;
 use pare_ir::{Graph, NodeCost};
 use pare_prune::{ChannelGroups, GroupId, PruningPlan};
-use pare_verify::{latency, latency_interleaved, TractModel};
+use pare_verify::{latency_interleaved, Clock, TractModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,6 +34,7 @@ struct Timing<'a> {
     baseline: TractModel,
     warmup: usize,
     runs: usize,
+    clock: Clock,
 }
 
 impl Timing<'_> {
@@ -63,7 +64,13 @@ impl Timing<'_> {
     /// Medians of the unpruned model and of `models`, timed in rounds together.
     fn rounds(&self, models: &[TractModel]) -> Result<(f64, Vec<f64>), LatencyError> {
         let timed: Vec<&TractModel> = std::iter::once(&self.baseline).chain(models).collect();
-        let times = latency_interleaved(&timed, self.images.view(), self.warmup, self.runs)?;
+        let times = latency_interleaved(
+            &timed,
+            self.images.view(),
+            self.warmup,
+            self.runs,
+            self.clock,
+        )?;
         let ms: Vec<f64> = times.iter().map(|t| t.median_ms).collect();
         Ok((ms[0], ms[1..].to_vec()))
     }
@@ -87,7 +94,14 @@ impl LatencyModel {
         let bytes = pare_onnx::encode(&pare_ir::export(graph));
         let baseline =
             TractModel::from_bytes(Path::new("the model as given"), &bytes, &input_shape)?;
-        let estimate = latency(&baseline, images.view(), settings.warmup, 3)?.median_ms;
+        let estimate = latency_interleaved(
+            &[&baseline],
+            images.view(),
+            settings.warmup,
+            3,
+            settings.clock,
+        )?[0]
+            .median_ms;
         let timing = Timing {
             graph,
             groups,
@@ -96,6 +110,7 @@ impl LatencyModel {
             baseline,
             warmup: settings.warmup,
             runs: settings.runs_for(estimate),
+            clock: settings.clock,
         };
         let vector_width = settings.vector_width.unwrap_or_else(vector_width);
         let costs = pare_ir::node_costs(graph);
@@ -158,19 +173,14 @@ impl LatencyModel {
         }
         let measured: Vec<GroupLatency> = measured.into_values().collect();
         let baseline_ms = if measured.is_empty() {
-            let t = latency(
-                &timing.baseline,
-                timing.images.view(),
-                timing.warmup,
-                timing.runs,
-            )?;
-            t.median_ms
+            timing.rounds(&[])?.0
         } else {
             median(measured.iter().map(|g| g.baseline_ms).collect())
         };
         Ok(LatencyModel {
             cache_key: cache_key(&bytes),
             vector_width,
+            clock: timing.clock,
             input_shape: timing.input_shape,
             baseline_ms,
             groups: measured,

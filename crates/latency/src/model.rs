@@ -8,6 +8,7 @@
 //! term, measured with both at their floors and scaled by how much of its floor's change each
 //! group's width makes (docs/methods/latency.md, "Pairs").
 
+use pare_verify::Clock;
 use std::collections::BTreeMap;
 
 /// One measured width of a group: the whole model's batch-1 median with only that group narrowed.
@@ -88,6 +89,8 @@ pub struct LatencyModel {
     pub cache_key: String,
     /// The f32 lanes of the CPU's vector registers the ladders were built around.
     pub vector_width: usize,
+    /// The clock the times are on.
+    pub clock: Clock,
     /// The input shape timed, batch first (always 1).
     pub input_shape: Vec<usize>,
     /// T0: the unpruned model's median, the median of every group's `baseline_ms`.
@@ -165,6 +168,7 @@ mod tests {
         LatencyModel {
             cache_key: "test".into(),
             vector_width: 16,
+            clock: Clock::ThreadCpu,
             input_shape: vec![1, 3, 8, 8],
             baseline_ms: 10.2,
             groups: vec![

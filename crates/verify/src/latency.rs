@@ -1,6 +1,6 @@
 //! Latency of single runs, alone or of two models side by side.
 
-use crate::{TractModel, VerifyError};
+use crate::{Clock, TractModel, VerifyError};
 use ndarray::ArrayView4;
 use std::time::Instant;
 
@@ -40,19 +40,20 @@ pub fn latency_pair(
     warmup: usize,
     runs: usize,
 ) -> Result<(Latency, Latency), VerifyError> {
-    let [la, lb] = latency_interleaved(&[a, b], images, warmup, runs)?[..] else {
+    let [la, lb] = latency_interleaved(&[a, b], images, warmup, runs, Clock::Wall)?[..] else {
         unreachable!("one latency per model")
     };
     Ok((la, lb))
 }
 
-/// Latency of several models on the same batch: each round times one run of every model in turn,
-/// so a change of machine load during the measurement reaches them all.
+/// Latency of several models on the same batch, on `clock`: each round times one run of every
+/// model in turn, so a change of machine load during the measurement reaches them all.
 pub fn latency_interleaved(
     models: &[&TractModel],
     images: ArrayView4<f32>,
     warmup: usize,
     runs: usize,
+    clock: Clock,
 ) -> Result<Vec<Latency>, VerifyError> {
     for _ in 0..warmup {
         for model in models {
@@ -63,9 +64,9 @@ pub fn latency_interleaved(
     for round in 0..runs.max(1) {
         // Each round starts one model further on, so no model always runs first.
         for i in (0..models.len()).map(|i| (i + round) % models.len()) {
-            let start = Instant::now();
-            models[i].run(images)?;
-            times[i].push(start.elapsed().as_secs_f64() * 1e3);
+            let (out, ms) = clock.time(|| models[i].run(images));
+            out?;
+            times[i].push(ms);
         }
     }
     Ok(times.into_iter().map(summarize).collect())
