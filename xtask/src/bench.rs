@@ -54,7 +54,7 @@ pub fn models_dir() -> PathBuf {
     crate::proto::workspace_root().join("models")
 }
 
-fn load_graph(file: &str) -> Result<Graph> {
+pub fn load_graph(file: &str) -> Result<Graph> {
     let path = models_dir().join(file);
     let proto = pare_onnx::read_model(&path).with_context(|| path.display().to_string())?;
     pare_ir::import(&proto).with_context(|| path.display().to_string())

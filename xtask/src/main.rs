@@ -11,6 +11,7 @@ mod epoch_bench;
 mod es_bench;
 mod fuzz;
 mod kernel_bench;
+mod latency_bench;
 mod proto;
 mod prune_bench;
 mod redundancy_bench;
@@ -69,6 +70,12 @@ enum Bench {
     /// `compress` at 50% of the MACs three ways: labelled, distilled from the original on the same
     /// images without labels, and without data; test accuracy of each by tract.
     Distill(distill_bench::Settings),
+    /// pare-latency's model of tract latency: measured per group at a ladder of widths, then its
+    /// predictions against tract's measured latency on 20 random plans per model.
+    LatencyModel {
+        /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20, mobile).
+        model: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,6 +98,9 @@ fn main() -> Result<()> {
             Bench::Es(settings) => es_bench::compare(&settings),
             Bench::Relief(settings) => relief_bench::relief(&settings),
             Bench::Distill(settings) => distill_bench::distill(&settings),
+            Bench::LatencyModel { model } => {
+                bench::with_pool(|| latency_bench::latency_model(model.as_deref()))
+            }
         },
     }
 }

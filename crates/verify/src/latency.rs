@@ -1,6 +1,6 @@
 //! Latency of single runs, alone or of two models side by side.
 
-use crate::{TractModel, VerifyError};
+use crate::{Clock, TractModel, VerifyError};
 use ndarray::ArrayView4;
 use std::time::Instant;
 
@@ -40,19 +40,36 @@ pub fn latency_pair(
     warmup: usize,
     runs: usize,
 ) -> Result<(Latency, Latency), VerifyError> {
+    let [la, lb] = latency_interleaved(&[a, b], images, warmup, runs, Clock::Wall)?[..] else {
+        unreachable!("one latency per model")
+    };
+    Ok((la, lb))
+}
+
+/// Latency of several models on the same batch, on `clock`: each round times one run of every
+/// model in turn, so a change of machine load during the measurement reaches them all.
+pub fn latency_interleaved(
+    models: &[&TractModel],
+    images: ArrayView4<f32>,
+    warmup: usize,
+    runs: usize,
+    clock: Clock,
+) -> Result<Vec<Latency>, VerifyError> {
     for _ in 0..warmup {
-        a.run(images)?;
-        b.run(images)?;
-    }
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..runs.max(1) {
-        for (model, times) in [(a, &mut ta), (b, &mut tb)] {
-            let start = Instant::now();
+        for model in models {
             model.run(images)?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok((summarize(ta), summarize(tb)))
+    let mut times = vec![Vec::with_capacity(runs.max(1)); models.len()];
+    for round in 0..runs.max(1) {
+        // Each round starts one model further on, so no model always runs first.
+        for i in (0..models.len()).map(|i| (i + round) % models.len()) {
+            let (out, ms) = clock.time(|| models[i].run(images));
+            out?;
+            times[i].push(ms);
+        }
+    }
+    Ok(times.into_iter().map(summarize).collect())
 }
 
 fn summarize(mut times: Vec<f64>) -> Latency {

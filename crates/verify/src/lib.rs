@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 mod accuracy;
+mod clock;
 mod compare;
 mod error;
 mod input;
@@ -18,8 +19,9 @@ mod latency;
 mod model;
 
 pub use accuracy::{accuracy, Accuracy};
+pub use clock::Clock;
 pub use compare::{compare, compare_latency, max_abs_diff, Comparison, Subject};
 pub use error::VerifyError;
 pub use input::input_shape_for;
-pub use latency::{latency, latency_pair, Latency};
+pub use latency::{latency, latency_interleaved, latency_pair, Latency};
 pub use model::{Source, TractModel};
