@@ -56,7 +56,7 @@ impl Default for AnalysisSettings {
     fn default() -> Self {
         AnalysisSettings {
             batches: 32,
-            epsilon: 1e-3,
+            epsilon: 1e-2,
             gram: GramSource::Gradients,
         }
     }
