@@ -9,13 +9,7 @@ use std::hash::{DefaultHasher, Hasher};
 /// A group's name across analyses: the name of its first activation, or of the first tensor it
 /// slices. Group ids are renumbered after surgery; these names are not.
 pub fn group_key(graph: &Graph, groups: &ChannelGroups, id: GroupId) -> Option<String> {
-    let g = groups.group(id);
-    let value = g
-        .values
-        .first()
-        .copied()
-        .or_else(|| g.slices.first().map(|&i| groups.slices[i].tensor))?;
-    Some(graph.value(value).name.clone())
+    Some(graph.value(groups.key(id)?).name.clone())
 }
 
 /// The cache key of an encoded model: std's `DefaultHasher` (SipHash-1-3, fixed keys) over its

@@ -88,6 +88,17 @@ impl ChannelGroups {
     pub fn group(&self, id: GroupId) -> &Group {
         &self.groups[id.0 as usize]
     }
+
+    /// What identifies a group from one analysis to the next: its first activation, or the first
+    /// tensor it slices. Group ids are not stable: a depthwise group cut to one channel stops
+    /// being depthwise, and the groups after it are numbered anew.
+    pub fn key(&self, id: GroupId) -> Option<ValueId> {
+        let g = self.group(id);
+        g.values
+            .first()
+            .copied()
+            .or_else(|| g.slices.first().map(|&i| self.slices[i].tensor))
+    }
 }
 
 /// One analysis in progress: a union-find over channel spaces (`parent`, `len`, with why each is

@@ -9,7 +9,7 @@ use super::front::Front;
 use super::report::{Event, HistoryEntry, Outcome, Progress};
 use crate::analysis::{self, EffectiveFilters, RedundancyReport};
 use crate::criteria::{self, Criterion, Evidence};
-use crate::groups::{ChannelGroups, Group, GroupId, SliceKind};
+use crate::groups::{ChannelGroups, GroupId, SliceKind};
 use crate::plan::PruningPlan;
 use crate::selection::{Cost, DropOrder, Ranking};
 use crate::PruneError;
@@ -35,16 +35,6 @@ pub(crate) trait PruningStrategy {
     /// Prunes and trains `graph` within `run`'s budget, recording into its history; on return
     /// `graph` is the model to write.
     fn run(&self, graph: &mut Graph, run: &mut Run) -> Result<(), PruneError>;
-}
-
-/// What identifies a group from one analysis to the next: its first activation, or the first
-/// tensor it slices. Group ids are not stable: a depthwise group cut to one channel stops being
-/// depthwise, and the groups after it are numbered anew.
-fn group_key(groups: &ChannelGroups, g: &Group) -> Option<ValueId> {
-    g.values
-        .first()
-        .copied()
-        .or_else(|| g.slices.first().map(|&i| groups.slices[i].tensor))
 }
 
 /// How many of `scores`' lowest entries sum to at most `share` of their total (at least one).
@@ -94,7 +84,7 @@ pub(crate) struct Run<'a> {
     train: &'a Dataset,
     val: &'a Dataset,
     original: Cost,
-    /// Per group (by `group_key`), its width before the first prune.
+    /// Per group (by `ChannelGroups::key`), its width before the first prune.
     original_widths: BTreeMap<ValueId, usize>,
     history: Vec<HistoryEntry>,
     plans: Vec<PruningPlan>,
@@ -102,7 +92,7 @@ pub(crate) struct Run<'a> {
     last_group: Option<GroupId>,
     /// The effective-filter analysis of the original network, once made, and its report.
     filters: Option<(EffectiveFilters, RedundancyReport)>,
-    /// Per group (by `group_key`), the width the analysis caps it at: r_g.
+    /// Per group (by `ChannelGroups::key`), the width the analysis caps it at: r_g.
     caps: BTreeMap<ValueId, usize>,
     target_clamped: bool,
     /// The models of the accuracy–cost front, when a search found one.
@@ -130,7 +120,7 @@ impl<'a> Run<'a> {
             original_widths: groups
                 .groups
                 .iter()
-                .filter_map(|g| Some((group_key(groups, g)?, g.channels)))
+                .filter_map(|g| Some((groups.key(g.id)?, g.channels)))
                 .collect(),
             history: Vec::new(),
             plans: Vec::new(),
@@ -289,7 +279,7 @@ impl<'a> Run<'a> {
     /// its effective rank once the analysis capped it.
     fn min_kept(&self, groups: &ChannelGroups, g: GroupId) -> usize {
         let group = groups.group(g);
-        let key = group_key(groups, group);
+        let key = groups.key(group.id);
         let original = key
             .and_then(|k| self.original_widths.get(&k).copied())
             .unwrap_or(group.channels);
@@ -318,7 +308,7 @@ impl<'a> Run<'a> {
             &mut |_| {},
         )?;
         for g in &filters.groups {
-            if let Some(key) = group_key(groups, groups.group(g.group)) {
+            if let Some(key) = groups.key(g.group) {
                 self.caps.insert(key, g.effective);
             }
         }
