@@ -91,8 +91,9 @@ pub(super) fn run(
     };
     if val.is_empty() {
         bail!(
-            "{}: no validation images; give --val DIR or a larger --val-fraction",
-            data.display()
+            "{}: no validation images; give {}a larger --val-fraction",
+            data.display(),
+            if labelled { "--val DIR or " } else { "" }
         );
     }
 
