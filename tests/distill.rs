@@ -22,39 +22,53 @@ fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-#[test]
-fn unlabeled_images_train_by_distillation_and_the_table_reports_agreement() {
+/// `compress` on LeNet-5 with `count` unlabeled MNIST images, `flags`, `--max-drop 100` and a
+/// report; asserts it wrote the model, and returns its stdout and report.
+fn compress_unlabeled(count: usize, flags: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    unlabeled_folder(&images, 600);
+    unlabeled_folder(&images, count);
     let (out, json) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
-    let o = compress(&[
+    let base = [
         "models/lenet5_opset17.onnx",
         "--data",
         path_str(&images),
         "-o",
         path_str(&out),
-        "--strategy",
-        "oneshot",
-        "--target-macs",
-        "0.6",
-        "--epochs",
-        "3",
         "--max-drop",
         "100",
         "--report",
         path_str(&json),
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    ];
+    let o = compress(&[&base[..], flags].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.is_file());
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        report(&json),
+    )
+}
+
+#[test]
+fn unlabeled_images_train_by_distillation_and_the_table_reports_agreement() {
+    let (stdout, r) = compress_unlabeled(
+        600,
+        &[
+            "--strategy",
+            "oneshot",
+            "--target-macs",
+            "0.6",
+            "--epochs",
+            "3",
+        ],
+    );
     // 20% of 600 held out for the final check; the original agrees with itself.
     assert!(
         stdout.contains("top-1 agreement with the original (120 held-out images)    100.0%"),
         "{stdout}"
     );
     assert!(!stdout.contains("test accuracy"), "{stdout}");
-    let r = report(&json);
     assert_eq!(r["supervision"], "teacher");
     assert_eq!(r["config"]["loss"]["distillation"]["weight"], 1.0);
     assert_eq!(
@@ -63,7 +77,6 @@ fn unlabeled_images_train_by_distillation_and_the_table_reports_agreement() {
     );
     // Agreement's own default tolerance.
     assert_eq!(r["config"]["accuracy_tolerance"], 2.0);
-    assert!(out.is_file());
     // Training lowered the distillation loss the prune raised, and won agreement back.
     let history = r["history"].as_array().unwrap();
     let pruned = history.iter().find(|h| h["kind"] == "prune").unwrap();
@@ -284,32 +297,19 @@ fn analyze_reads_unlabeled_images_as_the_models_own_classes() {
 fn on_unlabeled_images_the_analysis_takes_gradients_of_the_teachers_labels() {
     // The teacher term's gradient is zero on the unpruned model (it is the teacher), so an
     // analysis made from it would find no effective filter anywhere.
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    unlabeled_folder(&images, 300);
-    let (out, json) = (dir.path().join("small.onnx"), dir.path().join("r.json"));
-    let o = compress(&[
-        "models/lenet5_opset17.onnx",
-        "--data",
-        path_str(&images),
-        "-o",
-        path_str(&out),
-        "--strategy",
-        "hierarchical",
-        "--target-macs",
-        "0.8",
-        "--epochs",
-        "1",
-        "--analysis-batches",
-        "4",
-        "--max-drop",
-        "100",
-        "--report",
-        path_str(&json),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r = report(&json);
+    let (_, r) = compress_unlabeled(
+        300,
+        &[
+            "--strategy",
+            "hierarchical",
+            "--target-macs",
+            "0.8",
+            "--epochs",
+            "1",
+            "--analysis-batches",
+            "4",
+        ],
+    );
     let groups = r["analysis"]["groups"].as_array().unwrap();
     let effective: Vec<u64> = groups
         .iter()
