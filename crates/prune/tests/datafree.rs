@@ -8,7 +8,8 @@ use pare_ir::Graph;
 use pare_prune::criteria::{score, Evidence};
 use pare_prune::selection::DropOrder;
 use pare_prune::{
-    analyze, compensate_removed, synthetic_inputs, Criterion, Ranking, SyntheticSource,
+    analyze, compensate_removed, synthetic_inputs, ChannelGroups, Criterion, PruningPlan, Ranking,
+    SyntheticSource,
 };
 use pare_train::{evaluate, forward, Loss, Mode};
 use std::path::{Path, PathBuf};
@@ -35,19 +36,25 @@ fn accuracy(graph: &Graph, data: &Dataset) -> f64 {
     e.correct as f64 / e.total as f64
 }
 
-#[test]
-fn compensation_keeps_more_accuracy_after_pruning_without_data() {
-    let graph = vggbn();
-    let data = test_images(300);
-    let groups = analyze(&graph);
+/// 30% of the channels of `graph` (analysed as `groups`), lowest group L2 first, the same
+/// share of every group.
+fn l2_plan(graph: &Graph, groups: &ChannelGroups) -> PruningPlan {
     let evidence = Evidence {
         rls: None,
         gradients: None,
         seed: 0,
     };
-    let scores = score(Criterion::L2, &graph, &groups, &evidence).unwrap();
+    let scores = score(Criterion::L2, graph, groups, &evidence).unwrap();
     let order = DropOrder::new(&scores, Ranking::Local, |_, width| width, |_| 1, 1);
-    let plan = order.plan(order.len() * 3 / 10);
+    order.plan(order.len() * 3 / 10)
+}
+
+#[test]
+fn compensation_keeps_more_accuracy_after_pruning_without_data() {
+    let graph = vggbn();
+    let data = test_images(300);
+    let groups = analyze(&graph);
+    let plan = l2_plan(&graph, &groups);
 
     let mut plain = graph.clone();
     plan.apply(&mut plain, &groups).unwrap();
@@ -119,14 +126,7 @@ fn compensate_l2(model: &str) -> pare_prune::Compensation {
     let path = root().join(model);
     let mut graph = pare_ir::import(&pare_onnx::read_model(&path).unwrap()).unwrap();
     let mut groups = analyze(&graph);
-    let evidence = Evidence {
-        rls: None,
-        gradients: None,
-        seed: 0,
-    };
-    let scores = score(Criterion::L2, &graph, &groups, &evidence).unwrap();
-    let order = DropOrder::new(&scores, Ranking::Local, |_, width| width, |_| 1, 1);
-    let plan = order.plan(order.len() * 3 / 10);
+    let plan = l2_plan(&graph, &groups);
     let report = compensate_removed(&mut graph, &mut groups, &plan).unwrap();
     plan.apply(&mut graph, &groups).unwrap();
     report
