@@ -370,6 +370,8 @@ fn compress_writes_a_smaller_verified_model_and_a_report() {
     assert!(stdout(&e).contains(&format!("{}%", r["compressed"]["test_accuracy"])));
     insta::with_settings!({filters => vec![
         (r"latency, batch 1 \(median ms\) .*", "[latency]"),
+        (r"efficiency \(MACs/latency\) .*", "[efficiency]"),
+        (r"(?m) +(\d+\.\d{3}|-) +(\d+\.\d{3}|-)$", " [ms]"),
         (r"wrote .*", "wrote [output]"),
     ]}, {
         insta::assert_snapshot!("compress_lenet5", stdout(&o));

@@ -227,6 +227,8 @@ fn compress_prunes_a_mobilenet_style_model_with_a_separate_validation_set() {
     assert!(!stdout.contains("not reached"), "{stdout}");
     insta::with_settings!({filters => vec![
         (r"latency, batch 1 \(median ms\) .*", "[latency]"),
+        (r"efficiency \(MACs/latency\) .*", "[efficiency]"),
+        (r"(?m) +(\d+\.\d{3}|-) +(\d+\.\d{3}|-)$", " [ms]"),
         (r"wrote .*", "wrote [output]"),
     ]}, {
         insta::assert_snapshot!("compress_mobile", stdout);

@@ -11,7 +11,7 @@ use crate::bench::load_graph;
 use anyhow::{Context, Result};
 use ndarray::Array4;
 use pare_kernels::rng::SplitMix64;
-use pare_latency::{group_key, widths_after, LadderSettings, LatencyModel};
+use pare_latency::{group_key, widths_after, LadderSettings, LatencyModel, LatencyTable};
 use pare_prune::{analyze, ChannelGroups, Cost, PruningPlan};
 use pare_verify::{latency_interleaved, TractModel};
 use std::path::Path;
@@ -74,19 +74,19 @@ pub fn latency_model(filter: Option<&str>) -> Result<()> {
         let measured: Vec<f64> = checks.iter().map(|c| c.measured_ratio).collect();
         summaries.push(format!(
             "| {label} | {} ({} unmeasured) | {} | {} | {:.1} | {:.3} | {:.1}% | {:.1}% | {:.2} | {:.1}% | {:.1}% |",
-            model.groups.len() + model.unmeasured.len(),
-            model.unmeasured.len(),
-            model.pairs.len(),
+            model.table.groups.len() + model.table.unmeasured.len(),
+            model.table.unmeasured.len(),
+            model.table.pairs.len(),
             model.variants,
             model.seconds,
-            model.baseline_ms,
+            model.table.baseline_ms,
             mean(&errors),
             errors.iter().copied().fold(0.0, f64::max),
             spearman(&predicted, &measured),
             mean(&unpaired),
             mean(&additive),
         ));
-        details.push((label, model.baseline_ms, checks));
+        details.push((label, model.table.baseline_ms, checks));
     }
     println!("| model | groups | pairs | variants measured | measuring s | T0 ms | mean \\|error\\| | max \\|error\\| | Spearman ρ | mean \\|error\\| unpaired | mean \\|error\\| without pairs |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -128,17 +128,17 @@ fn check_plans(
     let bytes = pare_onnx::encode(&pare_ir::export(graph));
     let original = TractModel::from_bytes(Path::new("original"), &bytes, shape)?;
     let original_macs = Cost::of(graph).macs as f64;
-    let runs = settings.runs_for(model.baseline_ms).max(CHECK_RUNS);
+    let runs = settings.runs_for(model.table.baseline_ms).max(CHECK_RUNS);
     let mut rng = SplitMix64::new(SEED);
-    let additive = LatencyModel {
+    let additive = LatencyTable {
         pairs: Vec::new(),
-        ..model.clone()
+        ..model.table.clone()
     };
     let mut checks = Vec::with_capacity(PLANS);
     for i in 0..PLANS {
         let plan = random_plan(graph, groups, settings, &mut rng);
         let widths = widths_after(graph, groups, &plan);
-        let predicted_ms = model.predict(&widths);
+        let predicted_ms = model.table.predict(&widths);
         let mut pruned = graph.clone();
         plan.apply(&mut pruned, groups)?;
         let bytes = pare_onnx::encode(&pare_ir::export(&pruned));
@@ -152,9 +152,9 @@ fn check_plans(
             macs: Cost::of(&pruned).macs as f64 / original_macs,
             predicted_ms,
             measured_ms: measured.median_ms,
-            predicted_ratio: predicted_ms / model.baseline_ms,
+            predicted_ratio: predicted_ms / model.table.baseline_ms,
             measured_ratio: measured.median_ms / base.median_ms,
-            additive_ratio: additive.predict(&widths) / model.baseline_ms,
+            additive_ratio: additive.predict(&widths) / model.table.baseline_ms,
         });
     }
     Ok(checks)

@@ -12,6 +12,7 @@ mod es_bench;
 mod fuzz;
 mod kernel_bench;
 mod latency_bench;
+mod latency_target_bench;
 mod proto;
 mod prune_bench;
 mod redundancy_bench;
@@ -76,6 +77,9 @@ enum Bench {
         /// Keep only the models whose file name contains this (lenet5, vggbn, resnet20, mobile).
         model: Option<String>,
     },
+    /// `compress --target-latency` against `--target-macs` runs of the same measured latency:
+    /// MACs kept, efficiency and test accuracy side by side.
+    LatencyTarget(latency_target_bench::Settings),
 }
 
 fn main() -> Result<()> {
@@ -98,6 +102,7 @@ fn main() -> Result<()> {
             Bench::Es(settings) => es_bench::compare(&settings),
             Bench::Relief(settings) => relief_bench::relief(&settings),
             Bench::Distill(settings) => distill_bench::distill(&settings),
+            Bench::LatencyTarget(settings) => latency_target_bench::compare(&settings),
             Bench::LatencyModel { model } => {
                 bench::with_pool(|| latency_bench::latency_model(model.as_deref()))
             }

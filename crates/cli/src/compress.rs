@@ -15,6 +15,7 @@ use crate::data_args::PreprocessArgs;
 use crate::distill_args::DistillArgs;
 use crate::es_args::EsArgs;
 use crate::eval::MAX_RUNS;
+use crate::latency_args::LatencyArgs;
 use crate::relief_args::ReliefArgs;
 use crate::sparsity::{self, Zeros};
 use crate::train_args::{OptimizerKind, TrainArgs};
@@ -153,6 +154,8 @@ pub struct Args {
     /// Stop pruning at this fraction of the original parameters.
     #[arg(long)]
     target_params: Option<f64>,
+    #[command(flatten)]
+    latency: LatencyArgs,
     /// Total training budget in epochs (passes over the training split).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -168,9 +171,10 @@ pub struct Args {
     /// Fraction of its original width every group keeps.
     #[arg(long, default_value_t = 0.05)]
     min_keep: f64,
-    /// Keep pruned widths a multiple of N (e.g. 8 for SIMD-friendly kernels).
-    #[arg(long, default_value_t = 1)]
-    round_to: usize,
+    /// Keep pruned widths a multiple of N (e.g. 8 for SIMD-friendly kernels) [default: 1; under
+    /// a latency target, widths snap to the fast widths the latency model measured instead].
+    #[arg(long)]
+    round_to: Option<usize>,
     /// Recovered when validation accuracy is within this many points of its level before the
     /// prune (or validation loss is back to it) [default: 0.5; 2 for agreement with the original
     /// on unlabeled data, where a model as accurate as the original still disagrees with it on
@@ -229,6 +233,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
     if args.latency_runs == 0 || args.latency_runs > MAX_RUNS {
         bail!("--latency-runs must be between 1 and {MAX_RUNS}");
     }
+    args.latency.check()?;
     // NaN passes no comparison, so each check is written to fail for it.
     let points = |v: f64| v >= 0.0 && v.is_finite();
     if args.tolerance.is_some_and(|t| !points(t)) {
@@ -289,7 +294,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
         target: match (args.target_macs, args.target_params) {
             (Some(f), _) => Some(Target::Macs(f)),
             (_, Some(f)) => Some(Target::Params(f)),
-            _ if args.data.is_none() => Some(Target::Macs(without_data::DEFAULT_TARGET_MACS)),
+            // A latency target is set once its latency model is measured (`LatencyArgs::configure`).
+            _ if args.data.is_none() && !args.latency.requested() => {
+                Some(Target::Macs(without_data::DEFAULT_TARGET_MACS))
+            }
             _ => None,
         },
         epochs: args.epochs,
@@ -305,7 +313,8 @@ fn config(args: &Args) -> Result<CompressConfig> {
             EventSizeKind::ScoreShare => EventSize::ScoreShare,
         },
         min_keep: args.min_keep,
-        round_to: args.round_to.max(1),
+        round_to: args.round_to.unwrap_or(1).max(1),
+        snap_widths: args.round_to.is_none(),
         accuracy_tolerance: args
             .tolerance
             .unwrap_or(Supervision::Labels.default_tolerance()),
@@ -320,7 +329,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
             CapsKind::None => Caps::None,
             CapsKind::Analysis => Caps::Analysis,
         },
-        es: args.es.config()?,
+        es: args.es.config(args.latency.requested())?,
         relief: args.relief.settings(),
         ..CompressConfig::default()
     })

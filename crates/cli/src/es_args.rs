@@ -10,6 +10,8 @@ enum ObjectiveKind {
     Macs,
     /// Parameters.
     Params,
+    /// Batch-1 latency predicted by the latency model (measured in tract first).
+    Latency,
 }
 
 /// `--strategy es`: the search and where its front goes.
@@ -34,17 +36,19 @@ pub struct EsArgs {
     /// ES: weights of (error, cost) in the knee's distance to the ideal point, as A,B.
     #[arg(long, default_value = "0.5,0.5")]
     knee_weights: String,
-    /// ES: what the search minimises beside the error.
-    #[arg(long, value_enum, default_value_t = ObjectiveKind::Macs)]
-    objective: ObjectiveKind,
+    /// ES: what the search minimises beside the error [default: macs; latency under a latency
+    /// target].
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveKind>,
     /// ES: write heavy.onnx, knee.onnx, light.onnx, front.json and front.svg into this folder.
     #[arg(long)]
     pub front_dir: Option<PathBuf>,
 }
 
 impl EsArgs {
-    /// The settings of `--strategy es` from its flags.
-    pub fn config(&self) -> Result<EsConfig> {
+    /// The settings of `--strategy es` from its flags; `latency_target` makes latency the
+    /// default objective.
+    pub fn config(&self, latency_target: bool) -> Result<EsConfig> {
         let weights: Vec<f64> = self
             .knee_weights
             .split(',')
@@ -70,8 +74,11 @@ impl EsArgs {
             },
             knee_weights: [weights[0], weights[1]],
             objective: match self.objective {
-                ObjectiveKind::Macs => Objective::Macs,
-                ObjectiveKind::Params => Objective::Params,
+                Some(ObjectiveKind::Macs) => Objective::Macs,
+                Some(ObjectiveKind::Params) => Objective::Params,
+                Some(ObjectiveKind::Latency) => Objective::Latency,
+                None if latency_target => Objective::Latency,
+                None => Objective::Macs,
             },
         })
     }

@@ -55,6 +55,7 @@ pub fn render(front: &Front) -> Result<String> {
     let measure = match front.objective {
         Objective::Macs => "MACs",
         Objective::Params => "parameters",
+        Objective::Latency => "predicted latency",
     };
     let mut on_front: Vec<(f64, f64)> = (0..points.len())
         .filter(|&i| front.individuals[i].on_front)

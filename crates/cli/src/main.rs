@@ -15,6 +15,7 @@ mod finetune;
 mod front;
 mod front_plot;
 mod inspect;
+mod latency_args;
 mod model;
 mod paths;
 mod progress;

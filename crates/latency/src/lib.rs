@@ -19,7 +19,10 @@ mod pairs;
 mod simd;
 
 pub use error::LatencyError;
-pub use keys::{cache_key, group_key, widths_after};
+pub use keys::cache_key;
 pub use ladder::{ladder, LadderSettings};
-pub use model::{GroupLatency, LatencyModel, PairLatency, WidthTime};
+pub use model::LatencyModel;
+pub use pare_prune::latency::{
+    group_key, widths_after, GroupLatency, LatencyTable, PairLatency, WidthTime,
+};
 pub use simd::vector_width;

@@ -4,11 +4,12 @@
 //! floors; every model loaded from its encoded bytes at batch 1.
 
 use crate::ladder::plan_ladders;
-use crate::model::{GroupLatency, LatencyModel, PairLatency, WidthTime};
+use crate::model::LatencyModel;
 use crate::pairs::joined;
-use crate::{cache_key, group_key, vector_width, LadderSettings, LatencyError};
+use crate::{cache_key, vector_width, LadderSettings, LatencyError};
 use ndarray::Array4;
 use pare_ir::{Graph, NodeCost};
+use pare_prune::latency::{group_key, GroupLatency, LatencyTable, PairLatency, WidthTime};
 use pare_prune::{ChannelGroups, GroupId, PruningPlan};
 use pare_verify::{latency_interleaved, Clock, TractModel};
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,13 +180,15 @@ impl LatencyModel {
         };
         Ok(LatencyModel {
             cache_key: cache_key(&bytes),
-            vector_width,
             clock: timing.clock,
             input_shape: timing.input_shape,
-            baseline_ms,
-            groups: measured,
-            pairs: pair_terms,
-            unmeasured,
+            table: LatencyTable {
+                vector_width,
+                baseline_ms,
+                groups: measured,
+                pairs: pair_terms,
+                unmeasured,
+            },
             runs: timing.runs,
             variants,
             seconds: start.elapsed().as_secs_f64(),

@@ -1,85 +1,8 @@
-//! The latency model: what was measured, and the predictions made from it.
-//!
-//! A prediction adds, for every group, how much narrowing that group alone changed the whole
-//! model's time: T(widths) = T0 + Σ_g (T_g(w_g) − B_g), where B_g is the unpruned model timed in
-//! the same rounds as group g's widths (so load drifts between groups cancel) and T_g is linear
-//! between measured widths. A layer that reads group a and writes group b does work a·b, not
-//! a + b: narrowing both saves less than the two savings added, so each such pair adds its cross
-//! term, measured with both at their floors and scaled by how much of its floor's change each
-//! group's width makes (docs/methods/latency.md, "Pairs").
+//! The latency model: a `LatencyTable` (what narrowing each group did to the whole model's time,
+//! and the predictions made from it, in pare-prune) with how and where it was measured.
 
+use pare_prune::LatencyTable;
 use pare_verify::Clock;
-use std::collections::BTreeMap;
-
-/// One measured width of a group: the whole model's batch-1 median with only that group narrowed.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WidthTime {
-    pub width: usize,
-    pub ms: f64,
-}
-
-/// A group's ladder and its times.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GroupLatency {
-    /// The group's name across analyses: its first activation (`group_key`).
-    pub key: String,
-    /// The unpruned model's median in the same rounds as `points`.
-    pub baseline_ms: f64,
-    /// Ascending widths, from the floor to the full width, whose time is `baseline_ms`.
-    pub points: Vec<WidthTime>,
-}
-
-impl GroupLatency {
-    pub fn full_width(&self) -> usize {
-        self.points.last().map_or(0, |p| p.width)
-    }
-
-    /// The model's time with this group at `width` channels: linear between measured widths,
-    /// the nearest end's time outside them.
-    pub fn time_at(&self, width: usize) -> f64 {
-        let p = &self.points;
-        let above = p.partition_point(|q| q.width < width);
-        match (above.checked_sub(1).map(|i| p[i]), p.get(above).copied()) {
-            (_, Some(hi)) if hi.width == width => hi.ms,
-            (Some(lo), Some(hi)) => {
-                let t = (width - lo.width) as f64 / (hi.width - lo.width) as f64;
-                lo.ms + t * (hi.ms - lo.ms)
-            }
-            (None, Some(end)) | (Some(end), None) => end.ms,
-            (None, None) => self.baseline_ms,
-        }
-    }
-
-    /// How much narrowing this group alone to `width` changes the model's time.
-    pub fn delta_at(&self, width: usize) -> f64 {
-        self.time_at(width) - self.baseline_ms
-    }
-
-    /// How much of the floor's change `width` makes: `delta_at(width) / delta_at(floor)`, within
-    /// [0, 1]; zero when the floor saved nothing.
-    pub fn share_of_floor_change(&self, width: usize) -> f64 {
-        let Some(floor) = self.points.first() else {
-            return 0.0;
-        };
-        let at_floor = self.delta_at(floor.width);
-        if at_floor < 0.0 {
-            (self.delta_at(width) / at_floor).clamp(0.0, 1.0)
-        } else {
-            0.0
-        }
-    }
-}
-
-/// Two measured groups joined by a layer (a Conv, Gemm or MatMul reading one and writing the
-/// other), measured once with both at their floors: `cross_ms` is that time less the baseline
-/// and less both groups' own changes at their floors. At other widths the term scales with each
-/// group's `share_of_floor_change`, as a layer whose work is the product of the two widths does.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PairLatency {
-    pub a: String,
-    pub b: String,
-    pub cross_ms: f64,
-}
 
 /// A graph's batch-1 tract latency: measured as given, and per group at a ladder of widths.
 /// Serialisable, so a report carries it and a later run can reuse it under `cache_key`.
@@ -87,20 +10,13 @@ pub struct PairLatency {
 pub struct LatencyModel {
     /// `cache_key` of the encoded model the measurements are of.
     pub cache_key: String,
-    /// The f32 lanes of the CPU's vector registers the ladders were built around.
-    pub vector_width: usize,
     /// The clock the times are on.
     pub clock: Clock,
     /// The input shape timed, batch first (always 1).
     pub input_shape: Vec<usize>,
-    /// T0: the unpruned model's median, the median of every group's `baseline_ms`.
-    pub baseline_ms: f64,
-    /// The measured groups, highest MACs at stake first.
-    pub groups: Vec<GroupLatency>,
-    /// Pairs of measured groups joined by a layer: the correction of their product.
-    pub pairs: Vec<PairLatency>,
-    /// Prunable groups left out by `LadderSettings::max_variants`: predicted as no change.
-    pub unmeasured: Vec<String>,
+    /// The times: T0, each group's ladder, the pairs' cross terms.
+    #[serde(flatten)]
+    pub table: LatencyTable,
     /// Narrowed models measured.
     pub variants: usize,
     /// Timed runs of each model (`LadderSettings::runs_for` its first estimate of T0).
@@ -109,169 +25,32 @@ pub struct LatencyModel {
     pub seconds: f64,
 }
 
-impl LatencyModel {
-    pub fn group(&self, key: &str) -> Option<&GroupLatency> {
-        self.groups.iter().find(|g| g.key == key)
-    }
-
-    /// The predicted median in milliseconds with each group of `widths` (by key) at its width;
-    /// groups it does not name keep their full width, and unknown keys change nothing.
-    pub fn predict(&self, widths: &BTreeMap<String, usize>) -> f64 {
-        let alone: f64 = self
-            .groups
-            .iter()
-            .filter_map(|g| widths.get(&g.key).map(|&w| g.delta_at(w)))
-            .sum();
-        let share = |key: &str| {
-            self.group(key)
-                .zip(widths.get(key))
-                .map_or(0.0, |(g, &w)| g.share_of_floor_change(w))
-        };
-        let pairs: f64 = self
-            .pairs
-            .iter()
-            .map(|p| p.cross_ms * share(&p.a) * share(&p.b))
-            .sum();
-        self.baseline_ms + alone + pairs
-    }
-
-    /// Among the measured widths of group `key` no larger than `width`, the fastest (the larger
-    /// on a tie): where a width ladder may snap to. None for an unknown group or a width below
-    /// every measured one.
-    pub fn fastest_width_at_or_below(&self, key: &str, width: usize) -> Option<usize> {
-        self.group(key)?
-            .points
-            .iter()
-            .filter(|p| p.width <= width)
-            .min_by(|a, b| a.ms.total_cmp(&b.ms).then(b.width.cmp(&a.width)))
-            .map(|p| p.width)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn group(key: &str, baseline_ms: f64, points: &[(usize, f64)]) -> GroupLatency {
-        GroupLatency {
-            key: key.into(),
-            baseline_ms,
-            points: points
-                .iter()
-                .map(|&(width, ms)| WidthTime { width, ms })
-                .collect(),
-        }
-    }
-
-    /// Two groups measured in rounds whose baselines differ (10.0 and 10.4) from T0 = 10.2.
-    fn model() -> LatencyModel {
-        LatencyModel {
-            cache_key: "test".into(),
-            vector_width: 16,
-            clock: Clock::ThreadCpu,
-            input_shape: vec![1, 3, 8, 8],
-            baseline_ms: 10.2,
-            groups: vec![
-                group("a", 10.0, &[(4, 6.0), (16, 7.0), (20, 9.0), (32, 10.0)]),
-                group("b", 10.4, &[(2, 9.4), (8, 10.4)]),
-            ],
-            pairs: Vec::new(),
-            unmeasured: vec!["c".into()],
-            variants: 4,
-            runs: 15,
-            seconds: 0.0,
-        }
-    }
-
-    fn widths(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-        pairs.iter().map(|&(k, w)| (k.to_string(), w)).collect()
-    }
-
-    #[test]
-    fn unpruned_widths_predict_the_baseline() {
-        let m = model();
-        assert_eq!(m.predict(&widths(&[])), 10.2);
-        assert_eq!(m.predict(&widths(&[("a", 32), ("b", 8), ("c", 5)])), 10.2);
-    }
-
-    #[test]
-    fn prediction_adds_each_group_s_change_interpolated_linearly() {
-        let m = model();
-        // a at 16: 7.0 − 10.0 = −3; b at 5: halfway from 9.4 to 10.4, 9.9 − 10.4 = −0.5.
-        let t = m.predict(&widths(&[("a", 16), ("b", 5)]));
-        assert!((t - (10.2 - 3.0 - 0.5)).abs() < 1e-12, "{t}");
-        // a at 10: halfway from 6.0 to 7.0 → −3.5; at 26: halfway from 9 to 10 → −0.5.
-        assert!((m.predict(&widths(&[("a", 10)])) - 6.7).abs() < 1e-12);
-        assert!((m.predict(&widths(&[("a", 26)])) - 9.7).abs() < 1e-12);
-        // Below the floor: the floor's time.
-        assert!((m.predict(&widths(&[("a", 1)])) - 6.2).abs() < 1e-12);
-    }
-
-    #[test]
-    fn a_pair_adds_its_cross_term_scaled_by_each_group_s_share() {
-        // r: the floor (2) saves 4 ms, width 6 saves 2: half the floor's change.
-        // w: the floor (5) saves 2 ms: all of it at 5.
-        let m = LatencyModel {
-            baseline_ms: 10.0,
-            groups: vec![
-                group("r", 10.0, &[(2, 6.0), (10, 10.0)]),
-                group("w", 10.0, &[(5, 8.0), (10, 10.0)]),
-            ],
-            pairs: vec![PairLatency {
-                a: "r".into(),
-                b: "w".into(),
-                cross_ms: 0.6,
-            }],
-            ..model()
-        };
-        assert_eq!(m.groups[0].share_of_floor_change(6), 0.5);
-        let floors = m.predict(&widths(&[("r", 2), ("w", 5)]));
-        assert!(
-            (floors - (10.0 - 4.0 - 2.0 + 0.6)).abs() < 1e-12,
-            "{floors}"
-        );
-        let both = m.predict(&widths(&[("r", 6), ("w", 5)]));
-        assert!(
-            (both - (10.0 - 2.0 - 2.0 + 0.6 * 0.5)).abs() < 1e-12,
-            "{both}"
-        );
-        let alone = m.predict(&widths(&[("r", 6)]));
-        assert!(
-            (alone - 8.0).abs() < 1e-12,
-            "one group alone: no pair term, {alone}"
-        );
-        assert_eq!(m.predict(&widths(&[("r", 10), ("w", 10)])), 10.0);
-    }
-
-    #[test]
-    fn the_snap_picks_the_fastest_measured_width_at_or_below() {
-        let m = LatencyModel {
-            groups: vec![group(
-                "g",
-                5.0,
-                &[(4, 3.0), (16, 2.5), (20, 3.5), (32, 4.0), (40, 5.0)],
-            )],
-            ..model()
-        };
-        assert_eq!(m.fastest_width_at_or_below("g", 40), Some(16));
-        assert_eq!(m.fastest_width_at_or_below("g", 19), Some(16));
-        assert_eq!(m.fastest_width_at_or_below("g", 15), Some(4));
-        assert_eq!(m.fastest_width_at_or_below("g", 3), None);
-        assert_eq!(m.fastest_width_at_or_below("other", 40), None);
-        let tie = LatencyModel {
-            groups: vec![group("g", 5.0, &[(8, 2.0), (16, 2.0), (24, 5.0)])],
-            ..model()
-        };
-        assert_eq!(
-            tie.fastest_width_at_or_below("g", 24),
-            Some(16),
-            "larger on a tie"
-        );
-    }
+    use pare_prune::latency::{GroupLatency, WidthTime};
 
     #[test]
     fn a_model_survives_a_json_round_trip() {
-        let m = model();
+        let m = LatencyModel {
+            cache_key: "test".into(),
+            clock: Clock::ThreadCpu,
+            input_shape: vec![1, 3, 8, 8],
+            table: LatencyTable {
+                vector_width: 16,
+                baseline_ms: 10.2,
+                groups: vec![GroupLatency {
+                    key: "a".into(),
+                    baseline_ms: 10.0,
+                    points: vec![WidthTime { width: 4, ms: 6.0 }],
+                }],
+                pairs: Vec::new(),
+                unmeasured: vec!["c".into()],
+            },
+            variants: 4,
+            runs: 15,
+            seconds: 0.5,
+        };
         let json = serde_json::to_string(&m).unwrap();
         let back: LatencyModel = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);

@@ -45,6 +45,7 @@ fn settings() -> LadderSettings {
 
 fn widths(model: &LatencyModel, key: &str) -> Vec<usize> {
     let g = model
+        .table
         .group(key)
         .unwrap_or_else(|| panic!("group {key} measured"));
     g.points.iter().map(|p| p.width).collect()
@@ -61,30 +62,31 @@ fn every_prunable_group_is_measured_at_its_ladder() {
     assert_eq!(widths(&model, "a"), [2, 8, 12, 16, 20]);
     assert_eq!(widths(&model, "a"), ladder(2, 20, 8, 5));
     assert_eq!(widths(&model, "b"), [3, 8, 12, 16, 24]);
-    let keys: Vec<&str> = model.groups.iter().map(|g| g.key.as_str()).collect();
+    let keys: Vec<&str> = model.table.groups.iter().map(|g| g.key.as_str()).collect();
     assert_eq!(
         keys,
         ["a", "b"],
         "the group touching more MACs (both convs) first"
     );
     assert_eq!(
-        (model.variants, model.unmeasured.len()),
+        (model.variants, model.table.unmeasured.len()),
         (8 + 1, 0),
         "ladders and the pair"
     );
     let pairs: Vec<(&str, &str)> = model
+        .table
         .pairs
         .iter()
         .map(|p| (p.a.as_str(), p.b.as_str()))
         .collect();
     assert_eq!(pairs, [("a", "b")], "the 1×1 conv joins a and b");
     assert_eq!(
-        (model.input_shape.clone(), model.vector_width),
+        (model.input_shape.clone(), model.table.vector_width),
         (vec![1, 3, 8, 8], 8)
     );
     let bytes = pare_onnx::encode(&pare_ir::export(&graph));
     assert_eq!(model.cache_key, cache_key(&bytes));
-    for g in &model.groups {
+    for g in &model.table.groups {
         assert_eq!(
             g.points.last().unwrap().ms,
             g.baseline_ms,
@@ -94,7 +96,7 @@ fn every_prunable_group_is_measured_at_its_ladder() {
     }
     let unpruned = widths_after(&graph, &groups, &PruningPlan::default());
     assert_eq!(unpruned.len(), 2);
-    assert_eq!(model.predict(&unpruned), model.baseline_ms);
+    assert_eq!(model.table.predict(&unpruned), model.table.baseline_ms);
 }
 
 #[test]
@@ -118,10 +120,10 @@ fn the_variant_cap_keeps_floors_and_full_widths_only() {
         ..settings()
     };
     let model = LatencyModel::measure(&graph, &groups, &one).unwrap();
-    assert_eq!(model.groups.len(), 1);
-    assert!(model.pairs.is_empty(), "no room for the pair");
+    assert_eq!(model.table.groups.len(), 1);
+    assert!(model.table.pairs.is_empty(), "no room for the pair");
     assert_eq!(
-        model.unmeasured,
+        model.table.unmeasured,
         ["b"],
         "the group touching fewer MACs waits"
     );

@@ -14,6 +14,7 @@ pub mod datafree;
 mod error;
 pub mod evolution;
 mod groups;
+pub mod latency;
 mod plan;
 pub mod relief;
 pub mod selection;
@@ -27,6 +28,7 @@ pub use datafree::{
 };
 pub use error::PruneError;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};
+pub use latency::{group_key, widths_after, LatencyTable};
 pub use plan::PruningPlan;
 pub use selection::{Cost, Ranking, Target};
 pub use strategy::{

@@ -2,11 +2,12 @@
 //! order that meets a cost target.
 //!
 //! Every prefix of a `DropOrder` is a valid plan: it respects each group's minimum width and the
-//! `round_to` multiple, and never empties a group. This module measures costs by applying plans to
+//! widths its `WidthRule` allows, and never empties a group. This module measures costs by applying plans to
 //! a copy of the graph, so it never changes the caller's graph.
 
 use crate::criteria::Scores;
 use crate::groups::{ChannelGroups, GroupId};
+use crate::latency::LatencyTable;
 use crate::plan::PruningPlan;
 use crate::PruneError;
 use pare_ir::Graph;
@@ -45,23 +46,147 @@ impl Cost {
 pub enum Target {
     Macs(f64),
     Params(f64),
+    /// Batch-1 latency, predicted from a `LatencyTable` while pruning.
+    Latency(f64),
 }
 
 impl Target {
-    /// The fraction of the original that `cost` is, in this target's measure.
-    pub fn fraction(&self, cost: Cost, original: Cost) -> f64 {
-        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    /// The fraction of the original to reach.
+    pub fn goal(&self) -> f64 {
         match self {
-            Target::Macs(_) => ratio(cost.macs, original.macs),
-            Target::Params(_) => ratio(cost.params, original.params),
+            Target::Macs(f) | Target::Params(f) | Target::Latency(f) => *f,
+        }
+    }
+}
+
+/// What costs are measured against: the original graph's cost and, for a latency target, the
+/// table that predicts a graph's time.
+#[derive(Debug, Clone, Copy)]
+pub struct Meter<'a> {
+    original: Cost,
+    latency: Option<&'a LatencyTable>,
+}
+
+impl<'a> Meter<'a> {
+    pub fn new(original: &Graph, latency: Option<&'a LatencyTable>) -> Self {
+        Meter {
+            original: Cost::of(original),
+            latency,
         }
     }
 
-    pub fn is_met(&self, cost: Cost, original: Cost) -> bool {
-        let goal = match self {
-            Target::Macs(f) | Target::Params(f) => *f,
+    /// The original graph's parameters and MACs.
+    pub fn original(&self) -> Cost {
+        self.original
+    }
+
+    /// `graph`'s cost in `target`'s measure, as a fraction of the original's. A latency is
+    /// predicted from the table, relative to its T0; without a table it is 1 (nothing is known
+    /// to be faster; `CompressConfig::check` refuses latency targets without one).
+    pub fn fraction(&self, target: Target, graph: &Graph) -> f64 {
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        match target {
+            Target::Macs(_) => ratio(Cost::of(graph).macs, self.original.macs),
+            Target::Params(_) => ratio(Cost::of(graph).params, self.original.params),
+            Target::Latency(_) => self.latency.map_or(1.0, |table| {
+                table.predict_graph(graph) / table.baseline_ms.max(f64::MIN_POSITIVE)
+            }),
+        }
+    }
+
+    pub fn is_met(&self, target: Target, graph: &Graph) -> bool {
+        self.fraction(target, graph) <= target.goal() + 1e-12
+    }
+
+    /// How a latency target cuts the groups of `graph` (analysed as `groups`): each to its fast
+    /// widths, every channel weighed by the time one channel of its group saves. Multiples of
+    /// `round_to` for other targets, or when `snap` is off (`round_to` then still holds).
+    pub fn width_rule(
+        &self,
+        target: Option<Target>,
+        graph: &Graph,
+        groups: &ChannelGroups,
+        round_to: usize,
+        snap: bool,
+    ) -> WidthRule {
+        let mut rule = WidthRule::multiples(round_to);
+        let (Some(Target::Latency(_)), Some(table)) = (target, self.latency) else {
+            return rule;
         };
-        self.fraction(cost, original) <= goal + 1e-12
+        let keyed: Vec<(GroupId, String, usize)> = groups
+            .groups
+            .iter()
+            .filter(|g| g.prunable())
+            .filter_map(|g| Some((g.id, crate::group_key(graph, groups, g.id)?, g.channels)))
+            .collect();
+        let savings: Vec<f64> = keyed
+            .iter()
+            .map(|(_, key, width)| table.saving_per_channel(key, *width))
+            .collect();
+        let positive: Vec<f64> = savings.iter().copied().filter(|&s| s > 0.0).collect();
+        let mean = positive.iter().sum::<f64>() / positive.len().max(1) as f64;
+        for ((id, key, width), saving) in keyed.into_iter().zip(savings) {
+            if mean > 0.0 {
+                rule.saving.insert(id, saving / mean);
+            }
+            if snap {
+                rule.snap.insert(id, table.fast_widths(&key, width));
+            }
+        }
+        rule
+    }
+}
+
+/// Which widths a group may be cut to, and what a channel of each group saves.
+#[derive(Debug, Clone, Default)]
+pub struct WidthRule {
+    /// Widths that shrink stay multiples of this (groups `snap` does not list).
+    pub round_to: usize,
+    /// Per group, the widths it may be cut to, ascending.
+    pub snap: BTreeMap<GroupId, Vec<usize>>,
+    /// Per group, the time one of its channels saves relative to the mean over groups: a
+    /// channel's place in the order is its score divided by this (accuracy lost per millisecond
+    /// saved). A group not listed weighs 1.
+    pub saving: BTreeMap<GroupId, f64>,
+}
+
+impl WidthRule {
+    /// Multiples of `round_to`, every channel weighing the same.
+    pub fn multiples(round_to: usize) -> Self {
+        WidthRule {
+            round_to: round_to.max(1),
+            ..WidthRule::default()
+        }
+    }
+
+    /// The width group `g`, `width` wide, is cut to when `dropped` of its channels go: the
+    /// widest allowed width no wider than what is left, and never below `floor`.
+    fn kept(&self, g: GroupId, width: usize, dropped: usize, floor: usize) -> usize {
+        let left = width - dropped;
+        match self.snap.get(&g) {
+            Some(allowed) => {
+                let mut fits = allowed
+                    .iter()
+                    .copied()
+                    .filter(|&w| w >= floor && w <= width);
+                let smallest = fits.clone().next().unwrap_or(width);
+                fits.rfind(|&w| w <= left).unwrap_or(smallest)
+            }
+            None => {
+                let n = self.round_to.max(1);
+                (left / n * n).max(floor.div_ceil(n) * n)
+            }
+        }
+    }
+
+    /// What ranks a channel of group `g` ahead: its key divided by the group's saving (a group
+    /// that saves nothing goes last).
+    fn weigh(&self, g: GroupId, key: f64) -> f64 {
+        match self.saving.get(&g) {
+            Some(&s) if s > 0.0 => key / s,
+            Some(_) => f64::INFINITY,
+            None => key,
+        }
     }
 }
 
@@ -77,18 +202,19 @@ pub struct DropOrder {
     ranked: BTreeMap<GroupId, Vec<usize>>,
     /// Per group, the fewest channels it may keep.
     min_kept: BTreeMap<GroupId, usize>,
-    round_to: usize,
+    widths: WidthRule,
 }
 
 impl DropOrder {
     /// Orders the scored channels. A group offers at most `max_drop(group, width)` channels and
-    /// keeps at least `min_kept(group)`; widths stay multiples of `round_to` where they shrink.
+    /// keeps at least `min_kept(group)`; widths shrink to those `widths` allows, and its savings
+    /// weigh each group's channels.
     pub fn new(
         scores: &Scores,
         ranking: Ranking,
         max_drop: impl Fn(GroupId, usize) -> usize,
         min_kept: impl Fn(GroupId) -> usize,
-        round_to: usize,
+        widths: WidthRule,
     ) -> DropOrder {
         let mut keyed: Vec<(f64, GroupId, usize)> = Vec::new();
         let mut ranked = BTreeMap::new();
@@ -106,7 +232,7 @@ impl DropOrder {
                     Ranking::Global if mean > 0.0 => s[c] / mean,
                     Ranking::Global => 0.0,
                 };
-                keyed.push((key, g, rank));
+                keyed.push((widths.weigh(g, key), g, rank));
             }
             ranked.insert(g, channels);
             floors.insert(g, floor);
@@ -116,7 +242,7 @@ impl DropOrder {
             order: keyed.into_iter().map(|(_, g, r)| (g, r)).collect(),
             ranked,
             min_kept: floors,
-            round_to: round_to.max(1),
+            widths,
         }
     }
 
@@ -128,8 +254,8 @@ impl DropOrder {
         self.order.is_empty()
     }
 
-    /// The plan that drops the first `k` channels of the order, widths rounded down to a
-    /// multiple of `round_to` (but not below the group's minimum, itself rounded up).
+    /// The plan that drops the first `k` channels of the order, widths cut down to one the
+    /// `WidthRule` allows (but not below the group's minimum, itself rounded up to one).
     pub fn plan(&self, k: usize) -> PruningPlan {
         self.plan_of(&self.order[..k.min(self.order.len())])
     }
@@ -141,13 +267,11 @@ impl DropOrder {
         for &(g, _) in chosen {
             *counts.entry(g).or_default() += 1;
         }
-        let n = self.round_to;
         let mut plan = PruningPlan::default();
         for (g, dropped) in counts {
             let ranked = &self.ranked[&g];
             let width = ranked.len();
-            let floor = self.min_kept[&g].div_ceil(n) * n;
-            let kept = ((width - dropped) / n * n).max(floor);
+            let kept = self.widths.kept(g, width, dropped, self.min_kept[&g]);
             if kept < width {
                 plan.drop_channels(g, ranked[..width - kept].iter().copied());
             }
@@ -156,7 +280,7 @@ impl DropOrder {
     }
 
     /// A plan of channels among the first `limit` of the order whose pruned graph satisfies
-    /// `within`, and whether it does (the whole `limit` prefix when even that falls short).
+    /// `within` (given the pruned copy), and whether it does (the whole `limit` prefix when even that falls short).
     ///
     /// The shortest such prefix is found first; then, from its highest-scored channel down (at
     /// most `GIVE_BACK_TRIES` of them), each channel the target does not need is given back, so
@@ -166,13 +290,13 @@ impl DropOrder {
         graph: &Graph,
         groups: &ChannelGroups,
         limit: usize,
-        within: impl Fn(Cost) -> bool,
+        within: impl Fn(&Graph) -> bool,
     ) -> Result<(PruningPlan, bool), PruneError> {
         let limit = limit.min(self.len());
         let meets = |chosen: &[(GroupId, usize)]| -> Result<bool, PruneError> {
             let mut copy = graph.clone();
             self.plan_of(chosen).apply(&mut copy, groups)?;
-            Ok(within(Cost::of(&copy)))
+            Ok(within(&copy))
         };
         if !meets(&self.order[..limit])? {
             return Ok((self.plan(limit), false));
@@ -218,7 +342,13 @@ mod tests {
 
     #[test]
     fn local_order_drops_the_same_fraction_of_each_group_lowest_first() {
-        let order = DropOrder::new(&scores(), Ranking::Local, |_, w| w, |_| 1, 1);
+        let order = DropOrder::new(
+            &scores(),
+            Ranking::Local,
+            |_, w| w,
+            |_| 1,
+            WidthRule::multiples(1),
+        );
         assert_eq!(order.len(), 9 + 3, "each group keeps one channel");
         // Positions (rank + ½)/width interleave: 0.05, 0.125, 0.15, 0.25, 0.35, 0.375 …
         let plan = order.plan(6);
@@ -230,7 +360,13 @@ mod tests {
 
     #[test]
     fn limits_floors_and_multiples_hold_for_every_prefix() {
-        let order = DropOrder::new(&scores(), Ranking::Global, |_, w| w / 2, |_| 3, 4);
+        let order = DropOrder::new(
+            &scores(),
+            Ranking::Global,
+            |_, w| w / 2,
+            |_| 3,
+            WidthRule::multiples(4),
+        );
         for k in 0..=order.len() {
             let plan = order.plan(k);
             let kept0 = 10 - dropped(&plan, 0).len();
@@ -243,7 +379,13 @@ mod tests {
     #[test]
     fn global_order_compares_scores_normalised_by_their_group() {
         // Group 1's mean is 2.5: its 1.0 normalises to 0.4, below group 0's 1.0/4.5.
-        let order = DropOrder::new(&scores(), Ranking::Global, |_, w| w, |_| 1, 1);
+        let order = DropOrder::new(
+            &scores(),
+            Ranking::Global,
+            |_, w| w,
+            |_| 1,
+            WidthRule::multiples(1),
+        );
         assert_eq!(dropped(&order.plan(1), 0), vec![0], "score 0 first");
         assert_eq!(dropped(&order.plan(2), 0), vec![0, 1]);
         assert_eq!(dropped(&order.plan(3), 1), vec![1]);

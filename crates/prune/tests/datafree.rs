@@ -6,7 +6,7 @@ use ndarray::Axis;
 use pare_data::{load_dir, Dataset};
 use pare_ir::Graph;
 use pare_prune::criteria::{score, Evidence};
-use pare_prune::selection::DropOrder;
+use pare_prune::selection::{DropOrder, WidthRule};
 use pare_prune::{
     analyze, compensate_removed, synthetic_inputs, ChannelGroups, Criterion, PruningPlan, Ranking,
     SyntheticSource,
@@ -45,7 +45,13 @@ fn l2_plan(graph: &Graph, groups: &ChannelGroups) -> PruningPlan {
         seed: 0,
     };
     let scores = score(Criterion::L2, graph, groups, &evidence).unwrap();
-    let order = DropOrder::new(&scores, Ranking::Local, |_, width| width, |_| 1, 1);
+    let order = DropOrder::new(
+        &scores,
+        Ranking::Local,
+        |_, width| width,
+        |_| 1,
+        WidthRule::multiples(1),
+    );
     order.plan(order.len() * 3 / 10)
 }
 

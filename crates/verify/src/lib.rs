@@ -17,6 +17,7 @@ mod error;
 mod input;
 mod latency;
 mod model;
+mod profile;
 
 pub use accuracy::{accuracy, Accuracy};
 pub use clock::Clock;
@@ -25,3 +26,4 @@ pub use error::VerifyError;
 pub use input::input_shape_for;
 pub use latency::{latency, latency_interleaved, latency_pair, Latency};
 pub use model::{Source, TractModel};
+pub use profile::{layer_times, NodeTime};

@@ -94,6 +94,29 @@ impl TractModel {
         self.input_shape[0]
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+
+    /// `images` as tract's input tensor.
+    pub(crate) fn input_tensor(&self, images: ArrayView4<f32>) -> Result<Tensor, VerifyError> {
+        Tensor::from_shape(
+            images.shape(),
+            images
+                .as_standard_layout()
+                .as_slice()
+                .expect("standard layout"),
+        )
+        .map_err(|e| VerifyError::Run {
+            path: self.path.clone(),
+            reason: format!("{e:#}"),
+        })
+    }
+
     /// Runs one batch of exactly the loaded batch size and returns the first output as
     /// `[batch, classes]`.
     pub fn run(&self, images: ArrayView4<f32>) -> Result<Array2<f32>, VerifyError> {
@@ -101,14 +124,7 @@ impl TractModel {
             path: self.path.clone(),
             reason,
         };
-        let input = Tensor::from_shape(
-            images.shape(),
-            images
-                .as_standard_layout()
-                .as_slice()
-                .expect("standard layout"),
-        )
-        .map_err(|e| run_err(format!("{e:#}")))?;
+        let input = self.input_tensor(images)?;
         let outputs = self
             .plan
             .run(tvec!(input.into()))

@@ -10,8 +10,9 @@ use crate::sparsity::Zeros;
 use anyhow::{bail, Result};
 use pare_data::{Dataset, Preprocess};
 use pare_ir::Graph;
-use pare_prune::{CompressConfig, Outcome};
-use pare_verify::{Source, Subject};
+use pare_latency::LatencyModel;
+use pare_prune::{CompressConfig, LayerWidth, Outcome, Target};
+use pare_verify::{Clock, Source, Subject};
 use std::path::Path;
 
 /// What a run hands over to be verified and reported.
@@ -31,6 +32,8 @@ pub(super) struct Finished<'a> {
     pub validation: String,
     pub validation_held_out: bool,
     pub outcome: Outcome,
+    /// The latency model a latency target (or the search's objective) was predicted with.
+    pub latency: Option<LatencyModel>,
     pub no_data: Option<NoData>,
 }
 
@@ -48,12 +51,46 @@ pub(super) fn conclude(args: &Args, run: Finished) -> Result<()> {
     let comparison = pare_verify::compare(run.original, &compressed, run.data, run.test)?;
     let (lat_before, lat_after) =
         pare_verify::compare_latency(run.original, &compressed, run.test, 10, args.latency_runs)?;
+    let (layers_before, layers_after) = (
+        pare_prune::layer_widths(run.before),
+        pare_prune::layer_widths(run.graph),
+    );
+    let layer_ms = |subject: &Subject, layers: &[LayerWidth]| -> Result<Vec<Option<f64>>> {
+        let image = run.test.head(1);
+        let nodes = subject.single()?.node_times(
+            image.images.view(),
+            3,
+            args.latency_runs,
+            Clock::ThreadCpu,
+        )?;
+        let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+        Ok(pare_verify::layer_times(&nodes, &names))
+    };
+    let (ms_before, ms_after) = (
+        layer_ms(run.original, &layers_before)?,
+        layer_ms(&compressed, &layers_after)?,
+    );
     let max_drop = args.max_drop.or(run.supervision.default_max_drop());
     let write = max_drop.is_none_or(|m| comparison.within(m)) || args.force;
     if write {
         pare_onnx::write_atomic(run.output, &bytes)?;
     }
-    let outcome = run.outcome;
+    let mut outcome = run.outcome;
+    // A latency target is met when tract measures it so, whatever the model predicted.
+    let latency_target = match (run.config.target, run.latency) {
+        (Some(Target::Latency(fraction)), Some(model)) => {
+            let target = args.latency.outcome(
+                model,
+                fraction,
+                run.graph,
+                lat_before.median_ms,
+                lat_after.median_ms,
+            );
+            outcome.target_met = Some(target.met);
+            Some(target)
+        }
+        _ => None,
+    };
     let picks = match &outcome.front {
         Some(found) => {
             let dir = args.es.front_dir.as_deref();
@@ -103,12 +140,10 @@ pub(super) fn conclude(args: &Args, run: Finished) -> Result<()> {
         ),
         target_met: outcome.target_met,
         target_clamped: outcome.target_clamped,
+        latency_target,
         analysis: outcome.analysis,
         front: picks,
-        layers: layer_report(
-            &pare_prune::layer_widths(run.before),
-            &pare_prune::layer_widths(run.graph),
-        ),
+        layers: layer_report(&layers_before, &layers_after, &ms_before, &ms_after),
         sparsity: pare_prune::layer_sparsity(run.graph),
         history: outcome.history,
         no_data: run.no_data,

@@ -37,6 +37,9 @@ pub(super) struct Report {
     pub(super) target_met: Option<bool>,
     /// The target asked for more than the analysis's caps allow; the model was pruned to them.
     pub(super) target_clamped: bool,
+    /// A latency target: the latency model, the predicted and the measured fraction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) latency_target: Option<crate::latency_args::LatencyTarget>,
     /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
     pub(super) analysis: Option<RedundancyReport>,
     /// `--strategy es`: the three models of the front, as tract measured them.
@@ -69,6 +72,20 @@ pub(super) struct LayerReport {
     pub(super) outputs_after: Option<usize>,
     pub(super) macs_before: u64,
     pub(super) macs_after: u64,
+    /// Milliseconds tract spent in the layer per batch-1 run (thread CPU time, median), before
+    /// and after; None where tract fused the layer into another.
+    pub(super) ms_before: Option<f64>,
+    pub(super) ms_after: Option<f64>,
+}
+
+impl Figures {
+    /// How much of the MACs removed shows as time saved: the MACs ratio over the latency ratio
+    /// against `original` (1: every MAC removed saved its share of time).
+    pub(super) fn efficiency(&self, original: &Figures) -> f64 {
+        let macs = self.macs as f64 / original.macs.max(1) as f64;
+        let latency = self.latency.median_ms / original.latency.median_ms.max(f64::MIN_POSITIVE);
+        macs / latency.max(f64::MIN_POSITIVE)
+    }
 }
 
 pub(super) fn figures(
@@ -88,23 +105,36 @@ pub(super) fn figures(
     }
 }
 
-pub(super) fn layer_report(before: &[LayerWidth], after: &[LayerWidth]) -> Vec<LayerReport> {
+pub(super) fn layer_report(
+    before: &[LayerWidth],
+    after: &[LayerWidth],
+    ms_before: &[Option<f64>],
+    ms_after: &[Option<f64>],
+) -> Vec<LayerReport> {
     before
         .iter()
         .zip(after)
-        .map(|(b, a)| LayerReport {
+        .zip(ms_before.iter().zip(ms_after))
+        .map(|((b, a), (&ms_before, &ms_after))| LayerReport {
             name: b.name.clone(),
             op: b.op.clone(),
             outputs_before: b.outputs,
             outputs_after: a.outputs,
             macs_before: b.macs,
             macs_after: a.macs,
+            ms_before,
+            ms_after,
         })
         .collect()
 }
 
 fn width(w: Option<usize>) -> String {
     w.map_or_else(|| "?".into(), |w| w.to_string())
+}
+
+/// A layer's time in the table: "-" where tract fused it into another layer.
+fn ms(t: Option<f64>) -> String {
+    t.map_or_else(|| "-".into(), |t| format!("{t:.3}"))
 }
 
 pub(super) fn render(r: &Report) -> String {
@@ -151,6 +181,12 @@ pub(super) fn render(r: &Report) -> String {
             format!("{:.3}", c.latency.median_ms),
             ratio(o.latency.median_ms, c.latency.median_ms),
         ],
+        vec![
+            "efficiency (MACs/latency)".into(),
+            String::new(),
+            format!("{:.2}", r.compressed.efficiency(&r.original)),
+            String::new(),
+        ],
     ];
     let zeros = sparsity::has_zeros(&r.sparsity);
     if zeros {
@@ -172,12 +208,14 @@ pub(super) fn render(r: &Report) -> String {
                 table::thousands(l.macs_after),
             ];
             row.extend(zeros.then(|| sparsity::share(s)));
+            row.extend([ms(l.ms_before), ms(l.ms_after)]);
             row
         })
         .collect();
     out.push_str("\nlayers\n\n");
     let mut header = vec!["name", "op", "outputs before", "after", "MACs after"];
     header.extend(zeros.then_some("nonzero"));
+    header.extend(["ms before", "ms after"]);
     out.push_str(&table::render(&header, &widths));
     let prunes = r
         .history
@@ -234,7 +272,9 @@ pub(super) fn render(r: &Report) -> String {
             &rows,
         ));
     }
-    if r.target_met == Some(false) && !r.target_clamped {
+    if let Some(t) = &r.latency_target {
+        out.push_str(&render_latency_target(t));
+    } else if r.target_met == Some(false) && !r.target_clamped {
         out.push_str("the target was not reached within the epoch budget\n");
     }
     let start = r.history.first().map_or(0.0, |h| h.validation_accuracy);
@@ -278,5 +318,24 @@ fn render_no_data(n: &NoData) -> String {
          inputs: it shows how far the prune moved the model's decisions, not how accurate the \
          model is; give --data to measure accuracy and to fine-tune\n",
         n.channels, n.criterion, c.compensated, c.reads, c.unknown
+    )
+}
+
+/// The line of a latency target: asked, predicted, measured, and whether it was met.
+fn render_latency_target(t: &crate::latency_args::LatencyTarget) -> String {
+    let asked = match t.ms {
+        Some(ms) => format!("{ms} ms"),
+        None => format!("{:.0}% of the original's latency", 100.0 * t.fraction),
+    };
+    format!(
+        "\nlatency target {asked}: predicted {:.0}%, measured {:.0}% of the original's latency: {}\n",
+        100.0 * t.predicted_fraction,
+        100.0 * t.measured_fraction,
+        if t.met {
+            "met"
+        } else {
+            "NOT met (the latency model's prediction was off, or the measurement was noisy; \
+             give a slightly lower target)"
+        }
     )
 }

@@ -97,6 +97,9 @@ pub(super) fn run(
         );
     }
 
+    let latency = args
+        .latency
+        .configure(&before_graph, &mut config, args.quiet)?;
     let bar = progress::bar(
         config.epochs * train.len().div_ceil(config.batch_size),
         args.quiet,
@@ -164,6 +167,7 @@ pub(super) fn run(
             validation,
             validation_held_out: args.val.is_none(),
             outcome,
+            latency,
             no_data: None,
         },
     )

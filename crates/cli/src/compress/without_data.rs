@@ -26,7 +26,7 @@ const MIN_SYNTHETIC_IMAGES: usize = 40;
 /// Prunes the model at `model_path` without data and hands the result to `conclude`.
 pub(super) fn run(
     args: &Args,
-    config: CompressConfig,
+    mut config: CompressConfig,
     model_path: &Path,
     output: &Path,
 ) -> Result<()> {
@@ -34,7 +34,7 @@ pub(super) fn run(
     let mut inputs = paths::Inputs::default();
     let mut graph = model::load(model_path, &args.shape, &mut inputs)?;
     super::check_outputs(args, &inputs, output)?;
-    if args.target_macs.is_none() && args.target_params.is_none() {
+    if args.target_macs.is_none() && args.target_params.is_none() && !args.latency.requested() {
         eprintln!(
             "no --data: pruning to {:.0}% of the MACs (--target-macs {DEFAULT_TARGET_MACS}) by {} \
              scores, without fine-tuning",
@@ -42,6 +42,7 @@ pub(super) fn run(
             config.criterion.name()
         );
     }
+    let latency = args.latency.configure(&graph, &mut config, args.quiet)?;
     let before = graph.clone();
     let count = (SYNTHETIC_FLOATS / per_image_floats(&before))
         .clamp(MIN_SYNTHETIC_IMAGES, SYNTHETIC_IMAGES);
@@ -81,6 +82,7 @@ pub(super) fn run(
             validation: "none (no data)".into(),
             validation_held_out: false,
             outcome,
+            latency,
             no_data: Some(NoData {
                 criterion: config.criterion.name(),
                 channels: pruned.channels,

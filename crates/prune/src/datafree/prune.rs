@@ -5,7 +5,7 @@
 use super::{compensate_removed, Compensation};
 use crate::criteria::{self, Criterion, Evidence};
 use crate::groups::analyze;
-use crate::selection::{Cost, DropOrder};
+use crate::selection::{Cost, DropOrder, Meter};
 use crate::strategy::CompressConfig;
 use crate::PruneError;
 use pare_ir::Graph;
@@ -47,7 +47,7 @@ pub fn prune_without_data(
             "data; without --data use l2, l1, bn-scale or random",
         ));
     }
-    let original = Cost::of(graph);
+    let meter = Meter::new(graph, config.latency.as_ref());
     let mut groups = analyze(graph);
     let evidence = Evidence {
         rls: None,
@@ -59,16 +59,23 @@ pub fn prune_without_data(
         return Err(PruneError::NothingToPrune);
     }
     let floor = |g| config.kept_floor(groups.group(g).channels);
-    let order = DropOrder::new(&scores, config.ranking, |_, w| w, floor, config.round_to);
-    let (plan, target_met) = order.shortest_within(graph, &groups, order.len(), |cost| {
-        target.is_met(cost, original)
+    let widths = meter.width_rule(
+        Some(target),
+        graph,
+        &groups,
+        config.round_to,
+        config.snap_widths,
+    );
+    let order = DropOrder::new(&scores, config.ranking, |_, w| w, floor, widths);
+    let (plan, target_met) = order.shortest_within(graph, &groups, order.len(), |pruned| {
+        meter.is_met(target, pruned)
     })?;
     let mut pruned = graph.clone();
     let compensation = compensate_removed(&mut pruned, &mut groups, &plan)?;
     plan.apply(&mut pruned, &groups)?;
     *graph = pruned;
     Ok(DataFreeOutcome {
-        original,
+        original: meter.original(),
         compressed: Cost::of(graph),
         channels: plan.drop.values().map(Vec::len).sum(),
         target_met,

@@ -2,8 +2,9 @@
 
 use crate::analysis::AnalysisSettings;
 use crate::criteria::Criterion;
+use crate::latency::LatencyTable;
 use crate::relief::ReliefSettings;
-use crate::selection::{Cost, Ranking, Target};
+use crate::selection::{Meter, Ranking, Target};
 use crate::PruneError;
 use pare_train::{Loss, OptimizerConfig, RlsConfig};
 
@@ -63,8 +64,15 @@ pub struct CompressConfig {
     pub one_group_per_event: bool,
     /// Fraction of its original width every group keeps (at least one channel).
     pub min_keep: f64,
-    /// Widths that shrink stay multiples of this.
+    /// Widths that shrink stay multiples of this (unless `snap_widths` applies).
     pub round_to: usize,
+    /// What a latency target (and `Objective::Latency`) is predicted with: measured in tract by
+    /// pare-latency before the run. Reported on its own, not with the settings.
+    #[serde(skip)]
+    pub latency: Option<LatencyTable>,
+    /// Under a latency target, widths snap to the table's fast widths instead of multiples of
+    /// `round_to`.
+    pub snap_widths: bool,
     /// RLS training before the first prune, in epochs.
     pub warmup_epochs: f64,
     /// How often recovery is checked, in epochs.
@@ -115,6 +123,8 @@ impl Default for CompressConfig {
             one_group_per_event: false,
             min_keep: 0.05,
             round_to: 1,
+            latency: None,
+            snap_widths: true,
             warmup_epochs: 0.5,
             check_every_epochs: 0.25,
             accuracy_tolerance: 0.5,
@@ -156,10 +166,18 @@ impl CompressConfig {
         if self.caps == Caps::Analysis || self.strategy == Strategy::Hierarchical {
             self.analysis.check()?;
         }
-        if let Some(Target::Macs(f) | Target::Params(f)) = self.target {
-            if !fraction(f) {
+        if let Some(target) = self.target {
+            if !fraction(target.goal()) {
                 return Err(PruneError::Setting("the target", "a fraction in (0, 1]"));
             }
+        }
+        let wants_latency = matches!(self.target, Some(Target::Latency(_)))
+            || (self.strategy == Strategy::Es && self.es.objective == Objective::Latency);
+        if wants_latency && self.latency.is_none() {
+            return Err(PruneError::Setting(
+                "a latency target",
+                "a latency table measured in tract (pare-latency)",
+            ));
         }
         Ok(())
     }
@@ -265,15 +283,18 @@ pub enum EvalBudget {
 pub enum Objective {
     Macs,
     Params,
+    /// Batch-1 latency predicted from `CompressConfig::latency`.
+    Latency,
 }
 
 impl Objective {
-    /// `cost` as a fraction of `original` in this measure.
-    pub fn fraction(self, cost: Cost, original: Cost) -> f64 {
+    /// `graph`'s cost as a fraction of the original's in this measure.
+    pub fn fraction(self, meter: &Meter, graph: &pare_ir::Graph) -> f64 {
         let target = match self {
             Objective::Macs => Target::Macs(1.0),
             Objective::Params => Target::Params(1.0),
+            Objective::Latency => Target::Latency(1.0),
         };
-        target.fraction(cost, original)
+        meter.fraction(target, graph)
     }
 }

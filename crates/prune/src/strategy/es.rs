@@ -12,7 +12,7 @@ use super::report::{Event, Progress};
 use super::run::{final_schedule, train_config, PruningStrategy, Run};
 use crate::evolution::{search, Genome, GenomeLayout, Objectives, SearchResult, SearchSettings};
 use crate::groups::{analyze, ChannelGroups};
-use crate::selection::Cost;
+use crate::selection::{Cost, Meter, Target};
 use crate::PruneError;
 use pare_data::Dataset;
 use pare_ir::Graph;
@@ -75,7 +75,7 @@ impl PruningStrategy for Evolution {
             Some(target) => front
                 .iter()
                 .copied()
-                .filter(|&i| target.is_met(costs[&result.individuals[i].genome], decoder.cost))
+                .filter(|&i| decoder.meets(target, &result.individuals[i].genome))
                 .min_by(|&a, &b| {
                     let (a, b) = (
                         result.individuals[a].objectives,
@@ -97,7 +97,8 @@ impl PruningStrategy for Evolution {
                 continue;
             }
             let mut net = decoder.decode(genome)?;
-            let macs_fraction = Cost::of(&net).macs as f64 / decoder.cost.macs.max(1) as f64;
+            let macs_fraction =
+                Cost::of(&net).macs as f64 / decoder.meter.original().macs.max(1) as f64;
             let mut steps = decoder.training_loop(&net, total, final_schedule(config, 0))?;
             decoder.fine_tune(&mut net, |net, optimizer| {
                 steps.run(net, optimizer, total, &mut |s| {
@@ -172,8 +173,8 @@ pub(crate) struct Decoder<'a> {
     config: &'a CompressConfig,
     train: &'a Dataset,
     val: &'a Dataset,
-    /// The original network's cost.
-    pub cost: Cost,
+    /// The original network's cost, and the latency table when there is one.
+    pub meter: Meter<'a>,
 }
 
 impl<'a> Decoder<'a> {
@@ -192,8 +193,14 @@ impl<'a> Decoder<'a> {
             config,
             train,
             val,
-            cost: Cost::of(original),
+            meter: Meter::new(original, config.latency.as_ref()),
         }
+    }
+
+    /// Whether `genome`'s network meets `target` (false if it cannot be decoded).
+    fn meets(&self, target: Target, genome: &Genome) -> bool {
+        self.decode(genome)
+            .is_ok_and(|net| self.meter.is_met(target, &net))
     }
 
     /// BatchNorm statistics re-estimated on `calibration_batches` training batches, always the
@@ -261,7 +268,7 @@ impl<'a> Decoder<'a> {
             cost,
             Objectives {
                 error: 1.0 - val.accuracy_percent() / 100.0,
-                cost: c.es.objective.fraction(cost, self.cost),
+                cost: c.es.objective.fraction(&self.meter, &net),
             },
         ))
     }
@@ -309,7 +316,7 @@ impl<'a> Decoder<'a> {
             .collect();
         Front {
             objective: self.config.es.objective,
-            original: self.cost,
+            original: self.meter.original(),
             original_validation_accuracy: original_accuracy,
             groups,
             individuals,
@@ -382,7 +389,7 @@ mod tests {
             .apply(&mut direct, &groups)
             .unwrap();
         assert_eq!(decoded, direct);
-        assert!(Cost::of(&decoded).macs < decoder.cost.macs);
+        assert!(Cost::of(&decoded).macs < decoder.meter.original().macs);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use super::report::Event;
 use super::run::{PruningStrategy, Run};
 use crate::analysis::EffectiveFilters;
 use crate::groups::{analyze, ChannelGroups};
+use crate::latency::LatencyTable;
 use crate::plan::PruningPlan;
-use crate::selection::{Cost, Target};
+use crate::selection::{Meter, Target};
 use crate::PruneError;
 use pare_ir::Graph;
 
@@ -32,7 +33,13 @@ impl PruningStrategy for Hierarchical {
         let groups = analyze(graph);
         let filters = run.effective_filters(graph, &groups)?;
         let before = run.validate_and_record(graph, Event::Start)?;
-        let (plan, clamped) = layer_budgets(graph, &groups, &filters, run.config.target)?;
+        let (plan, clamped) = layer_budgets(
+            graph,
+            &groups,
+            &filters,
+            run.config.target,
+            run.config.latency.as_ref(),
+        )?;
         if clamped {
             run.clamp_target();
         }
@@ -43,25 +50,26 @@ impl PruningStrategy for Hierarchical {
 
 /// The plan of the smallest λ whose ⌊λ·(n_g − r_g)⌋ channels per group meet `target` on a pruned
 /// copy of `graph`, and false; or the plan at the caps (λ = 1) and true when even that misses the
-/// target. Without a target, the caps. Costs only fall as λ grows (each group drops a longer end
+/// target. Without a target, the caps. A latency target is predicted from `latency`. Costs only fall as λ grows (each group drops a longer end
 /// of one fixed order), so bisection over the λs where some count changes finds the smallest.
 fn layer_budgets(
     graph: &Graph,
     groups: &ChannelGroups,
     filters: &EffectiveFilters,
     target: Option<Target>,
+    latency: Option<&LatencyTable>,
 ) -> Result<(PruningPlan, bool), PruneError> {
     let caps = filters.plan(1.0);
     let Some(target) = target else {
         return Ok((caps, false));
     };
-    let original = Cost::of(graph);
+    let meter = Meter::new(graph, latency);
     let meets = |plan: &PruningPlan| -> Result<bool, PruneError> {
         let mut copy = graph.clone();
         plan.apply(&mut copy, groups)?;
-        Ok(target.is_met(Cost::of(&copy), original))
+        Ok(meter.is_met(target, &copy))
     };
-    if target.is_met(original, original) {
+    if meter.is_met(target, graph) {
         return Ok((PruningPlan::default(), false));
     }
     if !meets(&caps)? {
@@ -143,16 +151,16 @@ mod tests {
         let g = graph();
         let groups = analyze(&g);
         let f = filters(&groups);
-        let original = Cost::of(&g);
+        let meter = Meter::new(&g, None);
         // MACs per sample: a 8·16, b 64·16, c 16·16.
-        assert_eq!(original.macs, (8 + 64 + 16) * 16);
+        assert_eq!(meter.original().macs, (8 + 64 + 16) * 16);
         for goal in [0.95, 0.8, 0.6, 0.45] {
             let target = Target::Macs(goal);
-            let (plan, clamped) = layer_budgets(&g, &groups, &f, Some(target)).unwrap();
+            let (plan, clamped) = layer_budgets(&g, &groups, &f, Some(target), None).unwrap();
             assert!(!clamped, "{goal}");
             let mut copy = g.clone();
             plan.apply(&mut copy, &groups).unwrap();
-            assert!(target.is_met(Cost::of(&copy), original), "{goal}: {plan:?}");
+            assert!(meter.is_met(target, &copy), "{goal}: {plan:?}");
             for (analysis, kept) in f.groups.iter().map(|a| (a, plan.kept(a.group, 8).len())) {
                 assert!(kept >= analysis.effective, "{goal}: group past its cap");
             }
@@ -163,11 +171,11 @@ mod tests {
                 if i > 0 {
                     let mut less = g.clone();
                     f.plan(lambdas[i - 1]).apply(&mut less, &groups).unwrap();
-                    assert!(!target.is_met(Cost::of(&less), original), "{goal}");
+                    assert!(!meter.is_met(target, &less), "{goal}");
                 }
             }
         }
-        let (plan, _) = layer_budgets(&g, &groups, &f, Some(Target::Macs(0.8))).unwrap();
+        let (plan, _) = layer_budgets(&g, &groups, &f, Some(Target::Macs(0.8)), None).unwrap();
         // λ = 1/3 drops 2 of a's 6 and none of b's 2: (6 + 48 + 16)·16 = 1120 ≤ 0.8 · 1408;
         // λ = 1/6 would leave (7 + 56 + 16)·16 = 1264.
         assert_eq!(dropped(&plan), vec![2]);
@@ -178,13 +186,15 @@ mod tests {
         let g = graph();
         let groups = analyze(&g);
         let f = filters(&groups);
-        let (plan, clamped) = layer_budgets(&g, &groups, &f, Some(Target::Macs(0.1))).unwrap();
+        let (plan, clamped) =
+            layer_budgets(&g, &groups, &f, Some(Target::Macs(0.1)), None).unwrap();
         assert!(clamped);
         assert_eq!(plan, f.plan(1.0));
         assert_eq!(dropped(&plan), vec![6, 2]);
-        let (plan, clamped) = layer_budgets(&g, &groups, &f, None).unwrap();
+        let (plan, clamped) = layer_budgets(&g, &groups, &f, None, None).unwrap();
         assert_eq!((plan, clamped), (f.plan(1.0), false));
-        let (plan, clamped) = layer_budgets(&g, &groups, &f, Some(Target::Macs(1.0))).unwrap();
+        let (plan, clamped) =
+            layer_budgets(&g, &groups, &f, Some(Target::Macs(1.0)), None).unwrap();
         assert_eq!((plan, clamped), (PruningPlan::default(), false));
     }
 }

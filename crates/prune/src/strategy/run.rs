@@ -11,7 +11,7 @@ use crate::analysis::{self, EffectiveFilters, RedundancyReport};
 use crate::criteria::{self, Criterion, Evidence};
 use crate::groups::{ChannelGroups, GroupId, SliceKind};
 use crate::plan::PruningPlan;
-use crate::selection::{Cost, DropOrder, Ranking};
+use crate::selection::{Cost, DropOrder, Meter, Ranking};
 use crate::PruneError;
 use ndarray::ArrayD;
 use pare_data::Dataset;
@@ -83,7 +83,8 @@ pub(crate) struct Run<'a> {
     calibration: BatchStream<'a>,
     train: &'a Dataset,
     val: &'a Dataset,
-    original: Cost,
+    /// The original network's cost, and the latency table when there is one.
+    meter: Meter<'a>,
     /// Per group (by `ChannelGroups::key`), its width before the first prune.
     original_widths: BTreeMap<ValueId, usize>,
     history: Vec<HistoryEntry>,
@@ -116,7 +117,7 @@ impl<'a> Run<'a> {
             calibration: BatchStream::new(train, config.batch_size, !config.seed),
             train,
             val,
-            original: Cost::of(graph),
+            meter: Meter::new(graph, config.latency.as_ref()),
             original_widths: groups
                 .groups
                 .iter()
@@ -136,7 +137,7 @@ impl<'a> Run<'a> {
     /// What the run did, `graph` being its result.
     pub fn outcome(self, graph: &Graph) -> Outcome {
         Outcome {
-            original: self.original,
+            original: self.meter.original(),
             compressed: Cost::of(graph),
             target_met: self.target_met(graph),
             history: self.history,
@@ -259,7 +260,7 @@ impl<'a> Run<'a> {
         optimizer: &mut dyn Optimizer,
         steps: usize,
     ) -> Result<(), TrainError> {
-        let macs_fraction = Cost::of(graph).macs as f64 / self.original.macs.max(1) as f64;
+        let macs_fraction = Cost::of(graph).macs as f64 / self.meter.original().macs.max(1) as f64;
         let prunes = self.plans.len();
         let total_steps = self.steps.total_steps();
         let on_progress = &mut *self.on_progress;
@@ -323,9 +324,7 @@ impl<'a> Run<'a> {
     }
 
     pub fn target_met(&self, graph: &Graph) -> Option<bool> {
-        self.config
-            .target
-            .map(|t| t.is_met(Cost::of(graph), self.original))
+        self.config.target.map(|t| self.meter.is_met(t, graph))
     }
 
     /// Scores, orders and chooses the channels of one prune: at most `ratio` of each group (or,
@@ -377,7 +376,11 @@ impl<'a> Run<'a> {
             (Some(r), Ranking::Local, EventSize::ScoreShare) => score_share_count(&scores[&g], r),
             _ => width,
         };
-        let order = DropOrder::new(&scores, c.ranking, per_group, min_kept, c.round_to);
+        let widths = || {
+            self.meter
+                .width_rule(c.target, graph, groups, c.round_to, c.snap_widths)
+        };
+        let order = DropOrder::new(&scores, c.ranking, per_group, min_kept, widths());
         let limit = match (ratio, c.ranking) {
             (Some(r), Ranking::Global) => {
                 let total: usize = scores.values().map(Vec::len).sum();
@@ -389,11 +392,11 @@ impl<'a> Run<'a> {
         let Some(target) = c.target else {
             return Ok(event);
         };
-        let original = self.original;
-        let meets = |cost| target.is_met(cost, original);
+        let meter = self.meter;
+        let meets = |pruned: &Graph| meter.is_met(target, pruned);
         let mut copy = graph.clone();
         event.apply(&mut copy, groups)?;
-        if !meets(Cost::of(&copy)) {
+        if !meets(&copy) {
             return Ok(event);
         }
         // The last RLS event trims by layer-normalised score (a one-shot prune by the chosen
@@ -403,7 +406,7 @@ impl<'a> Run<'a> {
         } else {
             c.ranking
         };
-        let all = DropOrder::new(&scores, ranking, |_, w| w, min_kept, c.round_to);
+        let all = DropOrder::new(&scores, ranking, |_, w| w, min_kept, widths());
         Ok(all.shortest_within(graph, groups, all.len(), meets)?.0)
     }
 
