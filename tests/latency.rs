@@ -54,8 +54,11 @@ fn a_latency_target_on_lenet_ends_at_or_under_it_as_measured() {
             t["predicted_fraction"].as_f64().unwrap(),
             t["measured_fraction"].as_f64().unwrap(),
         );
-        // The prune met the target as the model predicts it...
-        assert!(predicted <= goal + 1e-9, "{t}");
+        // The prune met the fraction it aimed at, as the model predicts it (a probe in tract
+        // moved the aim from the goal)...
+        let aimed = t["aimed_fraction"].as_f64().unwrap();
+        assert!(predicted <= aimed + 1e-9, "{t}");
+        assert!(t["calibration"]["measured"].as_f64().unwrap() > 0.0, "{t}");
         assert!(r["compressed"]["macs"].as_u64() < r["original"]["macs"].as_u64());
         // ...and the report's verdict is tract's measurement, not the prediction.
         assert_eq!(t["met"].as_bool(), Some(measured <= goal), "{t}");
@@ -78,15 +81,18 @@ fn a_latency_model_in_an_earlier_report_is_reused_for_the_same_model_only() {
     let saved = dir.path().join("saved.json");
     std::fs::copy(dir.path().join("r.json"), &saved).unwrap();
 
-    let again = run_lenet(
-        dir.path(),
-        &[
-            "--target-latency",
-            "0.8",
-            "--latency-model",
-            path_str(&saved),
-        ],
-    );
+    let reusing = |model: &Path| {
+        run_lenet(
+            dir.path(),
+            &[
+                "--target-latency",
+                "0.8",
+                "--latency-model",
+                path_str(model),
+            ],
+        )
+    };
+    let again = reusing(&saved);
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!stderr.contains("measuring the latency model"), "{stderr}");
@@ -98,15 +104,7 @@ fn a_latency_model_in_an_earlier_report_is_reused_for_the_same_model_only() {
     other["latency_target"]["model"]["cache_key"] = "0000000000000000-1".into();
     let other_path = dir.path().join("other.json");
     std::fs::write(&other_path, other.to_string()).unwrap();
-    let o = run_lenet(
-        dir.path(),
-        &[
-            "--target-latency",
-            "0.8",
-            "--latency-model",
-            path_str(&other_path),
-        ],
-    );
+    let o = reusing(&other_path);
     assert!(o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -138,6 +136,20 @@ fn bad_latency_flags_are_refused_by_name() {
         let o = run_lenet(dir.path(), flags);
         assert_clean_error(&o, names);
     }
+    // Relief takes no target: refused before the latency model is measured.
+    let (data, out) = (mnist(), dir.path().join("small.onnx"));
+    let o = compress(&[
+        "models/lenet5_opset17.onnx",
+        "--data",
+        path_str(&data),
+        "-o",
+        path_str(&out),
+        "--strategy",
+        "relief",
+        "--target-latency",
+        "0.5",
+    ]);
+    assert_clean_error(&o, &["--strategy relief", "--target-latency"]);
     // Two targets: a usage error from the argument parser.
     let o = run_lenet(
         dir.path(),

@@ -257,6 +257,10 @@ fn config(args: &Args) -> Result<CompressConfig> {
         StrategyKind::Es => Strategy::Es,
         StrategyKind::Relief => Strategy::Relief,
     };
+    if strategy == Strategy::Relief && args.latency.requested() {
+        // Refused before the latency model is measured, not after.
+        bail!("--strategy relief prunes by its alphas and stops by --tolerance; leave out --target-latency");
+    }
     if strategy == Strategy::Hierarchical && args.criterion.is_some() {
         bail!("--strategy hierarchical chooses channels by the analysis (pivoted Cholesky); --criterion is for rls and oneshot");
     }

@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use pare_ir::Graph;
-use pare_latency::{cache_key, vector_width, LadderSettings, LatencyModel};
-use pare_prune::{analyze, CompressConfig, Objective, Strategy, Target};
+use pare_latency::{cache_key, vector_width, Calibration, LadderSettings, LatencyModel};
+use pare_prune::{analyze, CompressConfig, Criterion, Objective, Strategy, Target};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,16 @@ pub struct LatencyArgs {
     pub latency_model: Option<PathBuf>,
 }
 
+/// The latency model a run prunes with, and the target it aims at.
+pub struct LatencySetup {
+    pub model: LatencyModel,
+    /// The target as a fraction of the original's latency; None when only the search's
+    /// objective is latency.
+    pub goal: Option<f64>,
+    /// The probe that set the predicted fraction the strategy aims at.
+    pub calibration: Option<Calibration>,
+}
+
 /// What a latency target asked for, and what tract measured in the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyTarget {
@@ -42,6 +52,10 @@ pub struct LatencyTarget {
     /// The target in milliseconds, when given so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<f64>,
+    /// The probe of the table against tract before pruning, and the predicted fraction the
+    /// strategy aimed at because of it.
+    pub calibration: Option<Calibration>,
+    pub aimed_fraction: f64,
     /// The compressed model's latency as the model predicted it, as a fraction of T0.
     pub predicted_fraction: f64,
     /// The compressed model's measured median over the original's (same runs, interleaved).
@@ -70,19 +84,23 @@ impl LatencyArgs {
     }
 
     /// With a latency target (or `--strategy es --objective latency`): measures (or reuses) the
-    /// latency model of `graph`, sets `config`'s target and table, and returns the model. Does
-    /// nothing without one.
+    /// latency model of `graph`, probes it against tract at the target, sets `config`'s target
+    /// (the predicted fraction to aim at) and table. Does nothing without one.
     pub fn configure(
         &self,
         graph: &Graph,
         config: &mut CompressConfig,
         quiet: bool,
-    ) -> Result<Option<LatencyModel>> {
+    ) -> Result<Option<LatencySetup>> {
         let es_objective =
             config.strategy == Strategy::Es && config.es.objective == Objective::Latency;
         if !self.requested() && !es_objective {
             return Ok(None);
         }
+        let settings = LadderSettings {
+            min_keep: config.min_keep,
+            ..LadderSettings::default()
+        };
         let key = cache_key(&pare_onnx::encode(&pare_ir::export(graph)));
         let reused = match &self.latency_model {
             Some(path) => reuse(path, &key)?,
@@ -94,10 +112,6 @@ impl LatencyArgs {
                 if !quiet {
                     eprintln!("measuring the latency model in tract (batch 1, each channel group at a ladder of widths)...");
                 }
-                let settings = LadderSettings {
-                    min_keep: config.min_keep,
-                    ..LadderSettings::default()
-                };
                 let model = LatencyModel::measure(graph, &analyze(graph), &settings)
                     .context("measuring the latency model")?;
                 if !quiet {
@@ -115,38 +129,70 @@ impl LatencyArgs {
                 eprintln!("note: the original already runs in {t0:.3} ms, within --target-latency-ms {ms}");
             }
         }
-        let fraction = self
+        let goal = self
             .target_latency
             .or(self.target_latency_ms.map(|ms| (ms / t0).min(1.0)));
-        if let Some(f) = fraction {
-            config.target = Some(Target::Latency(f));
+        let mut calibration = None;
+        if let Some(goal) = goal {
+            // The probe is the one-shot plan for the goal, by weights alone: what every
+            // strategy's choice starts from.
+            let mut one_shot = config.clone();
+            one_shot.target = Some(Target::Latency(goal));
+            one_shot.latency = Some(model.table.clone());
+            if one_shot.criterion.needs_data() {
+                one_shot.criterion = Criterion::L2;
+            }
+            let groups = analyze(graph);
+            let (plan, _) = pare_prune::plan_without_data(graph, &groups, &one_shot)
+                .context("choosing the latency probe")?;
+            let probe = model
+                .calibrate(graph, &groups, &plan, &settings)
+                .context("probing the latency model")?;
+            let aim = probe.aim(goal);
+            if !quiet {
+                eprintln!(
+                    "latency probe: a one-shot plan predicted at {:.0}% of T0 measured {:.0}%; pruning to a predicted {:.0}%",
+                    100.0 * probe.predicted,
+                    100.0 * probe.measured,
+                    100.0 * aim
+                );
+            }
+            config.target = Some(Target::Latency(aim));
+            calibration = Some(probe);
         }
         config.latency = Some(model.table.clone());
-        Ok(Some(model))
+        Ok(Some(LatencySetup {
+            model,
+            goal,
+            calibration,
+        }))
     }
 
-    /// The latency target's figures once tract has timed both models.
+    /// The latency target's figures once tract has timed both models; None without a target.
     pub fn outcome(
         &self,
-        model: LatencyModel,
-        fraction: f64,
+        setup: LatencySetup,
+        aimed_fraction: f64,
         compressed: &Graph,
         before_ms: f64,
         after_ms: f64,
-    ) -> LatencyTarget {
+    ) -> Option<LatencyTarget> {
+        let (model, fraction) = (setup.model, setup.goal?);
         let measured_fraction = after_ms / before_ms.max(f64::MIN_POSITIVE);
         let met = match self.target_latency_ms {
             Some(ms) => after_ms <= ms,
             None => measured_fraction <= fraction,
         };
-        LatencyTarget {
+        Some(LatencyTarget {
             fraction,
             ms: self.target_latency_ms,
+            calibration: setup.calibration,
+            aimed_fraction,
             predicted_fraction: model.table.predict_graph(compressed) / model.table.baseline_ms,
             measured_fraction,
             met,
             model,
-        }
+        })
     }
 }
 

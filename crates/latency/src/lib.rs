@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod calibrate;
 mod error;
 mod keys;
 mod ladder;
@@ -18,6 +19,7 @@ mod model;
 mod pairs;
 mod simd;
 
+pub use calibrate::Calibration;
 pub use error::LatencyError;
 pub use keys::cache_key;
 pub use ladder::{ladder, LadderSettings};

@@ -23,8 +23,8 @@ mod summary;
 
 pub use criteria::Criterion;
 pub use datafree::{
-    compensate_removed, prune_without_data, synthetic_inputs, Compensation, DataFreeOutcome,
-    SyntheticSource,
+    compensate_removed, plan_without_data, prune_without_data, synthetic_inputs, Compensation,
+    DataFreeOutcome, SyntheticSource,
 };
 pub use error::PruneError;
 pub use groups::{analyze, ChannelGroups, Group, GroupId, Segment, Slice, SliceKind};

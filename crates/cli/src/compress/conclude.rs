@@ -6,11 +6,11 @@ use super::report::{figures, layer_report, render, NoData, Report};
 use super::supervision::Supervision;
 use super::Args;
 use crate::front;
+use crate::latency_args::LatencySetup;
 use crate::sparsity::Zeros;
 use anyhow::{bail, Result};
 use pare_data::{Dataset, Preprocess};
 use pare_ir::Graph;
-use pare_latency::LatencyModel;
 use pare_prune::{CompressConfig, LayerWidth, Outcome, Target};
 use pare_verify::{Clock, Source, Subject};
 use std::path::Path;
@@ -33,7 +33,7 @@ pub(super) struct Finished<'a> {
     pub validation_held_out: bool,
     pub outcome: Outcome,
     /// The latency model a latency target (or the search's objective) was predicted with.
-    pub latency: Option<LatencyModel>,
+    pub latency: Option<LatencySetup>,
     pub no_data: Option<NoData>,
 }
 
@@ -78,19 +78,18 @@ pub(super) fn conclude(args: &Args, run: Finished) -> Result<()> {
     let mut outcome = run.outcome;
     // A latency target is met when tract measures it so, whatever the model predicted.
     let latency_target = match (run.config.target, run.latency) {
-        (Some(Target::Latency(fraction)), Some(model)) => {
-            let target = args.latency.outcome(
-                model,
-                fraction,
-                run.graph,
-                lat_before.median_ms,
-                lat_after.median_ms,
-            );
-            outcome.target_met = Some(target.met);
-            Some(target)
-        }
+        (Some(Target::Latency(aimed)), Some(setup)) => args.latency.outcome(
+            setup,
+            aimed,
+            run.graph,
+            lat_before.median_ms,
+            lat_after.median_ms,
+        ),
         _ => None,
     };
+    if let Some(target) = &latency_target {
+        outcome.target_met = Some(target.met);
+    }
     let picks = match &outcome.front {
         Some(found) => {
             let dir = args.es.front_dir.as_deref();

@@ -13,7 +13,7 @@ mod trace;
 mod tests;
 
 pub use compensate::{compensate_removed, Compensation};
-pub use prune::{prune_without_data, DataFreeOutcome};
+pub use prune::{plan_without_data, prune_without_data, DataFreeOutcome};
 pub use synthetic::{synthetic_inputs, SyntheticSource, MAX_SYNTHETIC_ELEMENTS};
 
 use pare_kernels::rng::SplitMix64;

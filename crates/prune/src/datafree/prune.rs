@@ -4,7 +4,8 @@
 
 use super::{compensate_removed, Compensation};
 use crate::criteria::{self, Criterion, Evidence};
-use crate::groups::analyze;
+use crate::groups::{analyze, ChannelGroups};
+use crate::plan::PruningPlan;
 use crate::selection::{Cost, DropOrder, Meter};
 use crate::strategy::CompressConfig;
 use crate::PruneError;
@@ -39,6 +40,30 @@ pub fn prune_without_data(
     graph: &mut Graph,
     config: &CompressConfig,
 ) -> Result<DataFreeOutcome, PruneError> {
+    let mut groups = analyze(graph);
+    let (plan, target_met) = plan_without_data(graph, &groups, config)?;
+    let mut pruned = graph.clone();
+    let compensation = compensate_removed(&mut pruned, &mut groups, &plan)?;
+    plan.apply(&mut pruned, &groups)?;
+    let original = Cost::of(graph);
+    *graph = pruned;
+    Ok(DataFreeOutcome {
+        original,
+        compressed: Cost::of(graph),
+        channels: plan.drop.values().map(Vec::len).sum(),
+        target_met,
+        compensation,
+    })
+}
+
+/// The plan a prune without data makes of `graph` (analysed as `groups`): the fewest channels,
+/// lowest `config.criterion` scores first, that meet `config.target`, and whether they do. The
+/// one-shot choice every strategy starts from, so a latency target is probed with it.
+pub fn plan_without_data(
+    graph: &Graph,
+    groups: &ChannelGroups,
+    config: &CompressConfig,
+) -> Result<(PruningPlan, bool), PruneError> {
     config.check()?;
     let target = config.target.ok_or(PruneError::NoTarget)?;
     if config.criterion.needs_data() {
@@ -48,13 +73,12 @@ pub fn prune_without_data(
         ));
     }
     let meter = Meter::new(graph, config.latency.as_ref());
-    let mut groups = analyze(graph);
     let evidence = Evidence {
         rls: None,
         gradients: None,
         seed: config.seed,
     };
-    let scores = criteria::score(config.criterion, graph, &groups, &evidence)?;
+    let scores = criteria::score(config.criterion, graph, groups, &evidence)?;
     if scores.is_empty() {
         return Err(PruneError::NothingToPrune);
     }
@@ -62,23 +86,12 @@ pub fn prune_without_data(
     let widths = meter.width_rule(
         Some(target),
         graph,
-        &groups,
+        groups,
         config.round_to,
         config.snap_widths,
     );
     let order = DropOrder::new(&scores, config.ranking, |_, w| w, floor, widths);
-    let (plan, target_met) = order.shortest_within(graph, &groups, order.len(), |pruned| {
+    order.shortest_within(graph, groups, order.len(), |pruned| {
         meter.is_met(target, pruned)
-    })?;
-    let mut pruned = graph.clone();
-    let compensation = compensate_removed(&mut pruned, &mut groups, &plan)?;
-    plan.apply(&mut pruned, &groups)?;
-    *graph = pruned;
-    Ok(DataFreeOutcome {
-        original: meter.original(),
-        compressed: Cost::of(graph),
-        channels: plan.drop.values().map(Vec::len).sum(),
-        target_met,
-        compensation,
     })
 }
