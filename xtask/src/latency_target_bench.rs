@@ -45,6 +45,9 @@ pub struct Settings {
     /// The training budget of every run.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
+    /// The strategy of every run (rls, oneshot, hierarchical).
+    #[arg(long, default_value = "rls")]
+    strategy: String,
     /// Use a debug build of compress: checks that the benchmark runs, figures mean nothing.
     #[arg(long)]
     debug: bool,
@@ -111,7 +114,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
         }
         let out = work.path().join("small.onnx");
         let run = |flags: &[&str]| -> Result<Row> {
-            let mut args = vec![model, "--epochs", &epochs];
+            let mut args = vec![model, "--epochs", &epochs, "--strategy", &settings.strategy];
             args.extend_from_slice(data);
             args.extend_from_slice(flags);
             let (r, wall) = compress_to(&binary, &args, &out)?;

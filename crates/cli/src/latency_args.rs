@@ -5,12 +5,15 @@
 use anyhow::{bail, Context, Result};
 use pare_ir::Graph;
 use pare_latency::{cache_key, vector_width, Calibration, LadderSettings, LatencyModel};
-use pare_prune::{analyze, CompressConfig, Criterion, Objective, Strategy, Target};
+use pare_prune::{analyze, CompressConfig, Objective, Strategy, Target};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The help heading of the latency flags.
 const HEADING: &str = "Latency target (measured in tract, batch 1)";
+
+/// Probes before a one-shot prune: the second times the plan of the first one's aim.
+const PROBES: usize = 2;
 
 /// Largest latency model file read with --latency-model.
 const MAX_MODEL_FILE: u64 = 64 << 20;
@@ -40,8 +43,8 @@ pub struct LatencySetup {
     /// The target as a fraction of the original's latency; None when only the search's
     /// objective is latency.
     pub goal: Option<f64>,
-    /// The probe that set the predicted fraction the strategy aims at.
-    pub calibration: Option<Calibration>,
+    /// The probes that set the predicted fraction a one-shot prune aims at.
+    pub probes: Vec<Calibration>,
 }
 
 /// What a latency target asked for, and what tract measured in the end.
@@ -52,9 +55,9 @@ pub struct LatencyTarget {
     /// The target in milliseconds, when given so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<f64>,
-    /// The probe of the table against tract before pruning, and the predicted fraction the
-    /// strategy aimed at because of it.
-    pub calibration: Option<Calibration>,
+    /// The probes of the table against tract before a one-shot prune, and the predicted
+    /// fraction the strategy aimed at (the target itself without probes).
+    pub probes: Vec<Calibration>,
     pub aimed_fraction: f64,
     /// The compressed model's latency as the model predicted it, as a fraction of T0.
     pub predicted_fraction: f64,
@@ -132,39 +135,42 @@ impl LatencyArgs {
         let goal = self
             .target_latency
             .or(self.target_latency_ms.map(|ms| (ms / t0).min(1.0)));
-        let mut calibration = None;
+        let mut probes = Vec::new();
         if let Some(goal) = goal {
-            // The probe is the one-shot plan for the goal, by weights alone: what every
-            // strategy's choice starts from.
-            let mut one_shot = config.clone();
-            one_shot.target = Some(Target::Latency(goal));
-            one_shot.latency = Some(model.table.clone());
-            if one_shot.criterion.needs_data() {
-                one_shot.criterion = Criterion::L2;
-            }
-            let groups = analyze(graph);
-            let (plan, _) = pare_prune::plan_without_data(graph, &groups, &one_shot)
-                .context("choosing the latency probe")?;
-            let probe = model
-                .calibrate(graph, &groups, &plan, &settings)
-                .context("probing the latency model")?;
-            let aim = probe.aim(goal);
-            if !quiet {
-                eprintln!(
-                    "latency probe: a one-shot plan predicted at {:.0}% of T0 measured {:.0}%; pruning to a predicted {:.0}%",
-                    100.0 * probe.predicted,
-                    100.0 * probe.measured,
-                    100.0 * aim
-                );
+            let mut aim = goal;
+            // A one-shot prune by a weights-only criterion makes exactly the plan the probe
+            // times, so only there can the table's error on it correct the aim; other strategies
+            // end at plans of their own, on which the probe's error was as often the opposite.
+            if config.strategy == Strategy::Oneshot && !config.criterion.needs_data() {
+                let groups = analyze(graph);
+                for _ in 0..PROBES {
+                    let mut one_shot = config.clone();
+                    one_shot.target = Some(Target::Latency(aim));
+                    one_shot.latency = Some(model.table.clone());
+                    let (plan, _) = pare_prune::plan_without_data(graph, &groups, &one_shot)
+                        .context("choosing the latency probe")?;
+                    let probe = model
+                        .calibrate(graph, &groups, &plan, &settings)
+                        .context("probing the latency model")?;
+                    aim = probe.aim(goal);
+                    if !quiet {
+                        eprintln!(
+                            "latency probe: the one-shot plan predicted at {:.0}% of T0 measured {:.0}%; aiming at a predicted {:.0}%",
+                            100.0 * probe.predicted,
+                            100.0 * probe.measured,
+                            100.0 * aim
+                        );
+                    }
+                    probes.push(probe);
+                }
             }
             config.target = Some(Target::Latency(aim));
-            calibration = Some(probe);
         }
         config.latency = Some(model.table.clone());
         Ok(Some(LatencySetup {
             model,
             goal,
-            calibration,
+            probes,
         }))
     }
 
@@ -186,7 +192,7 @@ impl LatencyArgs {
         Some(LatencyTarget {
             fraction,
             ms: self.target_latency_ms,
-            calibration: setup.calibration,
+            probes: setup.probes,
             aimed_fraction,
             predicted_fraction: model.table.predict_graph(compressed) / model.table.baseline_ms,
             measured_fraction,
