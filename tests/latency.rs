@@ -15,6 +15,11 @@ fn report(path: &Path) -> serde_json::Value {
 /// `compress` one-shot on LeNet-5 for one epoch with `flags`, writing to `dir`; returns the
 /// process output.
 fn run_lenet(dir: &Path, flags: &[&str]) -> std::process::Output {
+    run_lenet_with(dir, "oneshot", flags)
+}
+
+/// `compress --strategy strategy` on LeNet-5 for one epoch with `flags`, writing to `dir`.
+fn run_lenet_with(dir: &Path, strategy: &str, flags: &[&str]) -> std::process::Output {
     let (out, json, data) = (dir.join("small.onnx"), dir.join("r.json"), mnist());
     let base = [
         "models/lenet5_opset17.onnx",
@@ -23,7 +28,7 @@ fn run_lenet(dir: &Path, flags: &[&str]) -> std::process::Output {
         "-o",
         path_str(&out),
         "--strategy",
-        "oneshot",
+        strategy,
         "--epochs",
         "1",
         "--max-drop",
@@ -137,18 +142,7 @@ fn bad_latency_flags_are_refused_by_name() {
         assert_clean_error(&o, names);
     }
     // Relief takes no target: refused before the latency model is measured.
-    let (data, out) = (mnist(), dir.path().join("small.onnx"));
-    let o = compress(&[
-        "models/lenet5_opset17.onnx",
-        "--data",
-        path_str(&data),
-        "-o",
-        path_str(&out),
-        "--strategy",
-        "relief",
-        "--target-latency",
-        "0.5",
-    ]);
+    let o = run_lenet_with(dir.path(), "relief", &["--target-latency", "0.5"]);
     assert_clean_error(&o, &["--strategy relief", "--target-latency"]);
     // Two targets: a usage error from the argument parser.
     let o = run_lenet(

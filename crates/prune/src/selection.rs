@@ -2,8 +2,8 @@
 //! order that meets a cost target.
 //!
 //! Every prefix of a `DropOrder` is a valid plan: it respects each group's minimum width and the
-//! widths its `WidthRule` allows, and never empties a group. This module measures costs by applying plans to
-//! a copy of the graph, so it never changes the caller's graph.
+//! widths its `WidthRule` allows, and never empties a group. This module measures costs by
+//! applying plans to a copy of the graph, so it never changes the caller's graph.
 
 use crate::criteria::Scores;
 use crate::groups::{ChannelGroups, GroupId};
