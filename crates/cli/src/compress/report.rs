@@ -328,7 +328,7 @@ fn render_latency_target(t: &crate::latency_args::LatencyTarget) -> String {
         None => format!("{:.0}% of the original's latency", 100.0 * t.fraction),
     };
     format!(
-        "\nlatency target {asked}: aimed at a predicted {:.0}%, reached a predicted {:.0}%, measured {:.0}% of the original's latency: {}\n",
+        "\nlatency target {asked}: aimed at a predicted {:.0}%, reached a predicted {:.0}%, measured {:.1}% of the original's latency: {}\n",
         100.0 * t.aimed_fraction,
         100.0 * t.predicted_fraction,
         100.0 * t.measured_fraction,
