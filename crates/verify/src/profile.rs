@@ -90,6 +90,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn node(name: &str, ms: f64) -> NodeTime {
         NodeTime {
@@ -110,5 +111,25 @@ mod tests {
             layer_times(&nodes, &["/conv1/Conv", "/conv10/Conv", "/fc/Gemm"]),
             vec![Some(1.5), Some(4.0), None]
         );
+    }
+
+    #[test]
+    fn every_weight_layer_of_lenet_is_found_in_tract_s_plan() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/lenet5_opset17.onnx");
+        let model = TractModel::load(&path, &[1, 1, 28, 28]).unwrap();
+        let image = ndarray::Array4::from_elem((1, 1, 28, 28), 0.5f32);
+        let nodes = model
+            .node_times(image.view(), 1, 3, Clock::ThreadCpu)
+            .unwrap();
+        assert!(nodes.iter().all(|n| n.ms.is_finite() && n.ms >= 0.0));
+        let layers = [
+            "/conv1/Conv",
+            "/conv2/Conv",
+            "/fc1/Gemm",
+            "/fc2/Gemm",
+            "/fc3/Gemm",
+        ];
+        let times = layer_times(&nodes, &layers);
+        assert!(times.iter().all(Option::is_some), "{nodes:?}");
     }
 }
