@@ -16,6 +16,12 @@ use crate::plan::PruningPlan;
 use pare_ir::Graph;
 use std::collections::BTreeMap;
 
+/// A measured width is only taken for slower than a wider one when it is slower by more than
+/// this share of the model's time: ladder times of one group differ by 1–3% from noise alone on
+/// a loaded machine (ResNet-20), while a width that leaves SIMD lanes empty cost 7% (VGG-style,
+/// 112 of 128 channels).
+const SLOWER_MARGIN: f64 = 0.03;
+
 /// One measured width of a group: the whole model's batch-1 median with only that group narrowed.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WidthTime {
@@ -152,7 +158,7 @@ impl LatencyTable {
 
     /// The widths of group `key` (`full` channels wide) a width ladder snaps to: every multiple
     /// of the vector width and every measured width, less each measured width that was slower
-    /// than a wider one measured, plus `full`. A group no wider than one vector register, or one
+    /// than a wider one measured by more than `SLOWER_MARGIN` of the model's time, plus `full`. A group no wider than one vector register, or one
     /// not measured, may take any width.
     pub fn fast_widths(&self, key: &str, full: usize) -> Vec<usize> {
         let vector_width = self.vector_width.max(1);
@@ -160,9 +166,10 @@ impl LatencyTable {
         if full <= vector_width || measured.is_empty() {
             return (1..=full).collect();
         }
+        let margin = SLOWER_MARGIN * self.group(key).map_or(0.0, |g| g.baseline_ms);
         let slower_than_wider = |w: usize| {
             let t = measured.iter().find(|p| p.width == w).map(|p| p.ms);
-            t.is_some_and(|t| measured.iter().any(|p| p.width > w && p.ms < t))
+            t.is_some_and(|t| measured.iter().any(|p| p.width > w && p.ms + margin < t))
         };
         let mut widths: Vec<usize> = (1..=full / vector_width)
             .map(|k| k * vector_width)
@@ -292,8 +299,8 @@ mod tests {
 
     #[test]
     fn widths_snap_to_multiples_of_the_vector_width_and_fast_measured_ones() {
-        // 20 was measured slower than 32 and 4 slower than 16: neither is offered; the
-        // unmeasured multiples of 8 are.
+        // 20 was measured slower than 32 and 4 slower than 16, both by more than 3% of the
+        // model's 5 ms: neither is offered; the unmeasured multiples of 8 are.
         let m = LatencyTable {
             vector_width: 8,
             groups: vec![group(
@@ -308,6 +315,13 @@ mod tests {
         assert_eq!(m.fast_widths("g", 37), vec![8, 16, 24, 32, 37]);
         assert_eq!(m.fast_widths("other", 5), vec![1, 2, 3, 4, 5]);
         assert_eq!(m.fast_widths("g", 8), (1..=8).collect::<Vec<_>>());
+        // Slower than a wider width by less than 3% of the model's time: noise, still offered.
+        let noisy = LatencyTable {
+            vector_width: 8,
+            groups: vec![group("g", 5.0, &[(12, 4.9), (20, 5.1), (32, 5.0)])],
+            ..model()
+        };
+        assert_eq!(noisy.fast_widths("g", 32), vec![8, 12, 16, 20, 24, 32]);
     }
 
     #[test]
