@@ -104,6 +104,7 @@ impl LatencyArgs {
             min_keep: config.min_keep,
             ..LadderSettings::default()
         };
+        let groups = analyze(graph);
         let key = cache_key(&pare_onnx::encode(&pare_ir::export(graph)));
         let reused = match &self.latency_model {
             Some(path) => reuse(path, &key)?,
@@ -115,7 +116,7 @@ impl LatencyArgs {
                 if !quiet {
                     eprintln!("measuring the latency model in tract (batch 1, each channel group at a ladder of widths)...");
                 }
-                let model = LatencyModel::measure(graph, &analyze(graph), &settings)
+                let model = LatencyModel::measure(graph, &groups, &settings)
                     .context("measuring the latency model")?;
                 if !quiet {
                     eprintln!(
@@ -142,7 +143,6 @@ impl LatencyArgs {
             // times, so only there can the table's error on it correct the aim; other strategies
             // end at plans of their own, on which the probe's error was as often the opposite.
             if config.strategy == Strategy::Oneshot && !config.criterion.needs_data() {
-                let groups = analyze(graph);
                 for _ in 0..PROBES {
                     let mut one_shot = config.clone();
                     one_shot.target = Some(Target::Latency(aim));

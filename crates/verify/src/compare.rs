@@ -1,7 +1,9 @@
 //! Comparing two models on the same test split: the accuracy each scores, their latency side by
 //! side, and the regression gate on the accuracy lost.
 
-use crate::{accuracy, latency_pair, Accuracy, Latency, Source, TractModel, VerifyError};
+use crate::{
+    accuracy, latency_pair, Accuracy, Clock, Latency, NodeTime, Source, TractModel, VerifyError,
+};
 use ndarray::{Array2, ArrayView4};
 use pare_data::Dataset;
 use std::path::Path;
@@ -101,19 +103,36 @@ pub fn compare(
     })
 }
 
-/// Batch-1 latency of both models on the first image of `test`, their runs alternating so both
-/// see the same machine load: `warmup` untimed rounds, then `runs` timed ones.
+/// Both models' batch-1 timings on the first image of `test`: whole-model latency, their runs
+/// alternating so both see the same machine load, and each node of their plans on thread CPU
+/// time (`TractModel::node_times`).
+pub struct Timings {
+    pub before: Latency,
+    pub after: Latency,
+    pub nodes_before: Vec<NodeTime>,
+    pub nodes_after: Vec<NodeTime>,
+}
+
+/// Times both models at batch 1, each loaded once: `warmup` untimed rounds, then `runs` timed
+/// ones of the two alternating, then `runs` node-by-node runs of each.
 pub fn compare_latency(
     before: &Subject,
     after: &Subject,
     test: &Dataset,
     warmup: usize,
     runs: usize,
-) -> Result<(Latency, Latency), VerifyError> {
+) -> Result<Timings, VerifyError> {
     let a = before.single()?;
     let b = after.single()?;
     let image = test.head(1);
-    latency_pair(&a, &b, image.images.view(), warmup, runs)
+    let (lat_before, lat_after) = latency_pair(&a, &b, image.images.view(), warmup, runs)?;
+    let nodes = |m: &TractModel| m.node_times(image.images.view(), warmup, runs, Clock::ThreadCpu);
+    Ok(Timings {
+        before: lat_before,
+        after: lat_after,
+        nodes_before: nodes(&a)?,
+        nodes_after: nodes(&b)?,
+    })
 }
 
 /// The largest absolute difference between two equally shaped outputs.

@@ -21,7 +21,7 @@ mod profile;
 
 pub use accuracy::{accuracy, Accuracy};
 pub use clock::Clock;
-pub use compare::{compare, compare_latency, max_abs_diff, Comparison, Subject};
+pub use compare::{compare, compare_latency, max_abs_diff, Comparison, Subject, Timings};
 pub use error::VerifyError;
 pub use input::input_shape_for;
 pub use latency::{latency, latency_interleaved, latency_pair, Latency};

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use pare_data::{Dataset, Preprocess};
 use pare_ir::Graph;
 use pare_prune::{CompressConfig, LayerWidth, Outcome, Target};
-use pare_verify::{Clock, Source, Subject};
+use pare_verify::{NodeTime, Source, Subject};
 use std::path::Path;
 
 /// What a run hands over to be verified and reported.
@@ -49,26 +49,20 @@ pub(super) fn conclude(args: &Args, run: Finished) -> Result<()> {
         run.test_shape,
     )?;
     let comparison = pare_verify::compare(run.original, &compressed, run.data, run.test)?;
-    let (lat_before, lat_after) =
+    let timings =
         pare_verify::compare_latency(run.original, &compressed, run.test, 10, args.latency_runs)?;
+    let (lat_before, lat_after) = (timings.before, timings.after);
     let (layers_before, layers_after) = (
         pare_prune::layer_widths(run.before),
         pare_prune::layer_widths(run.graph),
     );
-    let layer_ms = |subject: &Subject, layers: &[LayerWidth]| -> Result<Vec<Option<f64>>> {
-        let image = run.test.head(1);
-        let nodes = subject.single()?.node_times(
-            image.images.view(),
-            3,
-            args.latency_runs,
-            Clock::ThreadCpu,
-        )?;
+    let layer_ms = |nodes: &[NodeTime], layers: &[LayerWidth]| {
         let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-        Ok(pare_verify::layer_times(&nodes, &names))
+        pare_verify::layer_times(nodes, &names)
     };
     let (ms_before, ms_after) = (
-        layer_ms(run.original, &layers_before)?,
-        layer_ms(&compressed, &layers_after)?,
+        layer_ms(&timings.nodes_before, &layers_before),
+        layer_ms(&timings.nodes_after, &layers_after),
     );
     let max_drop = args.max_drop.or(run.supervision.default_max_drop());
     let write = max_drop.is_none_or(|m| comparison.within(m)) || args.force;
