@@ -147,6 +147,32 @@ fn hierarchical_clamps_a_target_beyond_the_caps_and_says_so() {
     assert_eq!(r["compressed"]["macs"], r["analysis"]["at_caps"]["macs"]);
 }
 
+/// Validation loss right after the prune, before any fine-tuning.
+fn loss_after_prune(r: &serde_json::Value) -> f64 {
+    let history = r["history"].as_array().unwrap();
+    let prune = history.iter().find(|e| e["kind"] == "prune").unwrap();
+    prune["validation_loss"].as_f64().unwrap()
+}
+
+#[test]
+fn hierarchical_refits_the_layers_that_read_removed_channels() {
+    let target = ["--strategy", "hierarchical", "--target-macs", "0.6"];
+    let (o, refit) = compress_lenet5(&target);
+    assert!(stdout(&o).contains("refit: "), "{}", stdout(&o));
+    let layers = refit["refit"]["layers"].as_u64().unwrap();
+    let explained = refit["refit"]["explained"].as_f64().unwrap();
+    assert!(layers >= 2, "{}", refit["refit"]);
+    assert!((0.0..=1.0).contains(&explained), "{}", refit["refit"]);
+    let (_, plain) = compress_lenet5(&[&target[..], &["--no-refit"]].concat());
+    assert!(plain.get("refit").is_none());
+    // The same channels go either way; folding them into the kept ones loses less.
+    for figure in ["macs", "params"] {
+        assert_eq!(refit["compressed"][figure], plain["compressed"][figure]);
+    }
+    let (with, without) = (loss_after_prune(&refit), loss_after_prune(&plain));
+    assert!(with < without, "refit {with} against {without}");
+}
+
 #[test]
 fn oneshot_with_analysis_caps_keeps_every_group_at_or_above_its_rank() {
     let (_, r) = compress_lenet5(&[

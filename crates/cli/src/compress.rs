@@ -188,6 +188,10 @@ pub struct Args {
     /// does).
     #[arg(long, value_enum, default_value_t = CapsKind::None)]
     caps: CapsKind,
+    /// Hierarchical: do not refit the layers that read removed channels by least squares
+    /// before fine-tuning.
+    #[arg(long)]
+    no_refit: bool,
     /// Training batches the effective-filter analysis sums over (hierarchical, --caps analysis).
     #[arg(long, default_value_t = 32)]
     analysis_batches: usize,
@@ -329,6 +333,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
         analysis: args.energy.settings(args.analysis_batches),
+        refit: !args.no_refit,
         caps: match args.caps {
             CapsKind::None => Caps::None,
             CapsKind::Analysis => Caps::Analysis,

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
+mod bias;
 pub mod criteria;
 pub mod datafree;
 mod error;

@@ -135,6 +135,7 @@ pub(super) fn conclude(args: &Args, run: Finished) -> Result<()> {
         target_clamped: outcome.target_clamped,
         latency_target,
         analysis: outcome.analysis,
+        refit: outcome.refit,
         front: picks,
         layers: layer_report(&layers_before, &layers_after, &ms_before, &ms_after),
         sparsity: pare_prune::layer_sparsity(run.graph),

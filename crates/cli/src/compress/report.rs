@@ -42,6 +42,9 @@ pub(super) struct Report {
     pub(super) latency_target: Option<crate::latency_args::LatencyTarget>,
     /// Per group r_g and its cap, R_max, ε: when the run analysed the model.
     pub(super) analysis: Option<RedundancyReport>,
+    /// Hierarchical: the least-squares refit of the layers that read removed channels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) refit: Option<pare_prune::analysis::Refit>,
     /// `--strategy es`: the three models of the front, as tract measured them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) front: Option<Vec<front::VerifiedPick>>,
@@ -249,6 +252,13 @@ pub(super) fn render(r: &Report) -> String {
                 100.0 * a.r_max_params
             ));
         }
+    }
+    if let Some(refit) = &r.refit {
+        out.push_str(&format!(
+            "refit: {} layer(s) now read the removed channels through the kept ones, which explain {:.1}% of their signal\n",
+            refit.layers,
+            100.0 * refit.explained
+        ));
     }
     if let Some(picks) = &r.front {
         out.push_str("\nfront (fine-tuned for the whole budget; test accuracy by tract)\n\n");

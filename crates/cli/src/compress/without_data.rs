@@ -64,6 +64,7 @@ pub(super) fn run(
         plans: Vec::new(),
         analysis: None,
         target_clamped: false,
+        refit: None,
         front: None,
     };
     conclude(

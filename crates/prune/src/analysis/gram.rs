@@ -31,7 +31,7 @@ pub(crate) fn consumer_weights<'s>(
 /// The feature range of each channel of `group` along `slice`'s axis, one list per time the slice
 /// lays the group out (a Concat of an activation with itself reads each channel twice: each
 /// occurrence is more rows of B). None for a layout whose ranges do not line up into columns.
-fn channel_columns(
+pub(crate) fn channel_columns(
     groups: &ChannelGroups,
     slice: &Slice,
     group: &Group,
@@ -44,7 +44,7 @@ fn channel_columns(
 
 /// B for one slice: column c holds the entries of `tensor` along `axis` at channel c's range, in
 /// logical order (every range has the same length, so the columns line up).
-fn columns(tensor: &ArrayD<f32>, axis: usize, ranges: &[Range<usize>]) -> DMatrix<f64> {
+pub(crate) fn columns(tensor: &ArrayD<f32>, axis: usize, ranges: &[Range<usize>]) -> DMatrix<f64> {
     let parts: Vec<Vec<f64>> = ranges
         .iter()
         .map(|r| {

@@ -8,6 +8,9 @@
 
 mod gram;
 mod linalg;
+mod refit;
+
+pub use refit::{refit_consumers, Refit};
 
 use crate::criteria::calibration_passes;
 use crate::groups::{ChannelGroups, Group, GroupId, SliceKind};

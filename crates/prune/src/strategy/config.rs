@@ -98,6 +98,9 @@ pub struct CompressConfig {
     /// Whether `rls` and `oneshot` keep every group at or above its effective rank
     /// (`hierarchical` always does).
     pub caps: Caps,
+    /// Whether `hierarchical` refits the layers that read removed channels by least squares
+    /// before fine-tuning (docs/methods/hierarchical.md, "Refit").
+    pub refit: bool,
     /// The settings of `--strategy es`.
     pub es: EsConfig,
     /// The `relief` strategy's settings.
@@ -136,6 +139,7 @@ impl Default for CompressConfig {
             calibration_batches: 8,
             analysis: AnalysisSettings::default(),
             caps: Caps::None,
+            refit: true,
             es: EsConfig::default(),
             relief: ReliefSettings::default(),
         }

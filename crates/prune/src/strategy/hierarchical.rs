@@ -1,7 +1,7 @@
 //! Hierarchical pruning under effective-filter caps (docs/methods/hierarchical.md): analyse the
 //! network, decide how many channels each group loses (one λ for all, bisected to meet the
 //! target, no group past its cap), then which (the end of each group's pivoted-Cholesky order),
-//! prune once and fine-tune for the whole budget.
+//! refit the layers that read the removed channels, prune once and fine-tune for the whole budget.
 
 use super::config::CompressConfig;
 use super::report::Event;
@@ -30,7 +30,7 @@ impl PruningStrategy for Hierarchical {
     }
 
     fn run(&self, graph: &mut Graph, run: &mut Run) -> Result<(), PruneError> {
-        let groups = analyze(graph);
+        let mut groups = analyze(graph);
         let filters = run.effective_filters(graph, &groups)?;
         let before = run.validate_and_record(graph, Event::Start)?;
         let (plan, clamped) = layer_budgets(
@@ -42,6 +42,9 @@ impl PruningStrategy for Hierarchical {
         )?;
         if clamped {
             run.clamp_target();
+        }
+        if run.config.refit {
+            run.refit(graph, &mut groups, &plan)?;
         }
         run.prune(graph, &groups, plan, None)?;
         run.finetune(graph, before)

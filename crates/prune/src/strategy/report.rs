@@ -2,7 +2,7 @@
 //! its outcome. The history and outcome are the `--report` JSON.
 
 use super::front::Front;
-use crate::analysis::RedundancyReport;
+use crate::analysis::{RedundancyReport, Refit};
 use crate::evolution::SearchProgress;
 use crate::plan::PruningPlan;
 use crate::selection::Cost;
@@ -58,6 +58,8 @@ pub struct Outcome {
     pub analysis: Option<RedundancyReport>,
     /// The target asked for more than the caps allow, so the run pruned to the caps instead.
     pub target_clamped: bool,
+    /// What the least-squares refit after the prune did, when the run made one.
+    pub refit: Option<Refit>,
     /// `--strategy es`: every individual of the search and the models picked from its front.
     pub front: Option<Front>,
 }

@@ -7,7 +7,7 @@
 use super::config::{CompressConfig, EventSize, RecoveryReference};
 use super::front::Front;
 use super::report::{Event, HistoryEntry, Outcome, Progress};
-use crate::analysis::{self, EffectiveFilters, RedundancyReport};
+use crate::analysis::{self, EffectiveFilters, RedundancyReport, Refit};
 use crate::criteria::{self, Criterion, Evidence};
 use crate::groups::{ChannelGroups, GroupId, SliceKind};
 use crate::plan::PruningPlan;
@@ -96,6 +96,7 @@ pub(crate) struct Run<'a> {
     /// Per group (by `ChannelGroups::key`), the width the analysis caps it at: r_g.
     caps: BTreeMap<ValueId, usize>,
     target_clamped: bool,
+    refit: Option<Refit>,
     /// The models of the accuracy–cost front, when a search found one.
     front: Option<Front>,
     on_progress: &'a mut dyn FnMut(&Progress),
@@ -129,6 +130,7 @@ impl<'a> Run<'a> {
             filters: None,
             caps: BTreeMap::new(),
             target_clamped: false,
+            refit: None,
             front: None,
             on_progress,
         })
@@ -144,6 +146,7 @@ impl<'a> Run<'a> {
             plans: self.plans,
             analysis: self.filters.map(|(_, report)| report),
             target_clamped: self.target_clamped,
+            refit: self.refit,
             front: self.front,
         }
     }
@@ -316,6 +319,21 @@ impl<'a> Run<'a> {
         let report = filters.report(graph, groups)?;
         self.filters = Some((filters.clone(), report));
         Ok(filters)
+    }
+
+    /// Refits the layers that read the channels `plan` is about to remove, by least squares on
+    /// the analysis's number of calibration batches (`analysis::refit_consumers`); call it right
+    /// before `prune` with the same plan.
+    pub fn refit(
+        &mut self,
+        graph: &mut Graph,
+        groups: &mut ChannelGroups,
+        plan: &PruningPlan,
+    ) -> Result<(), PruneError> {
+        let batches = self.config.analysis.batches;
+        let refit = analysis::refit_consumers(graph, groups, plan, &mut self.calibration, batches)?;
+        self.refit = Some(refit);
+        Ok(())
     }
 
     /// Records that the target asked for more than the caps allow.
