@@ -10,7 +10,7 @@ use crate::bias::BiasTarget;
 use crate::groups::{ChannelGroups, GroupId, SliceKind};
 use crate::{PruneError, PruningPlan};
 use nalgebra::DMatrix;
-use ndarray::Axis;
+use ndarray::{ArrayViewMutD, Axis};
 use pare_ir::{Graph, Op, Tensor, ValueId, ValueSource};
 use pare_train::{BatchStream, Mode};
 use std::collections::{BTreeMap, HashMap};
@@ -78,15 +78,7 @@ pub fn refit_consumers(
             if a.shape()[1] != m.features {
                 continue;
             }
-            let b = columns(a, 1, &m.ranges);
-            let n = b.ncols();
-            m.gram.view_mut((0, 0), (n, n)).gemm_tr(1.0, &b, &b, 1.0);
-            for (c, column) in b.column_iter().enumerate() {
-                let sum = column.sum();
-                m.gram[(c, n)] += sum;
-                m.gram[(n, c)] += sum;
-            }
-            m.gram[(n, n)] += b.nrows() as f64;
+            add_rows(&mut m.gram, &columns(a, 1, &m.ranges));
         }
     }
     let readers = graph.consumers();
@@ -95,7 +87,9 @@ pub fn refit_consumers(
         let slice = groups.slices[r.slice].clone();
         let target = BiasTarget::of(graph, &readers, &slice);
         let m = &moments[r.stats];
-        let Some(fit) = Fit::solve(&m.gram, plan, r.group, target.is_ok()) else {
+        let n = m.gram.nrows() - 1;
+        let (kept, removed) = (plan.kept(r.group, n), &plan.drop[&r.group]);
+        let Some(fit) = Fit::solve(&m.gram, &kept, removed, target.is_ok()) else {
             *out.skipped
                 .entry("the calibration batches gave its kept channels no signal".into())
                 .or_default() += 1;
@@ -111,16 +105,7 @@ pub fn refit_consumers(
         }
         if let ValueSource::Initializer(Tensor::F32(w)) = &mut graph.value_mut(slice.tensor).source
         {
-            for (i, &p) in fit.removed.iter().enumerate() {
-                for (t, from) in r.ranges[p].clone().enumerate() {
-                    let source = w.index_axis(Axis(slice.axis), from).to_owned();
-                    for (j, &k) in fit.kept.iter().enumerate() {
-                        let a = fit.coefficients[(i, j)] as f32;
-                        w.index_axis_mut(Axis(slice.axis), r.ranges[k].start + t)
-                            .scaled_add(a, &source);
-                    }
-                }
-            }
+            fit.fold(w.view_mut(), slice.axis, &r.ranges);
         }
         if let Ok(target) = target {
             target.add(graph, groups, &slice, &delta);
@@ -215,7 +200,21 @@ fn readings(
     (readings, moments)
 }
 
-/// The regression of a group's removed channels on its kept ones (and a constant).
+/// Adds the rows of `b` (one column per channel), each augmented with a constant 1, to the
+/// Gram matrix `gram` (the constant's row and column last).
+fn add_rows(gram: &mut DMatrix<f64>, b: &DMatrix<f64>) {
+    let n = b.ncols();
+    gram.view_mut((0, 0), (n, n)).gemm_tr(1.0, b, b, 1.0);
+    for (c, column) in b.column_iter().enumerate() {
+        let sum = column.sum();
+        gram[(c, n)] += sum;
+        gram[(n, c)] += sum;
+    }
+    gram[(n, n)] += b.nrows() as f64;
+}
+
+/// The regression of removed channels on kept ones (and a constant): the projection of each
+/// removed channel onto the span of the kept ones.
 struct Fit {
     removed: Vec<usize>,
     /// Kept channels with any signal; the others take no coefficient.
@@ -230,19 +229,19 @@ struct Fit {
 }
 
 impl Fit {
-    /// Solves the normal equations on the augmented Gram matrix `gram` (the constant last); None
-    /// when no kept channel or constant has any signal.
+    /// Solves the normal equations on the augmented Gram matrix `gram` (from `add_rows`) for
+    /// `removed` on `kept`, with the constant when `constant`; None when no regressor has any
+    /// signal.
     fn solve(
         gram: &DMatrix<f64>,
-        plan: &PruningPlan,
-        group: GroupId,
+        kept: &[usize],
+        removed: &[usize],
         constant: bool,
     ) -> Option<Fit> {
         let n = gram.nrows() - 1;
-        let removed = plan.drop.get(&group)?.clone();
-        let kept: Vec<usize> = plan
-            .kept(group, n)
-            .into_iter()
+        let kept: Vec<usize> = kept
+            .iter()
+            .copied()
             .filter(|&k| gram[(k, k)] > 0.0)
             .collect();
         // The regressors: the kept channels, then the constant (index n) when the layer has a bias.
@@ -274,13 +273,28 @@ impl Fit {
             vec![0.0; removed.len()]
         };
         Some(Fit {
-            removed,
+            removed: removed.to_vec(),
             kept,
             coefficients,
             constant,
             signal,
             residual: (signal - explained).max(0.0),
         })
+    }
+
+    /// Folds the fit into weight `w`, whose `axis` reads channel c at elements `ranges[c]`:
+    /// W_k += Σ_p a_pk·W_p, element by element of the channels' ranges.
+    fn fold(&self, mut w: ArrayViewMutD<f32>, axis: usize, ranges: &[Range<usize>]) {
+        for (i, &p) in self.removed.iter().enumerate() {
+            for (t, from) in ranges[p].clone().enumerate() {
+                let source = w.index_axis(Axis(axis), from).to_owned();
+                for (j, &k) in self.kept.iter().enumerate() {
+                    let a = self.coefficients[(i, j)] as f32;
+                    w.index_axis_mut(Axis(axis), ranges[k].start + t)
+                        .scaled_add(a, &source);
+                }
+            }
+        }
     }
 }
 
