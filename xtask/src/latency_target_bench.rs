@@ -3,10 +3,12 @@
 //! run, the same without snapping widths (`--round-to 1`), then MACs targets from 0.5 down until
 //! one is at least as fast as the latency run. Every figure is from the runs' reports: tract's
 //! test accuracy, and latency measured against the original in the same sitting (interleaved),
-//! so the ratios hold on a noisy machine better than the milliseconds do.
+//! so the ratios hold on a noisy machine better than the milliseconds do. `--without-data FILE`
+//! runs the same ladder on a model pruned without data.
 
 use crate::prune_bench::{compress_binary, compress_to};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 
 /// (label, model, data flags)
 const MODELS: [(&str, &str, &[&str]); 3] = [
@@ -51,6 +53,11 @@ pub struct Settings {
     /// Use a debug build of compress: checks that the benchmark runs, figures mean nothing.
     #[arg(long)]
     debug: bool,
+    /// Also compare on this model pruned without data (no training, so no strategy or epochs),
+    /// e.g. MobileNetV2 at 224×224 from scripts/export_mobilenet_v2.py. Its accuracy column is
+    /// empty: without data only agreement on synthetic inputs is measured.
+    #[arg(long)]
+    without_data: Option<PathBuf>,
 }
 
 /// One run's figures, from its report.
@@ -80,13 +87,20 @@ impl Row {
     }
 
     fn print(&self, label: &str, run: &str) {
+        // Without data there is no test accuracy.
+        let accuracy = if self.accuracy.is_nan() {
+            "–".to_string()
+        } else {
+            format!(
+                "{:.1}% (orig {:.1}%)",
+                self.accuracy, self.original_accuracy
+            )
+        };
         println!(
-            "| {label} | {run} | {:.1}% | {:.2} | {:.2} | {:.1}% (orig {:.1}%) | {:.0} |",
+            "| {label} | {run} | {:.1}% | {:.2} | {:.2} | {accuracy} | {:.0} |",
             100.0 * self.macs,
             self.latency,
             self.macs / self.latency,
-            self.accuracy,
-            self.original_accuracy,
             self.wall
         );
     }
@@ -104,6 +118,7 @@ pub fn compare(settings: &Settings) -> Result<()> {
         "| model | run | MACs kept | latency (measured) | efficiency | test accuracy | wall s |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let out = work.path().join("small.onnx");
     for (label, model, data) in MODELS {
         if settings
             .model
@@ -112,24 +127,39 @@ pub fn compare(settings: &Settings) -> Result<()> {
         {
             continue;
         }
-        let out = work.path().join("small.onnx");
-        let run = |flags: &[&str]| -> Result<Row> {
-            let mut args = vec![model, "--epochs", &epochs, "--strategy", &settings.strategy];
-            args.extend_from_slice(data);
-            args.extend_from_slice(flags);
-            let (r, wall) = compress_to(&binary, &args, &out)?;
-            Ok(Row::of(&r, wall))
-        };
-        let latency = run(&["--target-latency", &target])?;
-        latency.print(label, &format!("--target-latency {target}"));
-        let unsnapped = run(&["--target-latency", &target, "--round-to", "1"])?;
-        unsnapped.print(label, &format!("--target-latency {target} --round-to 1"));
-        for macs in MACS_TARGETS {
-            let row = run(&["--target-macs", macs])?;
-            row.print(label, &format!("--target-macs {macs}"));
-            if row.latency <= latency.latency {
-                break;
-            }
+        let mut base = vec![model, "--epochs", &epochs, "--strategy", &settings.strategy];
+        base.extend_from_slice(data);
+        ladder(&binary, label, &base, &target, &out)?;
+    }
+    if let Some(file) = &settings.without_data {
+        let model = file.to_str().context("a UTF-8 model path")?;
+        ladder(
+            &binary,
+            &format!("{} without data", file.display()),
+            &[model],
+            &target,
+            &out,
+        )?;
+    }
+    Ok(())
+}
+
+/// The latency run, the same unsnapped, and MACs targets down to the first as fast, of
+/// `compress` with `base` arguments; one table row each.
+fn ladder(binary: &Path, label: &str, base: &[&str], target: &str, out: &Path) -> Result<()> {
+    let run = |flags: &[&str]| -> Result<Row> {
+        let (r, wall) = compress_to(binary, &[base, flags].concat(), out)?;
+        Ok(Row::of(&r, wall))
+    };
+    let latency = run(&["--target-latency", target])?;
+    latency.print(label, &format!("--target-latency {target}"));
+    let unsnapped = run(&["--target-latency", target, "--round-to", "1"])?;
+    unsnapped.print(label, &format!("--target-latency {target} --round-to 1"));
+    for macs in MACS_TARGETS {
+        let row = run(&["--target-macs", macs])?;
+        row.print(label, &format!("--target-macs {macs}"));
+        if row.latency <= latency.latency {
+            break;
         }
     }
     Ok(())
