@@ -38,6 +38,9 @@ pub struct Settings {
     /// retraining costs them a point or two that test accuracy does not lose.
     #[arg(long, default_value_t = 3.0)]
     tolerance: f64,
+    /// The seed of every run (pruning set, shuffling).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Use a debug build of compress: checks that the benchmark runs, figures mean nothing.
     #[arg(long)]
     debug: bool,
@@ -90,6 +93,8 @@ pub fn relief(settings: &Settings) -> Result<()> {
             &settings.alpha_fc.to_string(),
             "--tolerance",
             &settings.tolerance.to_string(),
+            "--seed",
+            &settings.seed.to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -125,6 +130,8 @@ pub fn relief(settings: &Settings) -> Result<()> {
                 epochs.clone(),
                 "--target-macs".into(),
                 target.clone(),
+                "--seed".into(),
+                settings.seed.to_string(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             let (r, wall) = compress(&binary, file, &args)?;
