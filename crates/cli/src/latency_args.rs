@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use pare_ir::Graph;
 use pare_latency::{cache_key, vector_width, Calibration, LadderSettings, LatencyModel};
-use pare_prune::{analyze, CompressConfig, Objective, Strategy, Target};
+use pare_prune::{analyze, CompressConfig, Criterion, Objective, Strategy, Target};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -140,15 +140,27 @@ impl LatencyArgs {
         if let Some(goal) = goal {
             let mut aim = goal;
             // A one-shot prune by a weights-only criterion makes exactly the plan the probe
-            // times, so only there can the table's error on it correct the aim; other strategies
-            // end at plans of their own, on which the probe's error was as often the opposite.
-            if config.strategy == Strategy::Oneshot && !config.criterion.needs_data() {
+            // times, so there the table's error on it corrects the aim. RLS makes its own plan
+            // in training, on which the probe's error was as often the opposite; instead it is
+            // held at or above the probed one-shot widths (group L2 for its RLS criterion),
+            // which it can reach only near that plan. Other strategies aim at the goal itself.
+            let one_shot_criterion = match config.strategy {
+                Strategy::Oneshot if !config.criterion.needs_data() => Some(config.criterion),
+                Strategy::Rls => Some(Criterion::L2),
+                _ => None,
+            };
+            // The one-shot plan for `aim`, and whether it meets it.
+            let one_shot = |aim: f64| -> Result<(pare_prune::PruningPlan, bool)> {
+                let mut one_shot = config.clone();
+                one_shot.criterion = one_shot_criterion.unwrap_or(config.criterion);
+                one_shot.target = Some(Target::Latency(aim));
+                one_shot.latency = Some(model.table.clone());
+                pare_prune::plan_without_data(graph, &groups, &one_shot)
+                    .context("choosing the latency probe")
+            };
+            if one_shot_criterion.is_some() {
                 for _ in 0..PROBES {
-                    let mut one_shot = config.clone();
-                    one_shot.target = Some(Target::Latency(aim));
-                    one_shot.latency = Some(model.table.clone());
-                    let (plan, _) = pare_prune::plan_without_data(graph, &groups, &one_shot)
-                        .context("choosing the latency probe")?;
+                    let (plan, _) = one_shot(aim)?;
                     let probe = model
                         .calibrate(graph, &groups, &plan, &settings)
                         .context("probing the latency model")?;
@@ -162,6 +174,14 @@ impl LatencyArgs {
                         );
                     }
                     probes.push(probe);
+                }
+            }
+            if config.strategy == Strategy::Rls {
+                // A plan that cannot meet the aim sits at every group's floor: following it
+                // would prune everything to the floors, so RLS then aims by itself.
+                let (plan, meets) = one_shot(aim)?;
+                if meets {
+                    config.width_floors = pare_prune::widths_after(graph, &groups, &plan);
                 }
             }
             config.target = Some(Target::Latency(aim));

@@ -7,6 +7,7 @@ use crate::relief::ReliefSettings;
 use crate::selection::{Meter, Ranking, Target};
 use crate::PruneError;
 use pare_train::{Loss, OptimizerConfig, RlsConfig};
+use std::collections::BTreeMap;
 
 /// Which strategy a run uses (`compress --strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -73,6 +74,9 @@ pub struct CompressConfig {
     /// Under a latency target, widths snap to the table's fast widths instead of multiples of
     /// `round_to`.
     pub snap_widths: bool,
+    /// Per group (by `group_key`), a width it may not go below: under a latency target, RLS's
+    /// floors are the widths of the one-shot plan probed in tract (docs/methods/latency.md).
+    pub width_floors: BTreeMap<String, usize>,
     /// RLS training before the first prune, in epochs.
     pub warmup_epochs: f64,
     /// How often recovery is checked, in epochs.
@@ -128,6 +132,7 @@ impl Default for CompressConfig {
             round_to: 1,
             latency: None,
             snap_widths: true,
+            width_floors: BTreeMap::new(),
             warmup_epochs: 0.5,
             check_every_epochs: 0.25,
             accuracy_tolerance: 0.5,

@@ -95,6 +95,8 @@ pub(crate) struct Run<'a> {
     filters: Option<(EffectiveFilters, RedundancyReport)>,
     /// Per group (by `ChannelGroups::key`), the width the analysis caps it at: r_g.
     caps: BTreeMap<ValueId, usize>,
+    /// Per group (by `ChannelGroups::key`), `config.width_floors`.
+    width_floors: BTreeMap<ValueId, usize>,
     target_clamped: bool,
     refit: Option<Refit>,
     /// The models of the accuracy–cost front, when a search found one.
@@ -129,6 +131,14 @@ impl<'a> Run<'a> {
             last_group: None,
             filters: None,
             caps: BTreeMap::new(),
+            width_floors: groups
+                .groups
+                .iter()
+                .filter_map(|g| {
+                    let key = groups.key(g.id)?;
+                    Some((key, *config.width_floors.get(&graph.value(key).name)?))
+                })
+                .collect(),
             target_clamped: false,
             refit: None,
             front: None,
@@ -287,8 +297,10 @@ impl<'a> Run<'a> {
         let original = key
             .and_then(|k| self.original_widths.get(&k).copied())
             .unwrap_or(group.channels);
-        let cap = key.and_then(|k| self.caps.get(&k).copied()).unwrap_or(1);
-        self.config.kept_floor(original).max(cap)
+        let bound = |m: &BTreeMap<ValueId, usize>| key.and_then(|k| m.get(&k).copied());
+        let cap = bound(&self.caps).unwrap_or(1);
+        let floor = bound(&self.width_floors).unwrap_or(1);
+        self.config.kept_floor(original).max(cap).max(floor)
     }
 
     /// The effective-filter analysis of `graph` (whose groups are `groups`) on calibration
