@@ -86,12 +86,12 @@ mod tests {
             };
             let mut g = graph();
             compress(&mut g, &train, &val, &config, &mut |_| {}).unwrap();
-            let convs: Vec<usize> = layer_widths(&g)
-                .iter()
-                .filter(|l| l.op == "Conv")
+            // Conv a, Conv b, then the Gemm.
+            let outputs: Vec<usize> = layer_widths(&g)
+                .into_iter()
                 .filter_map(|l| l.outputs)
                 .collect();
-            (convs[0], convs[1])
+            (outputs[0], outputs[1])
         };
         let (a, b) = run(&[]);
         assert!(
