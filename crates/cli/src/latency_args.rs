@@ -149,16 +149,16 @@ impl LatencyArgs {
                 Strategy::Rls => Some(Criterion::L2),
                 _ => None,
             };
-            // The one-shot plan for `aim`, and whether it meets it.
-            let one_shot = |aim: f64| -> Result<(pare_prune::PruningPlan, bool)> {
-                let mut one_shot = config.clone();
-                one_shot.criterion = one_shot_criterion.unwrap_or(config.criterion);
-                one_shot.target = Some(Target::Latency(aim));
-                one_shot.latency = Some(model.table.clone());
-                pare_prune::plan_without_data(graph, &groups, &one_shot)
-                    .context("choosing the latency probe")
-            };
-            if one_shot_criterion.is_some() {
+            if let Some(criterion) = one_shot_criterion {
+                // The one-shot plan for `aim`, and whether it meets it.
+                let one_shot = |aim: f64| -> Result<(pare_prune::PruningPlan, bool)> {
+                    let mut one_shot = config.clone();
+                    one_shot.criterion = criterion;
+                    one_shot.target = Some(Target::Latency(aim));
+                    one_shot.latency = Some(model.table.clone());
+                    pare_prune::plan_without_data(graph, &groups, &one_shot)
+                        .context("choosing the latency probe")
+                };
                 for _ in 0..PROBES {
                     let (plan, _) = one_shot(aim)?;
                     let probe = model
@@ -175,13 +175,13 @@ impl LatencyArgs {
                     }
                     probes.push(probe);
                 }
-            }
-            if config.strategy == Strategy::Rls {
-                // A plan that cannot meet the aim sits at every group's floor: following it
-                // would prune everything to the floors, so RLS then aims by itself.
-                let (plan, meets) = one_shot(aim)?;
-                if meets {
-                    config.width_floors = pare_prune::widths_after(graph, &groups, &plan);
+                if config.strategy == Strategy::Rls {
+                    // A plan that cannot meet the aim sits at every group's floor: following it
+                    // would prune everything to the floors, so RLS then aims by itself.
+                    let (plan, meets) = one_shot(aim)?;
+                    if meets {
+                        config.width_floors = pare_prune::widths_after(graph, &groups, &plan);
+                    }
                 }
             }
             config.target = Some(Target::Latency(aim));

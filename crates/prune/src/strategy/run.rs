@@ -135,8 +135,10 @@ impl<'a> Run<'a> {
                 .groups
                 .iter()
                 .filter_map(|g| {
-                    let key = groups.key(g.id)?;
-                    Some((key, *config.width_floors.get(&graph.value(key).name)?))
+                    let floor = config
+                        .width_floors
+                        .get(&crate::group_key(graph, groups, g.id)?)?;
+                    Some((groups.key(g.id)?, *floor))
                 })
                 .collect(),
             target_clamped: false,
