@@ -7,7 +7,7 @@ use super::config::CompressConfig;
 use super::report::Event;
 use super::run::{PruningStrategy, Run};
 use crate::analysis::EffectiveFilters;
-use crate::groups::{analyze, ChannelGroups};
+use crate::groups::{analyze, ChannelGroups, GroupId};
 use crate::latency::LatencyTable;
 use crate::plan::PruningPlan;
 use crate::selection::{Meter, Target};
@@ -53,8 +53,11 @@ impl PruningStrategy for Hierarchical {
 
 /// The plan of the smallest λ whose ⌊λ·(n_g − r_g)⌋ channels per group meet `target` on a pruned
 /// copy of `graph`, and false; or the plan at the caps (λ = 1) and true when even that misses the
-/// target. Without a target, the caps. A latency target is predicted from `latency`. Costs only fall as λ grows (each group drops a longer end
-/// of one fixed order), so bisection over the λs where some count changes finds the smallest.
+/// target. Without a target, the caps. A latency target is predicted from `latency`. Costs only
+/// fall as λ grows (each group drops a longer end of one fixed order), so bisection over the λs
+/// where some count changes finds the smallest. Groups with equal n_g − r_g change count at the
+/// same λ, so that step can cut far past the target: it is taken one group at a time
+/// (`within_the_step`).
 fn layer_budgets(
     graph: &Graph,
     groups: &ChannelGroups,
@@ -89,14 +92,65 @@ fn layer_budgets(
             lo = mid + 1;
         }
     }
-    Ok((filters.plan(lambdas[lo]), false))
+    let below = if lo == 0 { 0.0 } else { lambdas[lo - 1] };
+    let fraction = |plan: &PruningPlan| -> Result<f64, PruneError> {
+        let mut copy = graph.clone();
+        plan.apply(&mut copy, groups)?;
+        Ok(meter.fraction(target, &copy))
+    };
+    let plan = within_the_step(
+        filters.plan(below),
+        &filters.plan(lambdas[lo]),
+        target.goal(),
+        fraction,
+    )?;
+    Ok((plan, false))
+}
+
+/// From `below`, which misses the goal, towards `above`, which meets it and drops more channels
+/// in some groups: adds those groups' extra channels one group at a time, until the cost
+/// (`fraction` of the original) is at most `goal`. Best fit first: if one group's channels reach
+/// the goal, those of the group that leaves the most cost; otherwise the group that saves most,
+/// and again. Every group stays within its count in `above`, so no cap is passed.
+fn within_the_step(
+    mut below: PruningPlan,
+    above: &PruningPlan,
+    goal: f64,
+    fraction: impl Fn(&PruningPlan) -> Result<f64, PruneError>,
+) -> Result<PruningPlan, PruneError> {
+    let mut steps: Vec<(&GroupId, &Vec<usize>)> = above
+        .drop
+        .iter()
+        .filter(|(g, d)| below.drop.get(g).map_or(0, Vec::len) < d.len())
+        .collect();
+    while !steps.is_empty() {
+        let mut tried = Vec::with_capacity(steps.len());
+        for (i, &(&g, channels)) in steps.iter().enumerate() {
+            let mut plan = below.clone();
+            plan.drop_channels(g, channels.iter().copied());
+            tried.push((i, fraction(&plan)?, plan));
+        }
+        let fits = tried
+            .iter()
+            .filter(|(_, f, _)| *f <= goal + 1e-12)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((_, _, plan)) = fits {
+            return Ok(plan.clone());
+        }
+        let (i, _, plan) = tried
+            .into_iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("steps is not empty");
+        below = plan;
+        steps.remove(i);
+    }
+    Ok(below)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::analysis::{AnalysisSettings, GroupAnalysis};
-    use crate::groups::GroupId;
     use pare_onnx::{attr, DimSpec, GraphBuilder};
 
     /// x[N,1,4,4] → Conv a (8) → Relu → Conv b (8) → Relu → Conv c (2) → GAP → Flatten → y.
@@ -182,6 +236,24 @@ mod tests {
         // λ = 1/3 drops 2 of a's 6 and none of b's 2: (6 + 48 + 16)·16 = 1120 ≤ 0.8 · 1408;
         // λ = 1/6 would leave (7 + 56 + 16)·16 = 1264.
         assert_eq!(dropped(&plan), vec![2]);
+    }
+
+    #[test]
+    fn groups_that_step_at_the_same_lambda_are_taken_one_at_a_time() {
+        let g = graph();
+        let groups = analyze(&g);
+        let f = filters(&groups);
+        // At λ = 1/3 a drops 2 (70 MACs a pixel of 88); at λ = 1/2 both step, a to 3 dropped
+        // and b to 1, to 54. a's third channel alone leaves 61, b's first alone 62.
+        for (goal, expected) in [(62.0, vec![2, 1]), (61.0, vec![3]), (57.0, vec![3, 1])] {
+            let target = Target::Macs(goal / 88.0);
+            let (plan, clamped) = layer_budgets(&g, &groups, &f, Some(target), None).unwrap();
+            assert!(!clamped);
+            assert_eq!(dropped(&plan), expected, "{goal}");
+            let mut copy = g.clone();
+            plan.apply(&mut copy, &groups).unwrap();
+            assert!(Meter::new(&g, None).is_met(target, &copy), "{goal}");
+        }
     }
 
     #[test]
