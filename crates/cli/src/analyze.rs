@@ -33,7 +33,7 @@ impl GramKind {
 pub struct EnergyArgs {
     /// Energy tolerance ε: a group's effective rank is the fewest eigenvalues of its Gram matrix
     /// that hold 1 − ε of their sum.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 2e-2)]
     pub epsilon: f64,
     /// What the Gram matrix is built from.
     #[arg(long, value_enum, default_value_t = GramKind::Gradients)]

@@ -59,7 +59,7 @@ impl Default for AnalysisSettings {
     fn default() -> Self {
         AnalysisSettings {
             batches: 32,
-            epsilon: 1e-2,
+            epsilon: 2e-2,
             gram: GramSource::Gradients,
         }
     }
