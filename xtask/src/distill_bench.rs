@@ -140,7 +140,7 @@ pub fn distill(settings: &Settings) -> Result<()> {
 }
 
 /// The mean of `values` in percent, with their range when there are several.
-fn spread(values: &[f64]) -> String {
+pub(crate) fn spread(values: &[f64]) -> String {
     let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
     match values {
         [_, _, ..] => {

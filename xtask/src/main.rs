@@ -10,6 +10,7 @@ mod distill_bench;
 mod epoch_bench;
 mod es_bench;
 mod fuzz;
+mod hierarchical_bench;
 mod kernel_bench;
 mod latency_bench;
 mod latency_target_bench;
@@ -62,6 +63,8 @@ enum Bench {
     /// Effective-filter analysis tested: R_max against ε and T, then accuracy against MACs for
     /// hierarchical, rls and oneshot-l2, with an SVG per model.
     Redundancy(redundancy_bench::Options),
+    /// Hierarchical against one-shot L2 at one MACs target over seeds 1..N, paired by seed.
+    HierarchicalTarget(hierarchical_bench::Settings),
     /// `compress --strategy es` at 50% of the MACs: its front's three models beside RLS and
     /// one-shot L2 at the same MACs and the same total training, and the search's wall time.
     Es(es_bench::Settings),
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
             }
             Bench::Prune { model } => prune_bench::quality(model.as_deref()),
             Bench::Redundancy(options) => redundancy_bench::run(options),
+            Bench::HierarchicalTarget(settings) => hierarchical_bench::compare(&settings),
             Bench::Es(settings) => es_bench::compare(&settings),
             Bench::Relief(settings) => relief_bench::relief(&settings),
             Bench::Distill(settings) => distill_bench::distill(&settings),
