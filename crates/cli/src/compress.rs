@@ -188,10 +188,10 @@ pub struct Args {
     /// does).
     #[arg(long, value_enum, default_value_t = CapsKind::None)]
     caps: CapsKind,
-    /// Hierarchical: do not refit the layers that read removed channels by least squares
-    /// before fine-tuning.
+    /// Hierarchical: refit the layers that read removed channels by least squares before
+    /// fine-tuning, so it starts from a network that still works (for short budgets).
     #[arg(long)]
-    no_refit: bool,
+    refit: bool,
     /// Training batches the effective-filter analysis sums over (hierarchical, --caps analysis).
     #[arg(long, default_value_t = 32)]
     analysis_batches: usize,
@@ -333,7 +333,7 @@ fn config(args: &Args) -> Result<CompressConfig> {
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         batchnorm_training: !args.train.freeze_bn,
         analysis: args.energy.settings(args.analysis_batches),
-        refit: !args.no_refit,
+        refit: args.refit,
         caps: match args.caps {
             CapsKind::None => Caps::None,
             CapsKind::Analysis => Caps::Analysis,

@@ -103,7 +103,8 @@ pub struct CompressConfig {
     /// (`hierarchical` always does).
     pub caps: Caps,
     /// Whether `hierarchical` refits the layers that read removed channels by least squares
-    /// before fine-tuning (docs/methods/hierarchical.md, "Refit").
+    /// before fine-tuning (docs/methods/hierarchical.md, "Refit"); off by default, as after a
+    /// full fine-tune it gained nothing on the measured models.
     pub refit: bool,
     /// The settings of `--strategy es`.
     pub es: EsConfig,
@@ -144,7 +145,7 @@ impl Default for CompressConfig {
             calibration_batches: 8,
             analysis: AnalysisSettings::default(),
             caps: Caps::None,
-            refit: true,
+            refit: false,
             es: EsConfig::default(),
             relief: ReliefSettings::default(),
         }

@@ -1,7 +1,8 @@
 //! Hierarchical pruning under effective-filter caps (docs/methods/hierarchical.md): analyse the
 //! network, decide how many channels each group loses (one λ for all, bisected to meet the
 //! target, no group past its cap), then which (the end of each group's pivoted-Cholesky order),
-//! refit the layers that read the removed channels, prune once and fine-tune for the whole budget.
+//! optionally refit the layers that read the removed channels, prune once and fine-tune for the
+//! whole budget.
 
 use super::config::CompressConfig;
 use super::report::Event;
