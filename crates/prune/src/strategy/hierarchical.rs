@@ -71,11 +71,13 @@ fn layer_budgets(
         return Ok((caps, false));
     };
     let meter = Meter::new(graph, latency);
-    let meets = |plan: &PruningPlan| -> Result<bool, PruneError> {
+    // The cost of the pruned copy as a fraction of the original's, and whether it meets the target.
+    let measure = |plan: &PruningPlan| -> Result<(f64, bool), PruneError> {
         let mut copy = graph.clone();
         plan.apply(&mut copy, groups)?;
-        Ok(meter.is_met(target, &copy))
+        Ok((meter.fraction(target, &copy), meter.is_met(target, &copy)))
     };
+    let meets = |plan: &PruningPlan| Ok::<_, PruneError>(measure(plan)?.1);
     if meter.is_met(target, graph) {
         return Ok((PruningPlan::default(), false));
     }
@@ -94,30 +96,20 @@ fn layer_budgets(
         }
     }
     let below = if lo == 0 { 0.0 } else { lambdas[lo - 1] };
-    let fraction = |plan: &PruningPlan| -> Result<f64, PruneError> {
-        let mut copy = graph.clone();
-        plan.apply(&mut copy, groups)?;
-        Ok(meter.fraction(target, &copy))
-    };
-    let plan = within_the_step(
-        filters.plan(below),
-        &filters.plan(lambdas[lo]),
-        target.goal(),
-        fraction,
-    )?;
+    let plan = within_the_step(filters.plan(below), &filters.plan(lambdas[lo]), measure)?;
     Ok((plan, false))
 }
 
-/// From `below`, which misses the goal, towards `above`, which meets it and drops more channels
-/// in some groups: adds those groups' extra channels one group at a time, until the cost
-/// (`fraction` of the original) is at most `goal`. Best fit first: if one group's channels reach
-/// the goal, those of the group that leaves the most cost; otherwise the group that saves most,
-/// and again. Every group stays within its count in `above`, so no cap is passed.
+/// From `below`, which misses the target, towards `above`, which meets it and drops more channels
+/// in some groups: adds those groups' extra channels one group at a time until `measure` (the
+/// cost left, as a fraction, and whether that meets the target) says the target is met. Best fit
+/// first: if one group's channels meet it, those of the group that leaves the most cost;
+/// otherwise the group that saves most, and again. Every group stays within its count in
+/// `above`, so no cap is passed.
 fn within_the_step(
     mut below: PruningPlan,
     above: &PruningPlan,
-    goal: f64,
-    fraction: impl Fn(&PruningPlan) -> Result<f64, PruneError>,
+    measure: impl Fn(&PruningPlan) -> Result<(f64, bool), PruneError>,
 ) -> Result<PruningPlan, PruneError> {
     let mut steps: Vec<(&GroupId, &Vec<usize>)> = above
         .drop
@@ -129,16 +121,17 @@ fn within_the_step(
         for (i, &(&g, channels)) in steps.iter().enumerate() {
             let mut plan = below.clone();
             plan.drop_channels(g, channels.iter().copied());
-            tried.push((i, fraction(&plan)?, plan));
+            let (left, met) = measure(&plan)?;
+            tried.push((i, left, met, plan));
         }
         let fits = tried
             .iter()
-            .filter(|(_, f, _)| *f <= goal + 1e-12)
+            .filter(|t| t.2)
             .max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some((_, _, plan)) = fits {
+        if let Some((.., plan)) = fits {
             return Ok(plan.clone());
         }
-        let (i, _, plan) = tried
+        let (i, .., plan) = tried
             .into_iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("steps is not empty");
