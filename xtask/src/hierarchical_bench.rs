@@ -6,14 +6,8 @@
 //! docs/BENCHMARKS.md.
 
 use crate::distill_bench::spread;
-use crate::prune_bench::{compress_report, release_compress};
+use crate::prune_bench::{compress_report, release_compress, MODELS};
 use anyhow::{Context, Result};
-
-const MODELS: [(&str, &str); 3] = [
-    ("LeNet-5", "lenet5_opset17.onnx"),
-    ("VGG-style, BN folded", "vggbn_opset17.onnx"),
-    ("ResNet-20", "resnet20_opset17.onnx"),
-];
 
 #[derive(clap::Args)]
 pub struct Settings {

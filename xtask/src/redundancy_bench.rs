@@ -5,16 +5,11 @@
 //! against the MACs kept, R_max marked. Prints Markdown for docs/BENCHMARKS.md and writes one SVG
 //! per model.
 
-use crate::prune_bench::{compress_report, release_compress, run_compress};
+use crate::prune_bench::{compress_report, release_compress, run_compress, MODELS};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-const MODELS: [(&str, &str); 3] = [
-    ("LeNet-5", "lenet5_opset17.onnx"),
-    ("VGG-style, BN folded", "vggbn_opset17.onnx"),
-    ("ResNet-20", "resnet20_opset17.onnx"),
-];
 /// Fractions of the original MACs kept.
 const TARGETS: [&str; 6] = ["0.7", "0.5", "0.35", "0.25", "0.15", "0.1"];
 const STRATEGIES: [(&str, &[&str]); 3] = [

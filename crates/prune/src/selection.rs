@@ -57,6 +57,11 @@ impl Target {
             Target::Macs(f) | Target::Params(f) | Target::Latency(f) => *f,
         }
     }
+
+    /// Whether a cost of `fraction` of the original meets the target.
+    pub fn allows(&self, fraction: f64) -> bool {
+        fraction <= self.goal() + 1e-12
+    }
 }
 
 /// What costs are measured against: the original graph's cost and, for a latency target, the
@@ -95,7 +100,7 @@ impl<'a> Meter<'a> {
     }
 
     pub fn is_met(&self, target: Target, graph: &Graph) -> bool {
-        self.fraction(target, graph) <= target.goal() + 1e-12
+        target.allows(self.fraction(target, graph))
     }
 
     /// How a latency target cuts the groups of `graph` (analysed as `groups`): each to its fast

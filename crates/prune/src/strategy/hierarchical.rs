@@ -71,13 +71,13 @@ fn layer_budgets(
         return Ok((caps, false));
     };
     let meter = Meter::new(graph, latency);
-    // The cost of the pruned copy as a fraction of the original's, and whether it meets the target.
-    let measure = |plan: &PruningPlan| -> Result<(f64, bool), PruneError> {
+    // The cost of the pruned copy as a fraction of the original's.
+    let measure = |plan: &PruningPlan| -> Result<f64, PruneError> {
         let mut copy = graph.clone();
         plan.apply(&mut copy, groups)?;
-        Ok((meter.fraction(target, &copy), meter.is_met(target, &copy)))
+        Ok(meter.fraction(target, &copy))
     };
-    let meets = |plan: &PruningPlan| Ok::<_, PruneError>(measure(plan)?.1);
+    let meets = |plan: &PruningPlan| Ok::<_, PruneError>(target.allows(measure(plan)?));
     if meter.is_met(target, graph) {
         return Ok((PruningPlan::default(), false));
     }
@@ -96,20 +96,25 @@ fn layer_budgets(
         }
     }
     let below = if lo == 0 { 0.0 } else { lambdas[lo - 1] };
-    let plan = within_the_step(filters.plan(below), &filters.plan(lambdas[lo]), measure)?;
+    let plan = within_the_step(
+        filters.plan(below),
+        &filters.plan(lambdas[lo]),
+        target,
+        measure,
+    )?;
     Ok((plan, false))
 }
 
 /// From `below`, which misses the target, towards `above`, which meets it and drops more channels
-/// in some groups: adds those groups' extra channels one group at a time until `measure` (the
-/// cost left, as a fraction, and whether that meets the target) says the target is met. Best fit
-/// first: if one group's channels meet it, those of the group that leaves the most cost;
+/// in some groups: adds those groups' extra channels one group at a time until the cost left
+/// (`measure`, a fraction of the original's) meets `target`. Best fit first: if one group's channels meet it, those of the group that leaves the most cost;
 /// otherwise the group that saves most, and again. Every group stays within its count in
 /// `above`, so no cap is passed.
 fn within_the_step(
     mut below: PruningPlan,
     above: &PruningPlan,
-    measure: impl Fn(&PruningPlan) -> Result<(f64, bool), PruneError>,
+    target: Target,
+    measure: impl Fn(&PruningPlan) -> Result<f64, PruneError>,
 ) -> Result<PruningPlan, PruneError> {
     let mut steps: Vec<(&GroupId, &Vec<usize>)> = above
         .drop
@@ -121,17 +126,16 @@ fn within_the_step(
         for (i, &(&g, channels)) in steps.iter().enumerate() {
             let mut plan = below.clone();
             plan.drop_channels(g, channels.iter().copied());
-            let (left, met) = measure(&plan)?;
-            tried.push((i, left, met, plan));
+            tried.push((i, measure(&plan)?, plan));
         }
         let fits = tried
             .iter()
-            .filter(|t| t.2)
+            .filter(|(_, left, _)| target.allows(*left))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((.., plan)) = fits {
             return Ok(plan.clone());
         }
-        let (i, .., plan) = tried
+        let (i, _, plan) = tried
             .into_iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("steps is not empty");
