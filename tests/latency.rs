@@ -1,7 +1,8 @@
 //! `compress --target-latency`: a latency model measured in tract drives the prune, and the
 //! target is met only when tract measures the compressed model within it. Latency is noisy on
-//! a shared machine, so a run that lands just over its target is retried with a slightly harder
-//! one, a bounded number of times; nothing asserts on a wall time.
+//! a shared machine, so a run that lands just over its target, or whose noisy table let the
+//! prune miss its predicted aim, is retried with a slightly harder one, a bounded number of
+//! times; nothing asserts on a wall time.
 
 mod common;
 
@@ -59,22 +60,23 @@ fn a_latency_target_on_lenet_ends_at_or_under_it_as_measured() {
             t["predicted_fraction"].as_f64().unwrap(),
             t["measured_fraction"].as_f64().unwrap(),
         );
-        // The prune met the fraction it aimed at, as the model predicts it (probes of the
-        // one-shot plan in tract moved the aim from the goal)...
-        let aimed = t["aimed_fraction"].as_f64().unwrap();
-        assert!(predicted <= aimed + 1e-9, "{t}");
         assert_eq!(t["probes"].as_array().map(Vec::len), Some(2), "{t}");
         assert!(r["compressed"]["macs"].as_u64() < r["original"]["macs"].as_u64());
-        // ...and the report's verdict is tract's measurement, not the prediction.
+        // The report's verdict is tract's measurement, not the prediction.
         assert_eq!(t["met"].as_bool(), Some(measured <= goal), "{t}");
         assert_eq!(r["target_met"], t["met"]);
         assert!(!t["model"]["groups"].as_array().unwrap().is_empty());
-        attempts.push((goal, predicted, measured));
-        if t["met"].as_bool() == Some(true) {
+        // A try counts when the prune met the fraction it aimed at, as the model predicts it
+        // (probes of the one-shot plan in tract moved the aim from the goal), and tract then
+        // measured the goal met. Both rest on timings: a table measured under load can predict
+        // the floors slower than a wider plan, so no plan meets the aim; that try is retried.
+        let aimed = t["aimed_fraction"].as_f64().unwrap();
+        attempts.push((goal, aimed, predicted, measured));
+        if predicted <= aimed + 1e-9 && t["met"].as_bool() == Some(true) {
             return;
         }
     }
-    panic!("measured latency over the target on every try: {attempts:?}");
+    panic!("no try both reached its predicted aim and measured within the target (goal, aimed, predicted, measured): {attempts:?}");
 }
 
 #[test]
