@@ -5,7 +5,7 @@
 //! labelled test split, which the unlabeled and no-data runs never see. Prints a Markdown table
 //! for docs/BENCHMARKS.md.
 
-use crate::prune_bench::{compress_binary, compress_to};
+use crate::prune_bench::{compress_binary, compress_to, spread};
 use anyhow::Result;
 use pare_verify::TractModel;
 use std::path::Path;
@@ -137,20 +137,4 @@ pub fn distill(settings: &Settings) -> Result<()> {
          test accuracy by tract on its {n} test images"
     );
     Ok(())
-}
-
-/// The mean of `values` in percent, with their range when there are several.
-pub(crate) fn spread(values: &[f64]) -> String {
-    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
-    match values {
-        [_, _, ..] => {
-            let (lo, hi) = values
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
-            format!("{mean:.2}% ({lo:.1}–{hi:.1})")
-        }
-        _ => format!("{mean:.1}%"),
-    }
 }

@@ -5,8 +5,7 @@
 //! gives the mean paired difference with its standard error. Prints Markdown for
 //! docs/BENCHMARKS.md.
 
-use crate::distill_bench::spread;
-use crate::prune_bench::{compress_report, release_compress, MODELS};
+use crate::prune_bench::{compress_report, release_compress, spread, MODELS};
 use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
@@ -61,21 +60,18 @@ pub fn compare(settings: &Settings) -> Result<()> {
         for seed in 1..=settings.seeds {
             let seed = seed.to_string();
             let seeded = ["--seed", seed.as_str()];
-            let (acc, macs) = run(
+            let (h_acc, macs) = run(
                 &binary,
                 file,
                 settings,
                 &[&hierarchical[..], &seeded].concat(),
             )?;
-            h.push(acc);
+            h.push(h_acc);
             h_macs.push(macs);
-            let (acc, macs) = run(&binary, file, settings, &[&oneshot[..], &seeded].concat())?;
-            o.push(acc);
+            let (o_acc, macs) = run(&binary, file, settings, &[&oneshot[..], &seeded].concat())?;
+            o.push(o_acc);
             o_macs.push(macs);
-            eprintln!(
-                "{label} seed {seed}: hierarchical {:.1}, oneshot-l2 {acc:.1}",
-                h[h.len() - 1]
-            );
+            eprintln!("{label} seed {seed}: hierarchical {h_acc:.1}, oneshot-l2 {o_acc:.1}");
         }
         let diffs: Vec<f64> = h.iter().zip(&o).map(|(h, o)| h - o).collect();
         let (mean, error) = mean_and_standard_error(&diffs);

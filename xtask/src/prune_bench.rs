@@ -116,6 +116,22 @@ pub fn compress_report(
     compress_to(binary, &args, &out.path().join("small.onnx"))
 }
 
+/// The mean of `values` in percent, with their range when there are several.
+pub fn spread(values: &[f64]) -> String {
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    match values {
+        [_, _, ..] => {
+            let (lo, hi) = values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+            format!("{mean:.2}% ({lo:.1}–{hi:.1})")
+        }
+        _ => format!("{mean:.1}%"),
+    }
+}
+
 /// Runs every model × target × strategy whose model file name contains `filter`.
 pub fn quality(filter: Option<&str>) -> Result<()> {
     let binary = release_compress()?;

@@ -105,11 +105,11 @@ fn layer_budgets(
     Ok((plan, false))
 }
 
-/// From `below`, which misses the target, towards `above`, which meets it and drops more channels
-/// in some groups: adds those groups' extra channels one group at a time until the cost left
-/// (`measure`, a fraction of the original's) meets `target`. Best fit first: if one group's channels meet it, those of the group that leaves the most cost;
-/// otherwise the group that saves most, and again. Every group stays within its count in
-/// `above`, so no cap is passed.
+/// From `below`, which misses the target, towards `above`, which meets it and drops more
+/// channels in some groups: adds those groups' extra channels one group at a time until the cost
+/// left (`measure`, a fraction of the original's) meets `target`. Best fit first: if one group's
+/// channels meet it, those of the group that leaves the most cost; otherwise the group that saves
+/// most, and again. Every group stays within its count in `above`, so no cap is passed.
 fn within_the_step(
     mut below: PruningPlan,
     above: &PruningPlan,
